@@ -1,0 +1,41 @@
+"""Shared pytest setup: offline hub, one torch thread (the machines are shared: two threads can
+slow down 30-50x when the other core is busy), the repository root on sys.path, and fixtures."""
+import os
+import sys
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import pytest  # noqa: E402
+
+REFERENCE_DIR = os.path.join(os.path.dirname(ROOT), "shared", "reference", "map")
+LLAMA_FILE = os.path.join(REFERENCE_DIR, "llama2_chat-Anthropic-harmless.json")
+OPT_FILE = os.path.join(REFERENCE_DIR, "opt1.3b-Anthropic-harmless.json")
+REFERENCE_LOG = os.path.join(REFERENCE_DIR, "alignValues.txt")
+
+needs_reference = pytest.mark.skipif(not os.path.isfile(LLAMA_FILE),
+                                     reason="../shared/reference/map is absent (only CI and developers have it)")
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_torch_thread():
+    try:
+        import torch
+    except ImportError:
+        yield
+        return
+    torch.set_num_threads(1)
+    yield
+
+
+@pytest.fixture(scope="session")
+def tiny_lm_dir(tmp_path_factory):
+    """A tiny random Llama causal LM + ChatML tokenizer saved to a folder (built once per session)."""
+    import tiny
+    return tiny.tiny_causal_lm(str(tmp_path_factory.mktemp("tiny_lm")))
