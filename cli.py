@@ -1,0 +1,18 @@
+"""Entry point shared by the top-level fire CLIs: user errors print one clear line, not a traceback."""
+import os
+import sys
+
+import fire
+
+
+def main(component):
+    """Run `component` under python-fire. A ValueError/FileNotFoundError/KeyError (bad input) exits
+    with status 2 and the message alone; set MAP_DEBUG=1 to see the traceback."""
+    try:
+        fire.Fire(component)
+    except (ValueError, FileNotFoundError, KeyError) as e:
+        if os.environ.get("MAP_DEBUG"):
+            raise
+        message = e.args[0] if isinstance(e, KeyError) and e.args else e
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(2)
