@@ -133,11 +133,24 @@ class AlignValues:
         return solver.evaluate_lambda(self.rewards, np.asarray(lam, dtype=np.float64), c, groups=self.groups, tol=tol)
 
     def _print_result(self, result, title="palette"):
+        width = max(len(v) for v in self.value_list) + 2
+        if result.status == solver.INFEASIBLE:
+            print(f"[{title}] status: infeasible (proved by an LP certificate)")
+            suggested = result.suggested_palette if result.suggested_palette is not None else [np.nan] * len(result.c)
+            print(f"  {'value':<{width}}{'c':>10}{'mean now':>11}{'suggested c':>13}{'d':>9}")
+            for i, v in enumerate(self.value_list):
+                print(f"  {v:<{width}}{result.c[i]:>10.4f}{self.mean_levels()[i]:>11.4f}{suggested[i]:>13.4f}"
+                      f"{result.certificate[i]:>9.4f}")
+            print(f"  certificate: along d, every sample falls short of the palette: "
+                  f"mean_g max_j d.r_j - d.c = {result.certificate_gap:.4g} < 0")
+            if result.suggested_palette is not None:
+                print(f"  suggested c is the nearest feasible palette on the segment from the mean levels toward c "
+                      f"(rho = {result.suggested_rho:.4f}; boundary at {result.boundary_rho:.4f})")
+            return
         print(f"[{title}] status: {result.status}"
               + (f" ({result.iterations} iterations, max KKT violation {result.max_violation:.1e})"
                  if np.isfinite(result.max_violation) else "")
               + (f" - {result.message}" if result.message else ""))
-        width = max(len(v) for v in self.value_list) + 2
         print(f"  {'value':<{width}}{'c':>10}{'realized':>11}{'slack':>10}{'lambda':>11}")
         for i, v in enumerate(self.value_list):
             print(f"  {v:<{width}}{result.c[i]:>10.4f}{result.realized[i]:>11.4f}{result.slack[i]:>10.4f}"
@@ -145,12 +158,6 @@ class AlignValues:
         if np.isfinite(result.kl):
             print(f"  KL(p_lambda || p0) = {result.kl:.4f} nats; effective sample size = {result.ess:.1f} "
                   f"of {len(self.records)} records")
-        if result.status == solver.INFEASIBLE:
-            print(f"  certificate d = {np.round(result.certificate, 4).tolist()}: "
-                  f"mean max_j d.r_j - d.c = {result.certificate_gap:.4g} < 0")
-            if result.suggested_palette is not None:
-                print(f"  nearest feasible palette toward c (rho = {result.suggested_rho:.4f}, boundary at "
-                      f"{result.boundary_rho:.4f}): {_fmt(result.suggested_palette)}")
 
     # ---------------------------------------------------------------- the original API
     def optimize_lambda(self, lambda_init=None, optimize_indices=None, verbose=True):
