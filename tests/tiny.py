@@ -83,7 +83,8 @@ def tiny_sequence_classifier(path, num_labels=1, arch="gpt2", seed=0):
     torch.manual_seed(seed)
     if arch == "gpt2":
         config = GPT2Config(vocab_size=len(tokenizer), n_embd=64, n_layer=2, n_head=4, n_positions=512,
-                            num_labels=num_labels, pad_token_id=tokenizer.pad_token_id)
+                            num_labels=num_labels, bos_token_id=tokenizer.bos_token_id,
+                            eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
         model = GPT2ForSequenceClassification(config)
     elif arch == "bert":
         config = BertConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128,
