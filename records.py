@@ -54,6 +54,13 @@ def load_records(path):
     return records
 
 
+def _umask_mode():
+    """Permissions a plain open() would give a new file (mkstemp makes files owner-only)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def save_json_atomic(obj, path, indent=4):
     """Write `obj` as JSON to `path` through a temp file in the same folder and a rename,
     so a reader never sees a half-written file (a kill leaves the old file intact)."""
@@ -65,6 +72,7 @@ def save_json_atomic(obj, path, indent=4):
             json.dump(obj, f, indent=indent, ensure_ascii=False)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, _umask_mode())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -80,6 +88,7 @@ def write_text_atomic(text, path):
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
+        os.chmod(tmp, _umask_mode())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -1,0 +1,65 @@
+"""Generation throughput: batched sampling (gendata's default path) vs one prompt at a time.
+
+Same model (the embedded SmolLM2-135M-Instruct), same prompts, same sampling config, same process. EOS is
+suppressed (min_new_tokens = max_new_tokens) so both runs generate exactly prompts × max_new_tokens tokens.
+Prints the thread count, tokens/s of each, and ends with `ratio=<baseline seconds per token / batched
+seconds per token>` (> 1: batching is faster).
+
+    .venv/bin/python benchmarks/bench_gendata.py [--num_prompts=32 --max_new_tokens=32 --batch_size=32]
+"""
+import os
+import sys
+import time
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import fire  # noqa: E402
+
+from gendata import TextGeneration, fast_dtype  # noqa: E402
+from models import DEFAULT_MODEL  # noqa: E402
+
+
+def timed_generation(tg, prompts, batch_size):
+    """(seconds, new tokens) to sample one continuation per prompt in batches of `batch_size`."""
+    tg.tokens_generated = 0
+    t0 = time.perf_counter()
+    for lo in range(0, len(prompts), batch_size):
+        tg.sample_continuations(prompts[lo:lo + batch_size], num_samples=1, batch_size=batch_size, seed_key=lo)
+    return time.perf_counter() - t0, tg.tokens_generated
+
+
+def main(num_prompts=32, max_new_tokens=32, batch_size=32, dtype=None, threads=1, model=DEFAULT_MODEL):
+    """Benchmark batched vs one-at-a-time generation.
+
+    Args:
+        num_prompts: prompts of the built-in set used by both runs.
+        max_new_tokens: tokens generated per prompt (EOS suppressed, so exactly this many).
+        batch_size: prompts per forward pass in the batched run.
+        dtype: model dtype; default the faster one here (gendata.fast_dtype: bfloat16 only with native CPU
+            bf16 support or a GPU, else float32), as the demo chooses.
+        threads: torch threads (1 by default: the machines are shared).
+        model: model name (default the embedded SmolLM2).
+    """
+    import torch
+    torch.set_num_threads(int(threads))
+    dtype = dtype or fast_dtype()
+    tg = TextGeneration(basemodel_name=model, data_name="builtin", num_prompts=num_prompts, dtype=dtype,
+                        max_new_tokens=max_new_tokens, progress=False)
+    tg.sampling["min_new_tokens"] = int(max_new_tokens)  # equal work in both runs
+    prompts = tg.prompts
+    tg.load_model()
+    print(f"model={model} dtype={dtype} threads={torch.get_num_threads()} prompts={len(prompts)} "
+          f"max_new_tokens={max_new_tokens} batch_size={batch_size}")
+    timed_generation(tg, prompts[:2], 2)  # warm-up (first-call allocations)
+    base_s, base_tokens = timed_generation(tg, prompts, 1)
+    print(f"one prompt at a time: {base_tokens} tokens in {base_s:.2f} s = {base_tokens / base_s:.1f} tok/s")
+    cand_s, cand_tokens = timed_generation(tg, prompts, int(batch_size))
+    print(f"batched ({batch_size}):        {cand_tokens} tokens in {cand_s:.2f} s = {cand_tokens / cand_s:.1f} tok/s")
+    ratio = (base_s / base_tokens) / (cand_s / cand_tokens)
+    print(f"ratio={ratio:.2f}")
+
+
+if __name__ == "__main__":
+    fire.Fire(main)
