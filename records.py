@@ -61,15 +61,15 @@ def _umask_mode():
     return 0o666 & ~mask
 
 
-def save_json_atomic(obj, path, indent=4):
-    """Write `obj` as JSON to `path` through a temp file in the same folder and a rename,
-    so a reader never sees a half-written file (a kill leaves the old file intact)."""
+def write_text_atomic(text, path):
+    """Write a text file through a temp file in the same folder and a rename, so a reader never
+    sees a half-written file (a kill leaves the old file intact)."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".json")
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=indent, ensure_ascii=False)
+            f.write(text)
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, _umask_mode())
@@ -80,20 +80,9 @@ def save_json_atomic(obj, path, indent=4):
         raise
 
 
-def write_text_atomic(text, path):
-    """Write a text file (CSV, TeX, ...) through a temp file and a rename."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.chmod(tmp, _umask_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+def save_json_atomic(obj, path, indent=4):
+    """Write `obj` as JSON (indent 4, as the original) to `path` atomically."""
+    write_text_atomic(json.dumps(obj, indent=indent, ensure_ascii=False), path)
 
 
 def metadata_path(results_path):
