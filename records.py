@@ -128,7 +128,7 @@ def continuation_of(record):
 
 def reward_keys(records):
     """Names of the numeric (reward) keys present in the first record, in file order."""
-    skip = {"id", "prompt_id", "sample_id", "chosen_index"}
+    skip = {"id", "prompt_id", "sample_id", "chosen_index", "mc_ess"}
     return [k for k, v in records[0].items()
             if k not in skip and isinstance(v, (int, float)) and not isinstance(v, bool)]
 

@@ -1,0 +1,413 @@
+"""MAP-D: Monte-Carlo aligned decoding. For each prompt, draw M continuations from the reference
+model, score all of them on the aligned values, and keep one drawn with probability
+softmax(λᵀr) over the M (importance resampling toward p_λ ∝ p0·exp(λᵀr), SPEC-MAP §1, §3).
+
+Fixes and changes against the original `generate_from_MC_aligned_model`:
+* batched across prompts and samples: one generate call covers several prompts × M samples, and
+  each prompt's KV cache is computed once and shared by its M samples (`share_prefix`);
+* every value scores all the samples of a batch in one scorer call (values.load_scorer);
+* the softmax subtracts the maximum in float64, so no λᵀr spread overflows (the original's
+  exp without max-subtraction turned into inf/NaN and crashed the sampler);
+* seeded: the sampling RNG of a batch is derived from (seed, index of its first prompt), so a
+  shard resumed after a kill reproduces an uninterrupted run;
+* records keep prompt/generated and add continuation, ids, the chosen sample's rewards,
+  `chosen_index` (which of the M samples) and `mc_ess` (effective sample size 1/Σw² of the
+  resampling weights, between 1 and M: near 1 means λ lets one sample dominate);
+* `best_of_n=True` keeps the argmax of λᵀr instead of resampling.
+
+Functions here take a model and tokenizer and do no file I/O except `write_mc_shard`, which runs
+the shard job behind `gendata.py ... generate_from_MC_aligned_model` (naming, checkpoints, resume).
+"""
+import os
+import time
+import warnings
+
+import numpy as np
+
+import records
+import values as values_registry
+
+MC_KEYS = ("chosen_index", "mc_ess")
+
+
+class DecodingError(ValueError):
+    """Bad decoding inputs (λ, values, rewards); the message names the input and the fix."""
+
+
+# ---------------------------------------------------------------------------------------------
+# λ and value lists, shard names
+
+def parse_lam_list(lam_list):
+    """λ as fire and users pass it: a number, "1.2,0.5", or a list/tuple. Returns a float64 array
+    (k,). Raises DecodingError for empty or non-finite input."""
+    if isinstance(lam_list, str):
+        parts = [p for p in lam_list.replace(" ", "").split(",") if p]
+    elif isinstance(lam_list, (list, tuple, np.ndarray)):
+        parts = list(np.ravel(lam_list))
+    else:
+        parts = [lam_list]
+    try:
+        lam = np.array([float(p) for p in parts], dtype=np.float64)
+    except (TypeError, ValueError):
+        raise DecodingError(f"lam_list must be numbers, e.g. --lam_list=0.5,1.2; got {lam_list!r}") from None
+    if lam.size == 0 or not np.all(np.isfinite(lam)):
+        raise DecodingError(f"lam_list must hold one finite number per value; got {lam_list!r}")
+    return lam
+
+
+def resolve_values(value_list, lam):
+    """The value names of `value_list` ("all", "a,b", list or fire's tuple), checked against λ."""
+    try:
+        names = values_registry.expand_value_list(value_list)
+    except ValueError as e:
+        raise DecodingError(str(e)) from None
+    if len(names) != len(lam):
+        raise DecodingError(f"lam_list has {len(lam)} entries but value_list names {len(names)} values "
+                            f"({names}); give one λ per value, in the same order.")
+    return names
+
+
+def lam_string(lam):
+    """λ as the original wrote it in file names: three decimals, comma-joined."""
+    return ",".join(f"{x:.3f}" for x in np.ravel(lam))
+
+
+def values_string(value_list):
+    """The `val=` part of shard names: "all" when the user said all, else the comma-joined names."""
+    if isinstance(value_list, str) and value_list.strip() == "all":
+        return "all"
+    return ",".join(values_registry.expand_value_list(value_list))
+
+
+def shard_path(save_directory, base_name, lam, value_list, start_index, end_index):
+    """`{save_directory}/temp/{base}_lam={λ .3f,...}_val={all|v1,v2}_{start}to{end}.json` (original naming)."""
+    name = f"{base_name}_lam={lam_string(lam)}_val={values_string(value_list)}_{start_index}to{end_index}.json"
+    return os.path.join(save_directory, "temp", name)
+
+
+# ---------------------------------------------------------------------------------------------
+# Resampling
+
+def resample_weights(scores):
+    """Stable softmax along the last axis, in float64: w = exp(s − max s) / Σ exp(s − max s).
+
+    scores: (..., M) tilt scores λᵀr. Returns weights of the same shape, each row summing to 1.
+    Finite scores never overflow, whatever their spread (rows with spread > ~745 put all weight on
+    their maxima). Raises DecodingError for NaN or infinite scores (a reward that is not a number).
+    """
+    s = np.asarray(scores, dtype=np.float64)
+    if not np.all(np.isfinite(s)):
+        raise DecodingError(f"{int(np.sum(~np.isfinite(s)))} tilt scores λᵀr are NaN or infinite: some reward "
+                            "is not a finite number (check the scorer), or λ is too large for float64.")
+    e = np.exp(s - s.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def effective_sample_size(weights):
+    """1/Σw² along the last axis: M for uniform weights, 1 when one sample holds all the weight."""
+    w = np.asarray(weights, dtype=np.float64)
+    return 1.0 / np.sum(w * w, axis=-1)
+
+
+def choose_samples(rewards, lam, rng, best_of_n=False):
+    """Pick one of the M samples of every prompt.
+
+    rewards: (k, P, M) rewards of P prompts × M samples on k values; lam: (k,).
+    rng: numpy Generator (one uniform draw per prompt; drawn even for best_of_n so both modes
+    consume the same randomness).
+    Returns (chosen (P,) int, weights (P, M), ess (P,)). Resampling draws index j with probability
+    w_j = softmax(λᵀr)_j; best_of_n takes argmax_j λᵀr_j (first on ties).
+    """
+    rewards = np.asarray(rewards, dtype=np.float64)
+    lam = np.asarray(lam, dtype=np.float64).reshape(-1)
+    if rewards.ndim != 3 or rewards.shape[0] != lam.size:
+        raise DecodingError(f"rewards must have shape (k={lam.size}, prompts, samples); got {rewards.shape}")
+    scores = np.einsum("k,kpm->pm", lam, rewards)
+    weights = resample_weights(scores)
+    u = rng.random(weights.shape[0])
+    if best_of_n:
+        chosen = scores.argmax(axis=1)
+    else:
+        # inverse CDF per row; the clip guards against u landing past a cumsum that rounds below 1
+        cdf = np.cumsum(weights, axis=1)
+        chosen = np.minimum((cdf < (u * cdf[:, -1])[:, None]).sum(axis=1), weights.shape[1] - 1)
+    return chosen.astype(np.int64), weights, effective_sample_size(weights)
+
+
+# ---------------------------------------------------------------------------------------------
+# Scoring
+
+def load_scorers(value_names, device=None, basemodel_for_perplexity=None, scorers=None):
+    """Scorers for `value_names` from the value registry, name -> f(prompts, continuations) -> (n,).
+    Entries of `scorers` (a dict) are used as given (custom or pre-loaded scorers)."""
+    scorers = dict(scorers or {})
+    for name in value_names:
+        if name not in scorers:
+            scorers[name] = values_registry.load_scorer(name, device=device,
+                                                        basemodel_for_perplexity=basemodel_for_perplexity)
+    return scorers
+
+
+def score_samples(value_names, scorers, prompts, continuations):
+    """Rewards of n (prompt, continuation) pairs on each value: one scorer call per value.
+
+    prompts, continuations: lists of n raw prompts and stripped continuations.
+    Returns float64 (k, n). Raises DecodingError naming the value whose scorer returned a wrong
+    shape or non-finite numbers.
+    """
+    out = np.empty((len(value_names), len(prompts)), dtype=np.float64)
+    for i, name in enumerate(value_names):
+        r = np.asarray(scorers[name](list(prompts), list(continuations)), dtype=np.float64).reshape(-1)
+        if r.shape != (len(prompts),):
+            raise DecodingError(f"scorer of value {name!r} returned {r.shape[0]} rewards for {len(prompts)} texts.")
+        if not np.all(np.isfinite(r)):
+            raise DecodingError(f"scorer of value {name!r} returned {int(np.sum(~np.isfinite(r)))} non-finite "
+                                "rewards; fix the scorer (MC resampling needs finite rewards).")
+        out[i] = r
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Sampling
+
+def count_new_tokens(new_ids, eos_token_ids):
+    """Tokens generated per row up to and including the first EOS (all positions if none)."""
+    import torch
+    is_eos = torch.isin(new_ids, torch.as_tensor(list(eos_token_ids), device=new_ids.device))
+    return torch.where(is_eos.any(1), is_eos.int().argmax(1) + 1, new_ids.shape[1])
+
+
+def _prefill_shared(model, input_ids, attention_mask, num_samples):
+    """KV cache of every prompt but its last token, computed once and repeated num_samples times
+    (row-major: prompt 0's copies first). Returns the cache, or None when the model's cache cannot
+    be shared this way (then generate recomputes the prompt for every sample)."""
+    import torch
+    try:
+        position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+        with torch.no_grad():
+            # base_model: no LM head, whose logits over the vocabulary the prefill does not need
+            out = model.base_model(input_ids=input_ids[:, :-1], attention_mask=attention_mask[:, :-1],
+                                   position_ids=position_ids[:, :-1], use_cache=True)
+        cache = out.past_key_values
+        cache.batch_repeat_interleave(num_samples)
+        return cache
+    except Exception as e:  # an architecture without DynamicCache support: fall back, say so once
+        warnings.warn(f"decoding: prompt KV-cache sharing unavailable for {type(model).__name__} ({e}); "
+                      "each sample recomputes its prompt.", stacklevel=3)
+        return None
+
+
+def sample_continuations(model, tokenizer, inputs, num_samples, max_new_tokens=50, temperature=1.0, top_k=50,
+                         seed=None, add_special_tokens=False, share_prefix=True):
+    """Draw `num_samples` continuations of each input text in ONE generate call (top-k sampling).
+
+    inputs: P model-ready strings (chat-formatted already when the template is used).
+    seed: re-seed torch's RNG first (None: keep its state).
+    add_special_tokens: True for raw prompts (BOS as the original), False for chat-formatted text.
+    share_prefix: compute each prompt's KV cache once and share it among its samples.
+    Returns (continuations, new_tokens): P lists of num_samples raw decoded continuations (special
+    tokens skipped, not stripped), and the number of tokens generated (up to EOS, inclusive).
+    """
+    import torch
+    if seed is not None:
+        torch.manual_seed(int(seed))
+    enc = tokenizer(list(inputs), return_tensors="pt", padding=True, add_special_tokens=add_special_tokens)
+    ids, mask = enc["input_ids"].to(model.device), enc["attention_mask"].to(model.device)
+    kwargs = {}
+    if share_prefix and ids.shape[1] > 1:
+        cache = _prefill_shared(model, ids, mask, num_samples)
+        if cache is not None:
+            kwargs["past_key_values"] = cache
+    eos = tokenizer.eos_token_id
+    with torch.no_grad():
+        out = model.generate(input_ids=ids.repeat_interleave(num_samples, 0),
+                             attention_mask=mask.repeat_interleave(num_samples, 0), do_sample=True,
+                             temperature=float(temperature), top_k=int(top_k), top_p=1.0, num_beams=1,
+                             max_new_tokens=int(max_new_tokens), pad_token_id=tokenizer.pad_token_id,
+                             eos_token_id=eos, **kwargs)
+    new = out[:, ids.shape[1]:]
+    new_tokens = int(count_new_tokens(new, [eos]).sum())
+    texts = tokenizer.batch_decode(new, skip_special_tokens=True)
+    return [texts[i * num_samples:(i + 1) * num_samples] for i in range(len(inputs))], new_tokens
+
+
+def chunk_seeds(seed, first_prompt_index):
+    """(torch seed for sampling, numpy seed for resampling) of the batch starting at that prompt."""
+    from gendata import block_seed
+    return block_seed(seed, first_prompt_index, 0), block_seed(seed, first_prompt_index, 1)
+
+
+def mc_decode(model, tokenizer, prompts, lam, value_names, MC_nsamples=16, scorers=None, batch_size=64,
+              max_new_tokens=50, temperature=1.0, top_k=50, best_of_n=False, use_chat_template=None, seed=0,
+              first_prompt_index=0, share_prefix=True, return_candidates=False, progress=False,
+              basemodel_for_perplexity=None):
+    """MC-aligned decoding of a list of prompts (no file I/O).
+
+    Args:
+        model, tokenizer: the reference model (left padding) and its tokenizer.
+        prompts: raw prompt strings; chat-formatted here when the template is used.
+        lam: (k,) λ; value_names: the k aligned values (registry names or keys of `scorers`).
+        MC_nsamples: M, samples drawn per prompt.
+        scorers: optional dict name -> f(prompts, continuations); missing values load from the registry
+            (perplexity is scored under `basemodel_for_perplexity`, default the generating model).
+        batch_size: sequences per generate call; prompts per call = max(1, batch_size // M).
+        best_of_n: keep the argmax of λᵀr instead of resampling.
+        use_chat_template: None = when the tokenizer has one, True, False (raw prompts, as the original).
+        seed, first_prompt_index: the batch starting at absolute prompt index i is seeded from (seed, i),
+            so the same prompt range gives the same output whatever ran before.
+        return_candidates: also return every candidate and its rewards (for the GUI and diagnostics).
+    Returns:
+        (results, new_tokens): one dict per prompt with keys continuation (raw chosen text), chosen_index,
+        mc_ess, rewards ({value: float} of the chosen sample), and with return_candidates: candidates
+        (M raw texts), candidate_rewards ((k, M) list) and weights (M); plus the generated-token count.
+    """
+    from models import format_prompts
+    from tqdm.auto import tqdm
+
+    lam = np.asarray(lam, dtype=np.float64).reshape(-1)
+    value_names = list(value_names)
+    if len(value_names) != lam.size:
+        raise DecodingError(f"{lam.size} λ for {len(value_names)} values {value_names}; give one λ per value.")
+    M = int(MC_nsamples)
+    if M < 1:
+        raise DecodingError(f"MC_nsamples must be ≥ 1; got {MC_nsamples}")
+    scorers = load_scorers(value_names, device=str(model.device), scorers=scorers,
+                           basemodel_for_perplexity=basemodel_for_perplexity or (model, tokenizer))
+    chat = bool(getattr(tokenizer, "chat_template", None)) if use_chat_template is None else bool(use_chat_template)
+    inputs = format_prompts(tokenizer, prompts, use_chat_template=chat)
+    per_call = max(1, int(batch_size) // M)
+    results, new_tokens = [], 0
+    for lo in tqdm(range(0, len(prompts), per_call), desc="MC decode", unit="batch", disable=not progress):
+        hi = min(lo + per_call, len(prompts))
+        torch_seed, np_seed = chunk_seeds(seed, first_prompt_index + lo)
+        samples, n_new = sample_continuations(model, tokenizer, inputs[lo:hi], M, max_new_tokens, temperature,
+                                              top_k, seed=torch_seed, add_special_tokens=not chat,
+                                              share_prefix=share_prefix)
+        new_tokens += n_new
+        flat_prompts = [p for p in prompts[lo:hi] for _ in range(M)]
+        flat_conts = [c.strip() for group in samples for c in group]
+        R = score_samples(value_names, scorers, flat_prompts, flat_conts).reshape(len(value_names), hi - lo, M)
+        chosen, weights, ess = choose_samples(R, lam, np.random.default_rng(np_seed), best_of_n=best_of_n)
+        for p in range(hi - lo):
+            j = int(chosen[p])
+            result = {"continuation": samples[p][j], "chosen_index": j, "mc_ess": float(ess[p]),
+                      "rewards": {v: float(R[i, p, j]) for i, v in enumerate(value_names)}}
+            if return_candidates:
+                result.update(candidates=samples[p], candidate_rewards=R[:, p, :].tolist(),
+                              weights=weights[p].tolist())
+            results.append(result)
+    return results, new_tokens
+
+
+# ---------------------------------------------------------------------------------------------
+# The shard job behind gendata.TextGeneration.generate_from_MC_aligned_model
+
+def write_mc_shard(gen, lam_list, value_list, MC_nsamples=32, start_index=0, end_index=None, best_of_n=False,
+                   batch_size=64, scorers=None, share_prefix=True):
+    """MC-aligned generation for prompts [start_index, end_index) of a gendata.TextGeneration `gen`,
+    written to the original's shard name (see shard_path) and resumable.
+
+    The shard is rewritten atomically every `gen.checkpoint_every` prompts (the original: every 50)
+    and at the end; its sidecar `{shard}.meta.json` holds the settings fingerprint, seeds and
+    `complete`. Re-running the same command after a kill continues after the last saved prompt and
+    gives the records of an uninterrupted run. A shard made with other settings is never mixed
+    in: the run refuses (naming the differences) unless gen.overwrite.
+    Returns the shard path.
+    """
+    from tqdm.auto import tqdm
+
+    lam = parse_lam_list(lam_list)
+    names = resolve_values(value_list, lam)
+    if not gen.sampling.get("do_sample", True) or gen.sampling.get("num_beams", 1) != 1:
+        raise DecodingError("MC-aligned generation samples: use --do_sample=True --num_beams=1 "
+                            f"(got {gen.sampling}).")
+    M = int(MC_nsamples)
+    if M < 1:
+        raise DecodingError(f"MC_nsamples must be ≥ 1; got {MC_nsamples}")
+    prompts = gen.prompts
+    # the original clamps end_index to the prompt count and names the shard with the clamped value
+    start, end = gen._range(start_index, end_index, len(prompts))
+    path = shard_path(gen.save_directory, gen.base_name, lam, value_list, start, end)
+    model, tokenizer = gen.load_model()
+    chat = gen.chat_template_used()
+    fingerprint = dict(gen.fingerprint(start, end), kind="mc_aligned", lam=lam.tolist(), values=names,
+                       MC_nsamples=M, best_of_n=bool(best_of_n))
+
+    recs = _resume_records(path, fingerprint, gen.overwrite, start)
+    old_meta = records.load_metadata(path) if recs else {}
+    done = start + len(recs)
+    if done >= end and old_meta.get("complete"):
+        print(f"gendata: {path} is already complete with these settings; nothing to do.")
+        return path
+    if recs:
+        print(f"gendata: resuming {path} at prompt {done} of [{start}, {end})")
+        if old_meta.get("batch_size") != int(batch_size):
+            print(f"gendata: note: the interrupted run used batch_size={old_meta.get('batch_size')}; resuming with "
+                  f"{batch_size} samples differently from an uninterrupted run (still valid samples).")
+    tokens_before = (old_meta.get("counts") or {}).get("new_tokens", 0)
+    meta = {"kind": "mc_aligned_generation", "complete": False, "file": os.path.basename(path),
+            "model": gen.basemodel_name, "seed": gen.seed, "batch_size": int(batch_size), "fingerprint": fingerprint,
+            "counts": {"new_tokens": tokens_before},
+            "seeding": "per batch: gendata.block_seed(seed, first prompt index, 0) for sampling, (..., 1) for "
+                       "resampling", "record_keys": {"chosen_index": "which of the M samples was kept",
+                                                     "mc_ess": "effective sample size 1/Σw² of the weights"}}
+    records.save_metadata(path, meta)
+
+    # perplexity under the generating model itself, already in memory (the original's pipeline
+    # passed no base model here, so its perplexity step always failed)
+    scorers = load_scorers(names, device=str(model.device), scorers=scorers,
+                           basemodel_for_perplexity=(model, tokenizer))
+    per_call = max(1, int(batch_size) // M)
+    # checkpoints fall on batch boundaries, so a resumed run re-creates the same batches and seeds
+    every = max(per_call, (gen.checkpoint_every // per_call) * per_call)
+    t0, tokens, last_saved = time.time(), 0, done
+    bar = tqdm(total=end - start, initial=done - start, desc=f"MC-aligned {gen.base_name}", unit="prompt",
+               disable=not gen.progress, dynamic_ncols=True)
+    for lo in range(done, end, per_call):
+        hi = min(lo + per_call, end)
+        results, n_new = mc_decode(model, tokenizer, prompts[lo:hi], lam, names, M, scorers=scorers,
+                                   batch_size=batch_size, max_new_tokens=gen.sampling["max_new_tokens"],
+                                   temperature=gen.sampling["temperature"], top_k=gen.sampling["top_k"],
+                                   best_of_n=best_of_n, use_chat_template=chat, seed=gen.seed,
+                                   first_prompt_index=lo, share_prefix=share_prefix)
+        tokens += n_new
+        for i, res in zip(range(lo, hi), results):
+            rec = gen.make_record(prompts[i], res["continuation"], i, 0, chat)
+            rec.update(res["rewards"])
+            rec.update(chosen_index=res["chosen_index"], mc_ess=res["mc_ess"])
+            recs.append(rec)
+        bar.update(hi - lo)
+        bar.set_postfix(tok_s=f"{tokens / max(time.time() - t0, 1e-9):.1f}")
+        if hi - last_saved >= every and hi < end:
+            records.save_json_atomic(recs, path)
+            records.save_metadata(path, dict(meta, counts={"new_tokens": tokens_before + tokens}))
+            last_saved = hi
+    bar.close()
+    records.save_json_atomic(recs, path)
+    elapsed = time.time() - t0
+    meta.update(complete=True, counts={"prompts": end - start, "records": len(recs),
+                                       "new_tokens": tokens_before + tokens},
+                timing={"seconds_last_run": round(elapsed, 3),
+                        "tokens_per_second_last_run": round(tokens / max(elapsed, 1e-9), 2)})
+    records.save_metadata(path, meta)
+    print(f"gendata: wrote {len(recs)} MC-aligned records to {path}")
+    return path
+
+
+def _resume_records(path, fingerprint, overwrite, start):
+    """Records already in a shard of this exact run ([] when none); refuses a foreign shard."""
+    if not os.path.exists(path) or overwrite:
+        return []
+    meta = records.load_metadata(path)
+    if meta.get("fingerprint") != fingerprint:
+        from mergeProcessor import OutputExistsError
+        old = meta.get("fingerprint") or {}
+        diff = ", ".join(f"{k}: {old.get(k)!r} -> {v!r}" for k, v in fingerprint.items() if old.get(k) != v)
+        raise OutputExistsError(f"{path} exists but was made with other settings "
+                              f"({diff or 'no metadata sidecar records its settings'}). Re-run with those "
+                              "settings to resume it, or pass --overwrite=True to replace it.")
+    recs = records.load_records(path)
+    expected = list(range(start, start + len(recs)))
+    if [r.get("prompt_id") for r in recs] != expected:
+        raise records.RecordsError(f"{path} does not hold consecutive prompts from {start}; delete it to start over.")
+    return recs
