@@ -4,16 +4,14 @@ import sys
 
 import fire
 
-from models import ModelNotAvailableError
-
 
 def main(component):
-    """Run `component` under python-fire. Bad input (ValueError, FileNotFoundError, KeyError) or a
-    model that cannot be loaded here (ModelNotAvailableError) exits with status 2 and the message
-    alone; set MAP_DEBUG=1 to see the traceback."""
+    """Run `component` under python-fire. Bad input (ValueError, KeyError) and anything missing or
+    unreachable here (OSError: a file, a model or data set not available offline, permissions) exit
+    with status 2 and the message alone; set MAP_DEBUG=1 to see the traceback."""
     try:
         fire.Fire(component)
-    except (ValueError, FileNotFoundError, KeyError, ModelNotAvailableError) as e:
+    except (ValueError, KeyError, OSError) as e:
         if os.environ.get("MAP_DEBUG"):
             raise
         message = e.args[0] if isinstance(e, KeyError) and e.args else e

@@ -1,0 +1,253 @@
+"""What the trainers (trainPPO, trainDPO, rewardTrainer, getDPOsoup) share: seeds, LoRA configs,
+CPU-safe TRL config defaults, explicit reference models, resume/finish bookkeeping, output naming
+and the metadata file written next to every trained model.
+
+A trained-model folder is complete only once its metadata file (`map_training.json`) exists: it is
+written last, atomically, after the weights. A run killed earlier leaves `checkpoint-*` folders
+that the next run resumes from.
+"""
+import contextlib
+import copy
+import glob
+import os
+import shutil
+import time
+
+import records
+
+METADATA_FILE = "map_training.json"
+
+
+# ---------------------------------------------------------------------------------------------
+# Argument normalisation (fire passes "1,2" as a tuple, "1" as an int, "a,b" as a tuple of str)
+
+def float_list(x, name):
+    """A list of floats from a float, a comma-separated string, or a list/tuple (as fire passes it).
+    Raises ValueError naming `name` for anything else or non-finite numbers."""
+    if isinstance(x, (int, float)) and not isinstance(x, bool):
+        items = [x]
+    elif isinstance(x, str):
+        items = [s for s in x.replace(" ", "").split(",") if s]
+    elif isinstance(x, (list, tuple)):
+        items = list(x)
+    else:
+        raise ValueError(f"--{name} must be a number or a comma-separated list of numbers; got {x!r}")
+    try:
+        out = [float(v) for v in items]
+    except (TypeError, ValueError):
+        raise ValueError(f"--{name} must hold numbers only; got {x!r}") from None
+    if not out or any(v != v or v in (float("inf"), float("-inf")) for v in out):
+        raise ValueError(f"--{name} must be a non-empty list of finite numbers; got {x!r}")
+    return out
+
+
+def str_list(x, name):
+    """A list of strings from a comma-separated string or a list/tuple."""
+    if isinstance(x, str):
+        items = x.split(",")
+    elif isinstance(x, (list, tuple)):
+        items = [str(v) for v in x]
+    else:
+        raise ValueError(f"--{name} must be a comma-separated string or a list; got {x!r}")
+    items = [s.strip() for s in items if s.strip()]
+    if not items:
+        raise ValueError(f"--{name} is empty")
+    return items
+
+
+def report_to_list(report_to):
+    """'none' (default) -> []; 'tensorboard', 'wandb', 'tensorboard,wandb' or a list -> list."""
+    if report_to is None:
+        return []
+    names = str_list(report_to, "report_to")
+    return [] if names == ["none"] else names
+
+
+# ---------------------------------------------------------------------------------------------
+# Naming (SPEC-MAP §2.1: model folders are sanitised by replacing "," and "=" with "_")
+
+def format_lambda(lam):
+    """λ as the original wrote it in names and logs: 3 decimals, comma-joined ("1.548,1.148")."""
+    return ",".join(f"{float(v):.3f}" for v in lam)
+
+
+def sanitize(name):
+    return name.replace(",", "_").replace("=", "_")
+
+
+def sanitize_save_path(save_path):
+    """Sanitise the last component of a save path as the original did for PPO models, so the
+    folder is a valid hub-style name ("modelsPPO/x-lam=1,2" -> "modelsPPO/x-lam_1_2")."""
+    head, tail = os.path.split(os.path.normpath(save_path))
+    return os.path.join(head, sanitize(tail)) if head else sanitize(tail)
+
+
+def map_model_name(model_short, data_name, lam, values):
+    """'{model}-{data}-lam={λ}-val={values}' sanitised, the original's MAP-F folder stem, e.g.
+    'opt1.3b-Anthropic-harmless-lam_1.548_1.148-val_gpt2-helpful_gpt2-harmless'."""
+    return sanitize(f"{model_short}-{data_name}-lam={format_lambda(lam)}-val={','.join(values)}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Seeds, LoRA, TRL configs
+
+def set_seed(seed):
+    """Seed python, numpy and torch (all devices)."""
+    from transformers import set_seed as hf_set_seed
+    hf_set_seed(int(seed))
+
+
+def lora_config(r=16, alpha=32, dropout=0.05, target_modules="all-linear", task_type="CAUSAL_LM"):
+    """A PEFT LoraConfig. 'all-linear' adapts every linear layer except the output head (TRL 1.16
+    rejects adapters on lm_head)."""
+    from peft import LoraConfig
+    modules = target_modules if target_modules == "all-linear" else str_list(target_modules, "lora_target_modules")
+    return LoraConfig(r=int(r), lora_alpha=float(alpha), lora_dropout=float(dropout), target_modules=modules,
+                      task_type=task_type, bias="none")
+
+
+def common_config(output_dir, seed=0, report_to="none", bf16=False, gradient_checkpointing=False,
+                  logging_steps=10, save_steps=50, save_total_limit=2, run_name=None, **extra):
+    """Keyword arguments every TRL/transformers config here gets.
+
+    CPU-safe defaults: TRL configs default to bf16=True and gradient_checkpointing=True; both are off
+    unless asked. Nothing is reported anywhere unless `report_to` names a tracker. Checkpoints are
+    written every `save_steps` optimizer steps so a killed run resumes.
+    """
+    kwargs = dict(output_dir=output_dir, seed=int(seed), data_seed=int(seed), report_to=report_to_list(report_to),
+                  bf16=bool(bf16), gradient_checkpointing=bool(gradient_checkpointing),
+                  logging_steps=int(logging_steps), save_strategy="steps", save_steps=int(save_steps),
+                  save_total_limit=save_total_limit, run_name=run_name)
+    kwargs.update(extra)
+    return kwargs
+
+
+# ---------------------------------------------------------------------------------------------
+# Reference models
+
+def frozen_copy(model):
+    """A frozen, eval-mode deep copy of `model`: the explicit reference p0 for full fine-tuning,
+    taken before any update (never rebuilt from a hub id or the config's path)."""
+    ref = copy.deepcopy(model)
+    ref.eval()
+    for p in ref.parameters():
+        p.requires_grad_(False)
+    return ref
+
+
+@contextlib.contextmanager
+def explicit_reference(trainer_module, policy, ref_model):
+    """Construct a TRL trainer that has no `ref_model` argument (RLOOTrainer, GRPOTrainer) with an
+    explicit reference model.
+
+    Those trainers rebuild the reference with `create_model_from_path(policy.config._name_or_path)`,
+    which reloads weights from disk or the hub (and fails for in-memory models). Inside this
+    context that call returns `ref_model` instead, so TRL still applies its own preparation to it
+    (dropout, fused LM head, accelerator placement). `used` in the yielded dict tells whether the
+    trainer asked for a reference at all (it does not when beta == 0 or with a PEFT adapter).
+    """
+    original = trainer_module.create_model_from_path
+    path = getattr(policy.config, "_name_or_path", None)
+    state = {"used": False}
+
+    def give_reference(model_id, *args, **kwargs):
+        if ref_model is not None and model_id == path and not state["used"]:
+            state["used"] = True
+            return ref_model
+        return original(model_id, *args, **kwargs)
+
+    trainer_module.create_model_from_path = give_reference
+    try:
+        yield state
+    finally:
+        trainer_module.create_model_from_path = original
+
+
+# ---------------------------------------------------------------------------------------------
+# Resume, finish, metadata
+
+def is_finished(save_path):
+    """True when `save_path` holds a completed training run (its metadata file exists)."""
+    return os.path.isfile(os.path.join(save_path, METADATA_FILE))
+
+
+def resume_checkpoint(output_dir, resume_from_checkpoint=None):
+    """What to pass to Trainer.train(resume_from_checkpoint=...).
+
+    None (default) = the newest `checkpoint-*` in `output_dir` if there is one (a killed run goes
+    on), else start fresh; False = start fresh; True = the newest checkpoint, which must exist;
+    a path = that checkpoint.
+    """
+    from transformers.trainer_utils import get_last_checkpoint
+    if resume_from_checkpoint is False:
+        return None
+    last = get_last_checkpoint(output_dir) if os.path.isdir(output_dir) else None
+    if resume_from_checkpoint is None:
+        return last
+    if resume_from_checkpoint is True:
+        if last is None:
+            raise FileNotFoundError(f"--resume_from_checkpoint=True but {output_dir!r} holds no checkpoint-* folder; "
+                                    "drop the flag to start fresh.")
+        return last
+    if not os.path.isdir(str(resume_from_checkpoint)):
+        raise FileNotFoundError(f"--resume_from_checkpoint={resume_from_checkpoint!r} is not a folder")
+    return str(resume_from_checkpoint)
+
+
+def save_trained(trainer, tokenizer, save_path, metadata, merge_lora=True, keep_checkpoints=False):
+    """Write the trained model to `save_path`, then the metadata file (last, atomically).
+
+    With a PEFT adapter the adapter is saved to `{save_path}/adapter` and, when `merge_lora`, the
+    merged full model to `save_path` itself, so every script loads the folder as a plain model;
+    without `merge_lora` the adapter alone goes to `save_path` (transformers loads it through peft).
+    Checkpoint folders are deleted afterwards unless `keep_checkpoints`. Returns `save_path`.
+    """
+    from peft import PeftModel
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    os.makedirs(save_path, exist_ok=True)
+    if not trainer.accelerator.is_main_process:
+        return save_path
+    if isinstance(model, PeftModel):
+        model.save_pretrained(os.path.join(save_path, "adapter") if merge_lora else save_path)
+        if merge_lora:
+            model = model.merge_and_unload()
+            model.save_pretrained(save_path)
+        metadata = dict(metadata, lora_adapter="adapter" if merge_lora else ".", lora_merged=bool(merge_lora))
+    else:
+        model.save_pretrained(save_path)
+    tokenizer.save_pretrained(save_path)
+    if not keep_checkpoints:
+        for checkpoint in glob.glob(os.path.join(save_path, "checkpoint-*")):
+            shutil.rmtree(checkpoint, ignore_errors=True)
+    metadata = dict(metadata, finished_at=time.strftime("%Y-%m-%dT%H:%M:%S"))
+    records.save_json_atomic(metadata, os.path.join(save_path, METADATA_FILE), indent=2)
+    return save_path
+
+
+def load_training_metadata(save_path):
+    """The metadata dict of a trained-model folder ({} when it has none)."""
+    import json
+    path = os.path.join(save_path, METADATA_FILE)
+    if not os.path.isfile(path):
+        return {}
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def base_metadata(method, model_name, seed, **fields):
+    """The metadata fields every trainer records: method, base model provenance, seed, versions."""
+    import importlib.metadata as md
+
+    import models
+    try:
+        info = models.model_info(model_name)
+    except Exception as e:  # provenance is informative only; never fail a finished run on it
+        info = {"model_name": model_name, "error": str(e)}
+    versions = {}
+    for dist in ("trl", "transformers", "peft", "torch"):
+        try:
+            versions[dist] = md.version(dist)
+        except md.PackageNotFoundError:
+            versions[dist] = None
+    return dict(method=method, base_model=model_name, base_model_info=info, seed=int(seed), versions=versions,
+                started_at=time.strftime("%Y-%m-%dT%H:%M:%S"), **fields)
