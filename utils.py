@@ -1,0 +1,13 @@
+"""Names the original MAP `utils` module exported, kept so old imports and scripts keep working.
+
+The code itself lives in modules named for their concern: values.py (the value registry),
+models.py (model loading), records.py (the record store), training.py (trainer helpers).
+"""
+from training import sanitize_save_path
+from values import ALL_SUPPORTED_VALUES, TASK_NAME, TASK_VALUES  # noqa: F401  ('conversation', 'sentiment_control')
+
+
+def convert_ppo_modelname_to_huggingface_valid(ppo_model_name):
+    """Make a trained model's folder name a valid hub-style name, as the original did: ',' and '='
+    in the last path component become '_' ("modelsPPO/opt1.3b-lam=1.5,1.1" -> "modelsPPO/opt1.3b-lam_1.5_1.1")."""
+    return sanitize_save_path(ppo_model_name)
