@@ -79,8 +79,11 @@ def test_pairwise_reward_model_through_the_original_command_line(tmp_path):
     argv = [f"--model_name_or_path={base}", f"--output_dir={out_dir}", "--per_device_train_batch_size=8",
             "--num_train_epochs=3", "--gradient_accumulation_steps=1", "--learning_rate=3e-3",
             "--remove_unused_columns=False", "--optim=adamw_torch", "--logging_steps=4",
-            "--evaluation_strategy=no", "--max_length=64", f"--data_source_path={data}", "--save_steps=1000"]
+            "--evaluation_strategy=no", "--max_length=64", f"--data_source_path={data}", "--save_steps=1000",
+            "--report_to=tensorboard"]
     assert rewardTrainer.main(argv) == out_dir
+    events = [f for _, _, files in os.walk(tmp_path) for f in files if f.startswith("events.out.tfevents")]
+    assert events, "--report_to=tensorboard wrote no event file"
     meta = training.load_training_metadata(out_dir)
     losses = [h["loss"] for h in meta["log_history"] if "loss" in h]
     assert losses[-1] < losses[0]
