@@ -270,7 +270,7 @@ def solve_palette(rewards, c, groups=None, lam_init=None, optimize_indices=None,
         A, w, s = tilt.evaluate(lam_)
         return lam_ @ c - A, A, w, s
 
-    g, A, w, s = dual(lam)
+    g, A, w, _ = dual(lam)
     lp_checked, certificate, status, message = False, None, NOT_CONVERGED, ""
     iterations = 0
     for iterations in range(1, max_iter + 1):
@@ -313,7 +313,7 @@ def solve_palette(rewards, c, groups=None, lam_init=None, optimize_indices=None,
         if not accepted:
             message = "line search stalled"
             break
-        lam, g, A, w, s = lam_new, g_new, A_new, w_new, s_new
+        lam, g, A, w = lam_new, g_new, A_new, w_new
     else:
         message = f"no convergence in {max_iter} iterations"
 

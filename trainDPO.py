@@ -36,7 +36,6 @@ import genDPOdata
 import models
 import records
 import training
-import values as value_registry
 
 DPO_LOSSES = ("sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot",
               "aot_unpaired", "apo_zero", "apo_down", "discopop", "sft", "sigmoid_norm")
@@ -301,11 +300,7 @@ def train_map_dpo(file_path, lam_list, value_list, model_name=None, save_path=No
     Returns:
         the save_path.
     """
-    values = value_registry.expand_value_list(value_list)
-    lam = training.float_list(lam_list, "lam_list")
-    if len(lam) != len(values):
-        raise ValueError(f"--lam_list has {len(lam)} entries but --value_list names {len(values)} values "
-                         f"({values}); give one λ per value, in the same order.")
+    values, lam = training.values_and_lambda(value_list, lam_list)
     kind, losses = parse_loss_type(loss_type)
     recs = records.load_records(file_path)
     meta = records.load_metadata(file_path)

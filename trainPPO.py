@@ -217,11 +217,7 @@ def main(lam_list, value_list="all", model_name=models.DEFAULT_MODEL, data_name=
     Returns:
         the save_path.
     """
-    values = value_registry.expand_value_list(value_list)
-    lam = training.float_list(lam_list, "lam_list")
-    if len(lam) != len(values):
-        raise ValueError(f"--lam_list has {len(lam)} entries but --value_list names {len(values)} values "
-                         f"({values}); give one λ per value, in the same order.")
+    values, lam = training.values_and_lambda(value_list, lam_list)
     if save_path is None:
         import prompts as prompt_sources
         save_path = os.path.join("modelsPPO", training.map_model_name(

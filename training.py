@@ -41,6 +41,18 @@ def float_list(x, name):
     return out
 
 
+def values_and_lambda(value_list, lam_list):
+    """The aligned values (as values.expand_value_list) and their λ, one per value.
+    Raises ValueError when the counts differ."""
+    from values import expand_value_list
+    values = expand_value_list(value_list)
+    lam = float_list(lam_list, "lam_list")
+    if len(lam) != len(values):
+        raise ValueError(f"--lam_list has {len(lam)} entries but --value_list names {len(values)} values "
+                         f"({values}); give one λ per value, in the same order.")
+    return values, lam
+
+
 def str_list(x, name):
     """A list of strings from a comma-separated string or a list/tuple."""
     if isinstance(x, str):

@@ -4,7 +4,9 @@ The code itself lives in modules named for their concern: values.py (the value r
 models.py (model loading), records.py (the record store), training.py (trainer helpers).
 """
 from training import sanitize_save_path
-from values import ALL_SUPPORTED_VALUES, TASK_NAME, TASK_VALUES  # noqa: F401  ('conversation', 'sentiment_control')
+from values import ALL_SUPPORTED_VALUES, TASK_NAME, TASK_VALUES  # TASK_NAME: 'conversation' or 'sentiment_control'
+
+__all__ = ["ALL_SUPPORTED_VALUES", "TASK_NAME", "TASK_VALUES", "convert_ppo_modelname_to_huggingface_valid"]
 
 
 def convert_ppo_modelname_to_huggingface_valid(ppo_model_name):

@@ -3,7 +3,6 @@ Pareto LPs, and the legacy optimiser's known answers."""
 import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
-from hypothesis.extra.numpy import arrays
 
 import solver
 
