@@ -27,18 +27,6 @@ LEGACY_REACH_TOL = 0.01  # the original's λ count as reaching c when realized �
 CSV_HEADER = ["filepath", "c_Levels", "values", "optimized_lambda", "Dirichlet_lambda_ref", "status", "seed"]
 
 
-def _as_float_list(x, name):
-    """fire gives a float for `--c=0.5`, a tuple for `--c=1,2`, a string for quoted lists."""
-    if isinstance(x, str):
-        x = [p for p in x.replace("[", "").replace("]", "").split(",") if p.strip()]
-    if np.isscalar(x):
-        x = [x]
-    try:
-        return [float(v) for v in x]
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a number or a comma-separated list of numbers; got {x!r}") from None
-
-
 def _fmt(xs):
     return ",".join(f"{float(x):.3f}" for x in xs)
 
@@ -84,7 +72,7 @@ class AlignValues:
 
     # ---------------------------------------------------------------- helpers
     def _palette(self, c, name):
-        levels = np.array(_as_float_list(c, name))
+        levels = np.array(cli.float_list(c, name))
         if levels.size != len(self.value_list):
             raise ValueError(f"{name} has {levels.size} levels but value_list {self.value_list} has "
                              f"{len(self.value_list)} values; give one level per value, in the same order.")
@@ -105,7 +93,7 @@ class AlignValues:
     def solve(self, c=None, lambda_init=None, optimize_indices=None):
         """Solve one palette (default self.c) with the configured solver; returns a PaletteResult."""
         c = self._require_palette() if c is None else np.asarray(c, dtype=np.float64)
-        lam_init = None if lambda_init is None else np.array(_as_float_list(lambda_init, "lambda_init"))
+        lam_init = None if lambda_init is None else np.array(cli.float_list(lambda_init, "lambda_init"))
         indices = None if optimize_indices is None else [int(i) for i in np.atleast_1d(optimize_indices)]
         if self.solver == "exact":
             return solver.solve_palette(self.rewards, c, groups=self.groups, lam_init=lam_init,
@@ -183,7 +171,7 @@ class AlignValues:
 
     def _dual_objective(self, lambda_vals):
         """g(λ) = λᵀc − log mean_j exp(λᵀr_j) (pooled) at λ, in nats."""
-        lam = np.array(_as_float_list(lambda_vals, "lambda_vals"))
+        lam = np.array(cli.float_list(lambda_vals, "lambda_vals"))
         A, _, _ = solver.Tilt(self.rewards, self.groups).evaluate(lam)
         return float(lam @ self._require_palette() - A)
 
@@ -195,7 +183,7 @@ class AlignValues:
         reach the palette (that is the baseline's weakness), so it is saved only if it does.
         """
         c = self._require_palette()
-        lam = np.zeros(len(c)) if lambda_init is None else np.array(_as_float_list(lambda_init, "lambda_init"))
+        lam = np.zeros(len(c)) if lambda_init is None else np.array(cli.float_list(lambda_init, "lambda_init"))
         for idx in range(len(c)):
             result = self.solve(c=c, lambda_init=lam, optimize_indices=[idx])
             if not result.success:

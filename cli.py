@@ -1,4 +1,6 @@
-"""Entry point shared by the top-level fire CLIs: user errors print one clear line, not a traceback."""
+"""What the top-level fire CLIs share: one entry point (user errors print one clear line, not a
+traceback) and the normalisation of list arguments as fire passes them."""
+import math
 import os
 import sys
 
@@ -17,3 +19,36 @@ def main(component):
         message = e.args[0] if isinstance(e, KeyError) and e.args else e
         print(f"error: {message}", file=sys.stderr)
         sys.exit(2)
+
+
+def float_list(x, name):
+    """A list of floats from what fire passes: a number (`--c=0.5`), a tuple (`--c=1,2`), a string
+    ("1, 2" or "[1,2]"), or a list/array. Raises ValueError naming `--{name}` for anything else,
+    an empty list or non-finite numbers."""
+    if isinstance(x, str):
+        items = [s for s in x.replace(" ", "").strip("[]").split(",") if s]
+    elif isinstance(x, (int, float)) and not isinstance(x, bool):
+        items = [x]
+    elif hasattr(x, "__iter__"):
+        items = [v for v in (x.ravel() if hasattr(x, "ravel") else x)]
+    else:
+        raise ValueError(f"--{name} must be a number or a comma-separated list of numbers; got {x!r}")
+    try:
+        out = [float(v) for v in items]
+    except (TypeError, ValueError):
+        raise ValueError(f"--{name} must hold numbers only; got {x!r}") from None
+    if not out or not all(math.isfinite(v) for v in out):
+        raise ValueError(f"--{name} must be a non-empty list of finite numbers; got {x!r}")
+    return out
+
+
+def values_and_lambda(value_list, lam_list):
+    """The aligned values (values.expand_value_list) and their λ, one per value, as lists.
+    Raises ValueError when the counts differ."""
+    from values import expand_value_list
+    values = expand_value_list(value_list)
+    lam = float_list(lam_list, "lam_list")
+    if len(lam) != len(values):
+        raise ValueError(f"--lam_list has {len(lam)} entries but --value_list names {len(values)} values "
+                         f"({values}); give one λ per value, in the same order.")
+    return values, lam

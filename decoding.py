@@ -24,6 +24,7 @@ import warnings
 
 import numpy as np
 
+import cli
 import records
 import values as values_registry
 
@@ -38,32 +39,19 @@ class DecodingError(ValueError):
 # λ and value lists, shard names
 
 def parse_lam_list(lam_list):
-    """λ as fire and users pass it: a number, "1.2,0.5", or a list/tuple. Returns a float64 array
-    (k,). Raises DecodingError for empty or non-finite input."""
-    if isinstance(lam_list, str):
-        parts = [p for p in lam_list.replace(" ", "").split(",") if p]
-    elif isinstance(lam_list, (list, tuple, np.ndarray)):
-        parts = list(np.ravel(lam_list))
-    else:
-        parts = [lam_list]
+    """λ as fire and users pass it (cli.float_list) as a float64 array (k,); DecodingError if bad."""
     try:
-        lam = np.array([float(p) for p in parts], dtype=np.float64)
-    except (TypeError, ValueError):
-        raise DecodingError(f"lam_list must be numbers, e.g. --lam_list=0.5,1.2; got {lam_list!r}") from None
-    if lam.size == 0 or not np.all(np.isfinite(lam)):
-        raise DecodingError(f"lam_list must hold one finite number per value; got {lam_list!r}")
-    return lam
+        return np.array(cli.float_list(lam_list, "lam_list"), dtype=np.float64)
+    except ValueError as e:
+        raise DecodingError(str(e)) from None
 
 
 def resolve_values(value_list, lam):
     """The value names of `value_list` ("all", "a,b", list or fire's tuple), checked against λ."""
     try:
-        names = values_registry.expand_value_list(value_list)
+        names, _ = cli.values_and_lambda(value_list, lam)
     except ValueError as e:
         raise DecodingError(str(e)) from None
-    if len(names) != len(lam):
-        raise DecodingError(f"lam_list has {len(lam)} entries but value_list names {len(names)} values "
-                            f"({names}); give one λ per value, in the same order.")
     return names
 
 

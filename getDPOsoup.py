@@ -127,7 +127,7 @@ class ShardWriter:
 
 def _check_weights(model_paths, weights, need_unit_sum):
     paths = training.str_list(model_paths, "model_paths")
-    w = training.float_list(weights, "weights")
+    w = cli.float_list(weights, "weights")
     if len(paths) != len(w):
         raise SoupError(f"{len(paths)} models but {len(w)} weights; give one weight per model")
     if need_unit_sum and abs(sum(w) - 1.0) > 1e-6:

@@ -194,7 +194,7 @@ def build_preference_trainer(model, tokenizer, examples, output_dir, loss_type="
         max_length=int(max_length))
     if kind == "dpo":
         from trl import DPOConfig, DPOTrainer
-        weights = None if loss_weights is None else training.float_list(loss_weights, "loss_weights")
+        weights = None if loss_weights is None else cli.float_list(loss_weights, "loss_weights")
         config = DPOConfig(loss_type=losses, loss_weights=weights, label_smoothing=float(label_smoothing), **common)
         trainer_cls = DPOTrainer
     else:
@@ -300,7 +300,7 @@ def train_map_dpo(file_path, lam_list, value_list, model_name=None, save_path=No
     Returns:
         the save_path.
     """
-    values, lam = training.values_and_lambda(value_list, lam_list)
+    values, lam = cli.values_and_lambda(value_list, lam_list)
     kind, losses = parse_loss_type(loss_type)
     recs = records.load_records(file_path)
     meta = records.load_metadata(file_path)

@@ -217,7 +217,7 @@ def main(lam_list, value_list="all", model_name=models.DEFAULT_MODEL, data_name=
     Returns:
         the save_path.
     """
-    values, lam = training.values_and_lambda(value_list, lam_list)
+    values, lam = cli.values_and_lambda(value_list, lam_list)
     if save_path is None:
         import prompts as prompt_sources
         save_path = os.path.join("modelsPPO", training.map_model_name(

@@ -21,38 +21,6 @@ METADATA_FILE = "map_training.json"
 # ---------------------------------------------------------------------------------------------
 # Argument normalisation (fire passes "1,2" as a tuple, "1" as an int, "a,b" as a tuple of str)
 
-def float_list(x, name):
-    """A list of floats from a float, a comma-separated string, or a list/tuple (as fire passes it).
-    Raises ValueError naming `name` for anything else or non-finite numbers."""
-    if isinstance(x, (int, float)) and not isinstance(x, bool):
-        items = [x]
-    elif isinstance(x, str):
-        items = [s for s in x.replace(" ", "").split(",") if s]
-    elif isinstance(x, (list, tuple)):
-        items = list(x)
-    else:
-        raise ValueError(f"--{name} must be a number or a comma-separated list of numbers; got {x!r}")
-    try:
-        out = [float(v) for v in items]
-    except (TypeError, ValueError):
-        raise ValueError(f"--{name} must hold numbers only; got {x!r}") from None
-    if not out or any(v != v or v in (float("inf"), float("-inf")) for v in out):
-        raise ValueError(f"--{name} must be a non-empty list of finite numbers; got {x!r}")
-    return out
-
-
-def values_and_lambda(value_list, lam_list):
-    """The aligned values (as values.expand_value_list) and their λ, one per value.
-    Raises ValueError when the counts differ."""
-    from values import expand_value_list
-    values = expand_value_list(value_list)
-    lam = float_list(lam_list, "lam_list")
-    if len(lam) != len(values):
-        raise ValueError(f"--lam_list has {len(lam)} entries but --value_list names {len(values)} values "
-                         f"({values}); give one λ per value, in the same order.")
-    return values, lam
-
-
 def str_list(x, name):
     """A list of strings from a comma-separated string or a list/tuple."""
     if isinstance(x, str):

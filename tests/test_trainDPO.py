@@ -178,12 +178,6 @@ def test_killed_run_resumes_from_its_last_checkpoint(tiny_lm_dir, tmp_path):
 
 
 def test_argument_helpers():
-    assert training.float_list((1, "2.5"), "x") == [1.0, 2.5] and training.float_list("0.1, 2", "x") == [0.1, 2.0]
-    assert training.float_list(3, "x") == [3.0]
-    with pytest.raises(ValueError, match="--x"):
-        training.float_list("a,b", "x")
-    with pytest.raises(ValueError, match="finite"):
-        training.float_list("nan", "x")
     assert training.report_to_list("none") == [] and training.report_to_list("tensorboard,wandb") == [
         "tensorboard", "wandb"]
     assert training.sanitize_save_path("modelsPPO/sub/m-lam=1.000,2.000-val=a,b") == \
