@@ -33,3 +33,7 @@ bench: install
 
 clean:
 	rm -rf .venv .pytest_cache .hypothesis
+
+# every paper figure from the demo's results (make demo first), into results/figures/
+figures: install
+	$(PY) plot/make_gallery.py
