@@ -14,13 +14,12 @@ Steps (all outputs under --out_dir, default results/figures; artefacts in {out_d
  5. random-λ realized levels (RewardProcessor.assess_postalignment_multivalue, `_numericC-levels.csv`)
     and random MAP λ next to Dirichlet λ (AlignValues.gen_rand_MAP_lambda CSVs);
  6. the sequential baseline's JSON and the level table in quantiles (plot_sequential_baseline,
-    plot_tab_in_quantiles) when those modules are present;
+    plot_tab_in_quantiles);
  7. a small MC-aligned (MAP-D) generation on the first --mc_prompts prompts with the demo's λ and
     its win rates against the base outputs of the same prompts (plot_cal_winrate); needs the
     file's generating model offline (skipped with a note otherwise, or with --skip_mc);
  8. every figure, as PDF and PNG, in out_dir.
 """
-import importlib
 import json
 import os
 import shutil
@@ -33,7 +32,7 @@ import numpy as np  # noqa: E402
 from plot import figstyle  # noqa: E402,F401  (selects the headless backend first)
 from plot import artefacts  # noqa: E402
 from plot import plot_pairwise_pareto, plot_radar_tabresults, plot_rand_lambda_MAP_region  # noqa: E402
-from plot import plot_reward_dist  # noqa: E402
+from plot import plot_cal_winrate, plot_reward_dist, plot_sequential_baseline, plot_tab_in_quantiles  # noqa: E402
 import cli  # noqa: E402
 import records  # noqa: E402
 import values  # noqa: E402
@@ -47,17 +46,6 @@ NOT_ALIGNED = ("length",)  # reported, but not a value one aligns toward
 
 def _banner(text):
     print(f"\n== {text}", flush=True)
-
-
-def _optional_module(name):
-    """plots-by-others that may be absent in a checkout: the module, or None with a note."""
-    try:
-        return importlib.import_module(f"plot.{name}")
-    except ModuleNotFoundError as e:
-        if e.name != f"plot.{name}":
-            raise
-        print(f"note: plot/{name}.py is not present; its figure is skipped.")
-        return None
 
 
 def _read_summary(summary, file_path):
@@ -127,12 +115,9 @@ def write_points(path, reference, shown, points, title):
 def _mc_winrates(work_file, base_recs, lam, aligned, data_dir, out_dir, mc_prompts, mc_samples, mc_tokens, seed):
     """MAP-D outputs for the first mc_prompts prompts and their win rates against the base outputs
     of the same prompts. Returns the figure paths (empty with a printed note when not possible)."""
-    winrate = _optional_module("plot_cal_winrate")
     meta = records.load_metadata(work_file)
     model = meta.get("model")
     source = meta.get("prompt_source", {})
-    if winrate is None:
-        return []
     if not model or not source.get("data_name"):
         print(f"note: {work_file!r} has no generation sidecar naming its model and prompts, so no MC-aligned "
               "outputs can be made for it; the win-rate figure is skipped (run on the demo's results for it).")
@@ -156,8 +141,8 @@ def _mc_winrates(work_file, base_recs, lam, aligned, data_dir, out_dir, mc_promp
     base_subset = os.path.join(data_dir, f"base_first{mc_prompts}.json")
     records.save_json_atomic([r for r in base_recs if r.get("prompt_id") in wanted], base_subset)
     prefix = os.path.join(data_dir, "winrates_mc_vs_base")
-    winrate.collect_multiple_results([shard], base_subset, prefix, metrics=aligned)
-    return winrate.plot_winrate(prefix + ".json", os.path.join(out_dir, "fig_winrate_mc_vs_base"),
+    plot_cal_winrate.collect_multiple_results([shard], base_subset, prefix, metrics=aligned)
+    return plot_cal_winrate.plot_winrate(prefix + ".json", os.path.join(out_dir, "fig_winrate_mc_vs_base"),
                                 x_metric=aligned[0], y_metric=aligned[1], groups=["MAP-D"])
 
 
@@ -292,22 +277,15 @@ def make_gallery(file_path=DEFAULT_FILE, summary=DEFAULT_SUMMARY, values_to_alig
 
 
 def _others(work, aligned, rows, points_palettes, data_dir, out_dir):
-    """Outputs of plot modules owned elsewhere, called through their public functions when present:
-    the sequential baseline (JSON + figure) and the MAP palettes' levels as quantiles (JSON + CSV table)."""
-    paths = []
-    sequential = _optional_module("plot_sequential_baseline")
-    if sequential is not None:
-        result = sequential.compute_sequential_baseline(work, value_list=",".join(aligned),
-                                                        levels=",".join(str(p) for p in rows), rounds=5,
-                                                        file_prefix=os.path.join(data_dir, "sequential_baseline"))
-        paths += sequential.plot_sequential_baseline(result, output_prefix=os.path.join(out_dir,
-                                                                                         "fig_sequential_baseline"))
-    quantiles = _optional_module("plot_tab_in_quantiles")
-    if quantiles is not None:
-        tables = quantiles.tab_in_quantiles(points_file=points_palettes,
-                                            file_prefix=os.path.join(out_dir, "tab_MAP_palettes_in_quantiles"))
-        paths += list(tables) if isinstance(tables, (list, tuple)) else [tables]
-    return paths
+    """The sequential baseline (JSON + figure) and the MAP palettes' levels as quantiles (JSON + CSV table)."""
+    result = plot_sequential_baseline.compute_sequential_baseline(
+        work, value_list=",".join(aligned), levels=",".join(str(p) for p in rows), rounds=5,
+        file_prefix=os.path.join(data_dir, "sequential_baseline"))
+    paths = plot_sequential_baseline.plot_sequential_baseline(
+        result, output_prefix=os.path.join(out_dir, "fig_sequential_baseline"))
+    tables = plot_tab_in_quantiles.tab_in_quantiles(
+        points_file=points_palettes, file_prefix=os.path.join(out_dir, "tab_MAP_palettes_in_quantiles"))
+    return list(paths) + list(tables)
 
 
 if __name__ == "__main__":
