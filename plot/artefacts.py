@@ -268,6 +268,26 @@ def as_list(arg, name="argument"):
     return items
 
 
+def as_path_list(arg, name="argument"):
+    """File paths from what fire passes: a list/tuple, or a comma-separated string. MAP file names
+    hold commas themselves ("..._lam=2.090,8.610_val=..."), so comma-separated pieces are re-joined
+    for as long as the joined text names an existing file; pieces that never do are kept as they
+    are (the reader then reports them as missing)."""
+    if not isinstance(arg, str):
+        return as_list(arg, name)
+    pieces, paths, current = arg.strip("[]()").split(","), [], []
+    for piece in pieces:
+        current.append(piece)
+        joined = ",".join(current).strip().strip("'\"")
+        if os.path.exists(joined):
+            paths.append(joined)
+            current = []
+    paths += [p.strip().strip("'\"") for p in current if p.strip()]
+    if not paths:
+        raise ArtefactError(f"{name} is empty; give one or more file paths, comma-separated.")
+    return paths
+
+
 def as_float_list(arg, name="argument"):
     """Floats from a fire list flag (`--lam=1.2,0.5`, `--lam=[1.2,0.5]` or a single number)."""
     if isinstance(arg, (int, float)) and not isinstance(arg, bool):

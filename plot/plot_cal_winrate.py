@@ -65,7 +65,7 @@ def collect_multiple_results(model_files, base_model_file, file_prefix, metrics=
     Every pair is checked before anything is written: files covering different prompts are refused
     with one error naming them. Returns the JSON path (format in the module docstring).
     """
-    model_files = artefacts.as_list(model_files, "model_files")
+    model_files = artefacts.as_path_list(model_files, "model_files")
     wanted = artefacts.as_list(metrics, "metrics") if metrics is not None else None
     base_records = records.load_records(base_model_file)
     base_keys = records.reward_keys(base_records)

@@ -67,7 +67,7 @@ def plot_lambdas_2D_subplots(file_paths, x_value, y_value, output_prefix):
     """One 2D panel per gen_rand_MAP_lambda CSV: its MAP λ and its own Dirichlet reference λ for two
     values. file_paths: the CSVs (comma-separated or a list). x_value, y_value: values of the axes.
     output_prefix: output path without extension. All panels share the axis range."""
-    paths = artefacts.as_list(file_paths, "file_paths")
+    paths = artefacts.as_path_list(file_paths, "file_paths")
     panels = [(path, *_columns(artefacts.read_rand_lambda_csv(path), path, [x_value, y_value])) for path in paths]
     top = _upper(*[a for _, lam, ref in panels for a in (lam, ref)])
     fig, axes = plt.subplots(1, len(panels), figsize=(3.8 * len(panels), 3.7), squeeze=False)

@@ -82,7 +82,7 @@ def tab_in_quantiles(reference_file=None, levels_csvs=None, points_file=None, va
     reference_file = reference_file or (table or {}).get("reference")
     if not reference_file:
         raise artefacts.ArtefactError("name the reference (base model) results file: --reference_file=results/x.json.")
-    csv_paths = artefacts.as_list(levels_csvs, "levels_csvs") if levels_csvs is not None else []
+    csv_paths = artefacts.as_path_list(levels_csvs, "levels_csvs") if levels_csvs is not None else []
     if value_list is not None:
         names = values.expand_value_list(value_list)
     elif table is not None:

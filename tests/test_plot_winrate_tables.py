@@ -209,3 +209,15 @@ def test_sequential_baseline_opt_70(tmp_path):
     assert level["MAP"]["quantiles"][1] == pytest.approx(0.700, abs=0.002)
     assert level["sequential"][0]["quantiles"][1] == pytest.approx(0.437, abs=0.003)
     np.testing.assert_allclose(level["sequential"][0]["lam"][:3], [8.418, 0.479, 0.966], atol=0.01)
+
+
+def test_model_file_names_with_commas(tmp_path, winrate_files):
+    # MAP-D files carry λ in their names ("..._lam=2.090,8.610_val=a,b.json"): a comma-separated
+    # --model_files must not cut them apart.
+    base, a, b = winrate_files
+    lam_named = str(tmp_path / "m_lam=2.090,8.610_val=gpt2-helpful,gpt2-harmless.json")
+    os.rename(a, lam_named)
+    out = plot_cal_winrate.collect_multiple_results(f"{lam_named},{b}", base, str(tmp_path / "w"))
+    entries = json.load(open(out[0] if isinstance(out, (list, tuple)) else out))
+    assert [e["model-path"] for e in entries] == [lam_named, b]
+    assert entries[0]["gpt2-helpful"] == pytest.approx(0.625)
