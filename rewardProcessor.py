@@ -35,23 +35,6 @@ from records import RecordsError
 QUANTILE_ROWS = (50, 60, 70, 80, 90, 99)
 
 
-def parse_numbers(x, name):
-    """A float list from a scalar, a sequence, or a comma-separated string (fire passes all three)."""
-    if isinstance(x, str):
-        parts = [p for p in x.replace(" ", "").split(",") if p]
-    elif isinstance(x, (list, tuple, np.ndarray)):
-        parts = list(x)
-    else:
-        parts = [x]
-    try:
-        out = [float(p) for p in parts]
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be numbers (e.g. --{name}=0.5,1.2); got {x!r}") from None
-    if not out or not all(math.isfinite(v) for v in out):
-        raise ValueError(f"{name} must be one or more finite numbers; got {x!r}")
-    return out
-
-
 def value_list_str(value_list):
     """How a value list appears in file names: the string as given ("all", "humor,gpt2-helpful"), or the
     names comma-joined for lists (the original wrote "None" for lists)."""
@@ -249,7 +232,7 @@ class RewardProcessor:
         names = self.values_to_evaluate or self.values_to_align
         if not names:
             raise ValueError("name the values the levels belong to: --values_to_evaluate=v1,v2 (same order as c_list).")
-        c = parse_numbers(c_list, "c_list")
+        c = cli.float_list(c_list, "c_list")
         if len(c) != len(names):
             raise ValueError(f"c_list has {len(c)} levels but {len(names)} values are named ({names}).")
         matrix = records.reward_matrix(recs, names, source=self.file_path)
@@ -283,7 +266,7 @@ class RewardProcessor:
         n_align = len(self.values_to_align)
         stem = file_stem(self.file_path)
         if lam is not None:
-            lam_values = parse_numbers(lam, "lam")
+            lam_values = cli.float_list(lam, "lam")
             if len(lam_values) != n_align:
                 raise ValueError(f"lam has {len(lam_values)} entries but {n_align} values are aligned "
                                  f"({self.values_to_align}); give one λ per value.")

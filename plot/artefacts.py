@@ -180,16 +180,22 @@ def csv_columns(frame, columns, path):
     return frame[list(columns)].to_numpy(dtype=np.float64)
 
 
+def read_json_artefact(path, what, how_to_make):
+    """Parse the JSON file `path`. Raises ArtefactError naming `what` and how to make it when the file
+    is missing, and the parse error when it is not valid JSON."""
+    if not os.path.isfile(path):
+        raise ArtefactError(f"{what} not found: {path!r}. {how_to_make}")
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except json.JSONDecodeError as e:
+        raise ArtefactError(f"{what} {path!r} is not valid JSON: {e}") from None
+
+
 def load_points(points_file):
     """Read and validate a points table (format in the module docstring). Returns its dict."""
-    if not os.path.isfile(points_file):
-        raise ArtefactError(f"points table not found: {points_file!r}. Write one (format: python -c "
-                            "\"import plot.artefacts as a; help(a)\") or run plot/make_gallery.py.")
-    try:
-        with open(points_file, encoding="utf-8") as f:
-            table = json.load(f)
-    except json.JSONDecodeError as e:
-        raise ArtefactError(f"points table {points_file!r} is not valid JSON: {e}") from None
+    table = read_json_artefact(points_file, "points table", "Write one (format: python -c "
+                               "\"import plot.artefacts as a; help(a)\") or run plot/make_gallery.py.")
     points = table.get("points") if isinstance(table, dict) else None
     if not isinstance(points, list) or not points:
         raise ArtefactError(f"points table {points_file!r} needs a non-empty list under \"points\".")

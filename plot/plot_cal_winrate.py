@@ -30,7 +30,6 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # repository root
 
-import json  # noqa: E402
 
 import numpy as np  # noqa: E402
 
@@ -100,14 +99,8 @@ def load_win_rates(win_rate_results_list):
     source = "win-rate list"
     if isinstance(win_rate_results_list, str):
         source = win_rate_results_list
-        if not os.path.isfile(source):
-            raise artefacts.ArtefactError(f"win-rate summary not found: {source!r}. Write it with "
-                                          "`python plot/plot_cal_winrate.py collect_multiple_results ...`.")
-        try:
-            with open(source, encoding="utf-8") as f:
-                win_rate_results_list = json.load(f)
-        except json.JSONDecodeError as e:
-            raise artefacts.ArtefactError(f"win-rate summary {source!r} is not valid JSON: {e}") from None
+        win_rate_results_list = artefacts.read_json_artefact(
+            source, "win-rate summary", "Write it with `python plot/plot_cal_winrate.py collect_multiple_results ...`.")
     if not isinstance(win_rate_results_list, (list, tuple)) or not win_rate_results_list:
         raise artefacts.ArtefactError(f"{source} must be a non-empty list of entries, one per model "
                                       "(as collect_multiple_results writes).")

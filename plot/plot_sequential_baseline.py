@@ -29,7 +29,6 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # repository root
 
-import json  # noqa: E402
 
 import numpy as np  # noqa: E402
 
@@ -109,14 +108,9 @@ def compute_sequential_baseline(file_path, value_list="all", levels=(50, 60, 70)
 
 def load_sequential_baseline(results_json):
     """Read and check the JSON of compute_sequential_baseline; returns its dict."""
-    if not os.path.isfile(results_json):
-        raise artefacts.ArtefactError(f"sequential-baseline results not found: {results_json!r}. Write them with "
-                                      "`python plot/plot_sequential_baseline.py compute_sequential_baseline ...`.")
-    try:
-        with open(results_json, encoding="utf-8") as f:
-            data = json.load(f)
-    except json.JSONDecodeError as e:
-        raise artefacts.ArtefactError(f"{results_json!r} is not valid JSON: {e}") from None
+    data = artefacts.read_json_artefact(
+        results_json, "sequential-baseline results",
+        "Write them with `python plot/plot_sequential_baseline.py compute_sequential_baseline ...`.")
     ok = isinstance(data, dict) and isinstance(data.get("values"), list) and isinstance(data.get("levels"), list) \
         and data["levels"] and all(isinstance(lv, dict) and {"level", "MAP", "sequential"} <= set(lv)
                                    for lv in data["levels"])
