@@ -1,7 +1,5 @@
 """values.py scorers: every hub value through its real loading path on tiny local models, the
-offline scorers for real, the diversity golden test, plugins and custom reward models."""
-import json
-import os
+offline scorers for real, plugins and custom reward models (diversity: tests/test_diversity.py)."""
 import subprocess
 import sys
 
@@ -10,7 +8,7 @@ import pytest
 
 import tiny
 import values
-from conftest import LLAMA_FILE, OPT_FILE, ROOT, needs_reference
+from conftest import ROOT
 
 PROMPTS = ["How do I bake bread at home without a mixer?", "Tell me a joke about cats and dogs.", "hi",
            "Please explain how vaccines work in simple words.", "What is the best way to learn a new language?"]
@@ -265,39 +263,6 @@ def test_coherence_minilm_ranks_paraphrase_above_unrelated_text():
 def test_length_counts_whitespace_words_of_continuation():
     scores = values.score("length", ["a long prompt here", "x"], ["one two  three\nfour", ""])
     np.testing.assert_array_equal(scores, [4.0, 0.0])
-
-
-# --- diversity -----------------------------------------------------------------------------------
-
-def test_diversity_formula_by_hand():
-    # tokens a b a b: bigrams 2 distinct / (3 + 1), trigrams 2 / (2 + 1), 4-grams 1 / (1 + 1)
-    assert values.diversity_of("a b a b") == pytest.approx(2 / 4 * 2 / 3 * 1 / 2)
-    assert values.diversity_of("only three words") == 0.0
-    scores = values.score("diversity", ["a b"], ["a b"])
-    assert scores[0] == pytest.approx(2 / 4 * 2 / 3 * 1 / 2)
-
-
-@pytest.mark.parametrize("text, tokens", [
-    ("Don't stop. Mr. Smith went home.", ["Do", "n't", "stop", ".", "Mr.", "Smith", "went", "home", "."]),
-    ('He said "no" (twice), e.g. today!', ["He", "said", "``", "no", "''", "(", "twice", ")", ",", "e.g", ".",
-                                            "today", "!"]),
-    ("I cannot go... Really?", ["I", "can", "not", "go", "...", "Really", "?"]),
-    ("1. Pen Swap. Swap pens", ["1", ".", "Pen", "Swap", ".", "Swap", "pens"]),
-])
-def test_word_tokenize_follows_nltk_conventions(text, tokens):
-    assert values.word_tokenize(text) == tokens
-
-
-@needs_reference
-@pytest.mark.parametrize("path", [LLAMA_FILE, OPT_FILE])
-def test_diversity_matches_reference(path):
-    with open(path, encoding="utf-8") as f:
-        records = json.load(f)
-    ours = np.array([values.diversity_of(r["generated"]) for r in records])
-    stored = np.array([r["diversity"] for r in records])
-    agree = np.mean(np.abs(ours - stored) <= 1e-9)
-    assert agree >= 0.995, f"diversity agrees with the stored values on {agree:.4f} of {os.path.basename(path)}"
-    assert np.max(np.abs(ours - stored)) < 0.1
 
 
 # --- custom values ---------------------------------------------------------------------------------
