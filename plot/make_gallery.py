@@ -15,9 +15,11 @@ Steps (all outputs under --out_dir, default results/figures; artefacts in {out_d
     and random MAP λ next to Dirichlet λ (AlignValues.gen_rand_MAP_lambda CSVs);
  6. the sequential baseline's JSON and the level table in quantiles (plot_sequential_baseline,
     plot_tab_in_quantiles);
- 7. a small MC-aligned (MAP-D) generation on the first --mc_prompts prompts with the demo's λ and
-    its win rates against the base outputs of the same prompts (plot_cal_winrate); needs the
-    file's generating model offline (skipped with a note otherwise, or with --skip_mc);
+ 7. small MC-aligned (MAP-D) generations on the first --mc_prompts prompts, with the demo's λ and
+    with mixes of two single-value λ (--mix_ratios), and their win rates against the base outputs of
+    the same prompts (plot_cal_winrate: the win-rate scatter with navigation efficiency, win rates over
+    the mix ratio, the LaTeX table); needs the file's generating model offline (skipped with a note
+    otherwise, or with --skip_mc);
  8. every figure, as PDF and PNG, in out_dir.
 """
 import json
@@ -112,15 +114,34 @@ def write_points(path, reference, shown, points, title):
     return path
 
 
-def _mc_winrates(work_file, base_recs, lam, aligned, data_dir, out_dir, mc_prompts, mc_samples, mc_tokens, seed):
-    """MAP-D outputs for the first mc_prompts prompts and their win rates against the base outputs
-    of the same prompts. Returns the figure paths (empty with a printed note when not possible)."""
+def mix_series(sole_lam, aligned, ratios):
+    """λ mixes of two single-value solves for the win-rate-vs-ratio figure, the offline stand-in for the
+    paper's DPO runs over a grid of harmless-data ratios: λ(ρ) = ((1 − ρ)·λ_x, ρ·λ_y), where y is the
+    aligned value named like "harmless" (else the second one) and x the first other one.
+
+    sole_lam: {value: {value: λ} or None} of the Sole-X solves. ratios: the ρ in [0, 1].
+    Returns (x, y, [(ρ, [λ_x, λ_y]), ...]), or None when either single-value palette was infeasible.
+    """
+    y = next((v for v in aligned if "harmless" in v), aligned[1])
+    x = next(v for v in aligned if v != y)
+    if not sole_lam.get(x) or not sole_lam.get(y):
+        return None
+    lam_x, lam_y = sole_lam[x][x], sole_lam[y][y]
+    return x, y, [(float(r), [(1.0 - float(r)) * lam_x, float(r) * lam_y]) for r in ratios]
+
+
+def _mc_winrates(work_file, base_recs, lam, aligned, mix, data_dir, out_dir, mc_prompts, mc_samples, mc_tokens,
+                 seed):
+    """MAP-D outputs for the first mc_prompts prompts, with the demo's λ and with each λ mix of `mix`
+    (see mix_series), and their win rates against the base outputs of the same prompts: the win-rate
+    scatter, the win rates over the mix ratio, and the LaTeX table of all of them. Returns the paths
+    written (empty with a printed note when no MC generation is possible)."""
     meta = records.load_metadata(work_file)
     model = meta.get("model")
     source = meta.get("prompt_source", {})
     if not model or not source.get("data_name"):
         print(f"note: {work_file!r} has no generation sidecar naming its model and prompts, so no MC-aligned "
-              "outputs can be made for it; the win-rate figure is skipped (run on the demo's results for it).")
+              "outputs can be made for it; the win-rate figures are skipped (run on the demo's results for them).")
         return []
     import torch
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
@@ -130,25 +151,42 @@ def _mc_winrates(work_file, base_recs, lam, aligned, data_dir, out_dir, mc_promp
                          num_prompts=source.get("num_prompts_limit"),
                          use_chat_template=sampling.get("use_chat_template", "auto"),
                          max_new_tokens=mc_tokens, dtype=meta.get("dtype"))
+
+    def decode(lam_list, value_list):  # one MAP-D shard; the model loads once for all of them
+        return gen.generate_from_MC_aligned_model(",".join(f"{x:.6g}" for x in lam_list), ",".join(value_list),
+                                                  MC_nsamples=mc_samples, start_index=0, end_index=mc_prompts,
+                                                  batch_size=mc_samples * 8)
     try:
-        shard = gen.generate_from_MC_aligned_model(",".join(f"{x:.6g}" for x in lam), ",".join(aligned),
-                                                   MC_nsamples=mc_samples, start_index=0, end_index=mc_prompts,
-                                                   batch_size=mc_samples * 8)
+        shard = decode(lam, aligned)
     except OSError as e:
-        print(f"note: the model {model!r} cannot be loaded here ({e}); the win-rate figure is skipped.")
+        print(f"note: the model {model!r} cannot be loaded here ({e}); the win-rate figures are skipped.")
         return []
     wanted = {r["prompt_id"] for r in records.load_records(shard)}
     base_subset = os.path.join(data_dir, f"base_first{mc_prompts}.json")
     records.save_json_atomic([r for r in base_recs if r.get("prompt_id") in wanted], base_subset)
     prefix = os.path.join(data_dir, "winrates_mc_vs_base")
     plot_cal_winrate.collect_multiple_results([shard], base_subset, prefix, metrics=aligned)
-    return plot_cal_winrate.plot_winrate(prefix + ".json", os.path.join(out_dir, "fig_winrate_mc_vs_base"),
-                                x_metric=aligned[0], y_metric=aligned[1], groups=["MAP-D"])
+    paths = plot_cal_winrate.plot_winrate(prefix + ".json", os.path.join(out_dir, "fig_winrate_mc_vs_base"),
+                                          x_metric=aligned[0], y_metric=aligned[1], groups=["MAP-D"])
+    entries = plot_cal_winrate.load_win_rates(prefix + ".json")
+    if mix is None:
+        print("note: a single-value palette was infeasible, so there is no λ-mix series and no win rate over ratios.")
+    else:
+        x, y, series = mix
+        shards = [decode(lam_mix, [x, y]) for _, lam_mix in series]
+        mix_prefix = os.path.join(data_dir, "winrates_lambda_mix")
+        plot_cal_winrate.collect_multiple_results(shards, base_subset, mix_prefix, metrics=[x, y])
+        paths += plot_cal_winrate.plot_helpful_vs_harmless(
+            mix_prefix + ".json", [r for r, _ in series], os.path.join(out_dir, "fig_winrate_vs_mix"), metrics=[x, y],
+            xlabel=f"share of the Sole-{values.display_name(y)} $\\lambda$ (rest: Sole-{values.display_name(x)})")
+        entries += plot_cal_winrate.load_win_rates(mix_prefix + ".json")
+    paths.append(plot_cal_winrate.render_latex_table(entries, os.path.join(out_dir, "tab_winrates")))
+    return paths
 
 
 def make_gallery(file_path=DEFAULT_FILE, summary=DEFAULT_SUMMARY, values_to_align=None, palette_quantile=70,
                  out_dir="results/figures", num_random_lambda=300, scaling_MAX=None, num_rand_map=40, seed=0,
-                 skip_mc=False, mc_prompts=32, mc_samples=4, mc_tokens=24):
+                 skip_mc=False, mc_prompts=32, mc_samples=4, mc_tokens=24, mix_ratios=(0.0, 0.5, 1.0)):
     """Make the artefacts and render every figure (see the module docstring for the steps).
 
     file_path: scored results file (default the demo's results/smollm2-135m-builtin.json).
@@ -159,6 +197,7 @@ def make_gallery(file_path=DEFAULT_FILE, summary=DEFAULT_SUMMARY, values_to_alig
         the random λ (default 1.5 × Σλ of the MAP solve). num_rand_map: MAP λ per gen_rand_MAP_lambda CSV.
     seed: seed of every random draw. skip_mc: skip the MC-aligned generation and the win-rate figure.
     mc_prompts, mc_samples, mc_tokens: size of that generation (first prompts, samples per prompt, new tokens).
+    mix_ratios: the ρ of the λ-mix series (see mix_series), one MC generation each.
     Returns the list of figure paths written.
     """
     if not os.path.isfile(file_path):
@@ -269,8 +308,9 @@ def make_gallery(file_path=DEFAULT_FILE, summary=DEFAULT_SUMMARY, values_to_alig
         if lam is None:
             print("note: no feasible MAP λ for the MC step; the win-rate figure is skipped.")
         else:
-            figures += _mc_winrates(work, recs, lam, mc_values, data_dir, out_dir, int(mc_prompts), int(mc_samples),
-                                    int(mc_tokens), seed)
+            mix = mix_series(sole_lam, aligned, artefacts.as_float_list(mix_ratios, "mix_ratios"))
+            figures += _mc_winrates(work, recs, lam, mc_values, mix, data_dir, out_dir, int(mc_prompts),
+                                    int(mc_samples), int(mc_tokens), seed)
 
     _banner(f"done: {len(figures)} files in {out_dir} (listed below)")
     return figures

@@ -173,12 +173,13 @@ def _rates(entries, metric, source="win-rate entries"):
 
 
 def plot_helpful_vs_harmless(win_rate_results_list, harmless_ratios, file_prefix,
-                             metrics=("gpt2-helpful", "gpt2-harmless")):
+                             metrics=("gpt2-helpful", "gpt2-harmless"), xlabel="harmless ratio"):
     """Win rates against the share of harmlessness data each model was trained with (e.g. DPO runs
     over a grid of harmless ratios), one line with SE bars per metric, and the 0.5 tie line.
 
     win_rate_results_list: a list of entries or the JSON path (collect_multiple_results). harmless_ratios: one
     number per entry, in entry order. metrics: the metrics drawn (default helpful and harmless).
+    xlabel: the x-axis label (what the ratio is the share of).
     Writes {file_prefix}.pdf and .png; returns their paths.
     """
     entries = load_win_rates(win_rate_results_list)
@@ -193,7 +194,7 @@ def plot_helpful_vs_harmless(win_rate_results_list, harmless_ratios, file_prefix
         ax.errorbar(ratios[order], rate[order], yerr=se[order], marker="o", capsize=3,
                     label=figstyle.value_label(metric))
     ax.axhline(0.5, color="gray", ls=":", lw=1)
-    ax.set_xlabel("harmless ratio")
+    ax.set_xlabel(figstyle.text(xlabel))
     ax.set_ylabel("win rate vs base model")
     ax.legend(frameon=False, fontsize=8)
     return figstyle.save_figure(fig, file_prefix)

@@ -270,6 +270,20 @@ def test_make_gallery_renders_every_figure(results_file, tmp_path):
     assert not os.path.exists(os.path.join(os.path.dirname(results_file), "model-data_realC-levels.csv"))
 
 
+def test_mix_series_interpolates_the_single_value_lambdas():
+    sole = {"sentiment": {"sentiment": 4.0}, "coherence-minilm": {"coherence-minilm": 1.0},
+            "harmlessness": {"harmlessness": 10.0}}
+    x, y, series = make_gallery.mix_series(sole, ["sentiment", "coherence-minilm", "harmlessness"], [0, 0.25, 1])
+    assert (x, y) == ("sentiment", "harmlessness")  # y: the harmless-like value, x: the first other one
+    assert [r for r, _ in series] == [0.0, 0.25, 1.0]
+    assert np.allclose([lam for _, lam in series], [[4.0, 0.0], [3.0, 2.5], [0.0, 10.0]])
+    x, y, _ = make_gallery.mix_series({"humor": {"humor": 1.0}, "gpt2-helpful": {"gpt2-helpful": 2.0}},
+                                      ["humor", "gpt2-helpful"], [0.5])
+    assert (x, y) == ("humor", "gpt2-helpful")
+    assert make_gallery.mix_series({"humor": None, "gpt2-helpful": {"gpt2-helpful": 2.0}},
+                                   ["humor", "gpt2-helpful"], [0.5]) is None  # an infeasible Sole-X palette
+
+
 def test_make_gallery_names_the_missing_demo(tmp_path):
     with pytest.raises(artefacts.ArtefactError, match="make demo"):
         make_gallery.make_gallery(file_path=str(tmp_path / "absent.json"), out_dir=str(tmp_path / "o"))
