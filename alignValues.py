@@ -125,9 +125,10 @@ class AlignValues:
         if result.status == solver.INFEASIBLE:
             print(f"[{title}] status: infeasible (proved by an LP certificate)")
             suggested = result.suggested_palette if result.suggested_palette is not None else [np.nan] * len(result.c)
+            mean = self.mean_levels()
             print(f"  {'value':<{width}}{'c':>10}{'mean now':>11}{'suggested c':>13}{'d':>9}")
             for i, v in enumerate(self.value_list):
-                print(f"  {v:<{width}}{result.c[i]:>10.4f}{self.mean_levels()[i]:>11.4f}{suggested[i]:>13.4f}"
+                print(f"  {v:<{width}}{result.c[i]:>10.4f}{mean[i]:>11.4f}{suggested[i]:>13.4f}"
                       f"{result.certificate[i]:>9.4f}")
             print(f"  certificate: along d, every sample falls short of the palette: "
                   f"mean_g max_j d.r_j - d.c = {result.certificate_gap:.4g} < 0")
@@ -230,12 +231,12 @@ class AlignValues:
             print(f"c_low = {_fmt(low)} is itself infeasible: no point of the segment can be reached")
             return None, None, None
         rho = rho_star if rho_star >= 1.0 else rho_star * (1.0 - margin)
-        for _ in range(4):
+        for attempt in range(1, 5):
             c = low + rho * (high - low)
             result = solver.solve_palette(self.rewards, c, groups=self.groups, tol=self.tol)
             if result.success:
                 break
-            rho = rho_star * (1.0 - margin * 10 ** (_ + 1))
+            rho = rho_star * (1.0 - margin * 10 ** attempt)
         print(f"boundary rho* = {rho_star:.6f}; using rho = {rho:.6f}")
         self._print_result(result, title="pareto by interpolation")
         if not result.success:
