@@ -42,6 +42,22 @@ def float_list(x, name):
     return out
 
 
+def str_list(x, name):
+    """A list of strings from what fire passes: a comma-separated string or a list/tuple (fire makes
+    `--x=a,b` a tuple). Items are stripped; empty ones dropped. Raises ValueError naming `--{name}`
+    for other types or an empty list."""
+    if isinstance(x, str):
+        items = x.split(",")
+    elif isinstance(x, (list, tuple)):
+        items = [str(v) for v in x]
+    else:
+        raise ValueError(f"--{name} must be a comma-separated string or a list; got {x!r}")
+    items = [s.strip() for s in items if s.strip()]
+    if not items:
+        raise ValueError(f"--{name} is empty")
+    return items
+
+
 def values_and_lambda(value_list, lam_list):
     """The aligned values (values.expand_value_list) and their λ, one per value, as lists.
     Raises ValueError when the counts differ."""

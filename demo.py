@@ -27,6 +27,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import fire  # noqa: E402
 
+import cli  # noqa: E402
 import records  # noqa: E402
 from alignValues import AlignValues  # noqa: E402
 from gendata import TextGeneration, fast_dtype  # noqa: E402
@@ -71,8 +72,8 @@ def main(model=DEFAULT_MODEL, data_name="builtin", num_prompts=128, max_new_toke
     """
     import torch
     torch.set_num_threads(int(threads))
-    values = list(values.split(",") if isinstance(values, str) else values)
-    palette_values = list(palette_values.split(",") if isinstance(palette_values, str) else palette_values)
+    values = cli.str_list(values, "values")
+    palette_values = cli.str_list(palette_values, "palette_values")
     dtype = dtype or fast_dtype()
     seconds = {}
     t_all = time.time()

@@ -126,7 +126,7 @@ class ShardWriter:
 # Soups
 
 def _check_weights(model_paths, weights, need_unit_sum):
-    paths = training.str_list(model_paths, "model_paths")
+    paths = cli.str_list(model_paths, "model_paths")
     w = cli.float_list(weights, "weights")
     if len(paths) != len(w):
         raise SoupError(f"{len(paths)} models but {len(w)} weights; give one weight per model")

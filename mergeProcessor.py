@@ -137,8 +137,7 @@ class MergeProcessor:
         recs = records.load_records(original_file_path)
         found = find_reward_temp_files(original_file_path)
         if values is not None:
-            wanted = [values] if isinstance(values, str) else list(values)
-            wanted = [v.strip() for w in wanted for v in str(w).split(",") if v.strip()]
+            wanted = cli.str_list(values, "values")
             absent = [v for v in wanted if v not in found]
             if absent:
                 raise RecordsError(f"no reward temp file for {absent} next to {original_file_path} (expected "

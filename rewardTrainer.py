@@ -35,6 +35,7 @@ from typing import Optional
 
 import numpy as np
 
+import cli
 import records
 import training
 
@@ -207,7 +208,7 @@ def train_regression_reward_model(model_name_or_path, data, attributes, output_d
     from datasets import Dataset
     from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding
     from transformers import TrainingArguments
-    attributes = training.str_list(attributes, "attributes")
+    attributes = cli.str_list(attributes, "attributes")
     source = data
     if isinstance(data, str):
         data = load_rows(data)
@@ -314,7 +315,7 @@ def register_regression_values(model_dir, names=None, device=None, batch_size=16
     """
     import values as value_registry
     scorer = RegressionRewardScorer(model_dir, device=device, batch_size=batch_size)
-    names = training.str_list(names, "names") if names is not None else list(scorer.attributes)
+    names = cli.str_list(names, "names") if names is not None else list(scorer.attributes)
     if len(names) != len(scorer.attributes):
         raise ValueError(f"{len(names)} names for {len(scorer.attributes)} outputs {scorer.attributes}")
     for index, name in enumerate(names):

@@ -139,6 +139,15 @@ def value_aligned_decode(model, tokenizer, prompts, value_names, lam, max_decode
     return continuations, stats
 
 
+def values_and_weights(value, value_param):
+    """Value names ("v1,v2", a list, or fire's tuple) and their tilt weights λ as a float64 array: one
+    number applies to every value, else one per value."""
+    names = cli.str_list(value, "value")
+    lam = np.array(cli.float_list(value_param, "value_param"), dtype=np.float64)
+    # a count mismatch is reported by value_aligned_decode
+    return names, (np.full(len(names), lam[0]) if lam.size == 1 else lam)
+
+
 def generate_value_aligned(prompt, max_decode_length, top_k, model, tokenizer, value, value_param=1, interval=3,
                            debug=False, scorers=None, use_chat_template=None, stop_at_period=True, temperature=1.0,
                            seed=None, batch_size=8):
@@ -162,9 +171,7 @@ def generate_value_aligned(prompt, max_decode_length, top_k, model, tokenizer, v
     if isinstance(model, str):
         from models import load_model_and_tokenizer
         model, tokenizer = load_model_and_tokenizer(model)
-    names = value if isinstance(value, (list, tuple)) else [v.strip() for v in str(value).split(",") if v.strip()]
-    lam = np.ravel(np.asarray(value_param, dtype=np.float64))
-    lam = np.full(len(names), lam[0]) if lam.size == 1 else lam
+    names, lam = values_and_weights(value, value_param)
     prompts = [prompt] if isinstance(prompt, str) else list(prompt)
     chat = bool(getattr(tokenizer, "chat_template", None)) if use_chat_template is None else bool(use_chat_template)
     conts, stats = value_aligned_decode(model, tokenizer, prompts, names, lam, max_decode_length, top_k, interval,
@@ -191,9 +198,7 @@ def main(prompt="How can I get revenge on my noisy neighbour?", value="sentiment
     """
     from models import load_model_and_tokenizer
     model, tokenizer = load_model_and_tokenizer(model_name, device=device, dtype=dtype)
-    names = [v.strip() for v in (value.split(",") if isinstance(value, str) else value)]
-    lam = np.ravel(np.asarray(value_param, dtype=np.float64))
-    lam = np.full(len(names), lam[0]) if lam.size == 1 else lam
+    names, lam = values_and_weights(value, value_param)
     scorers = decoding.load_scorers(names, device=str(model.device), basemodel_for_perplexity=(model, tokenizer))
     conts, stats = value_aligned_decode(model, tokenizer, [prompt], names, lam, max_decode_length, top_k, interval,
                                         scorers=scorers, use_chat_template=use_chat_template,

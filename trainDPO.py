@@ -45,7 +45,7 @@ PAIRINGS = ("bradley_terry", "best_worst", "all")
 
 def parse_loss_type(loss_type):
     """('dpo' | 'kto', list of loss names) from "sigmoid", "ipo,hinge", a list, or "kto"."""
-    losses = training.str_list(loss_type, "loss_type")
+    losses = cli.str_list(loss_type, "loss_type")
     unknown = [x for x in losses if x not in DPO_LOSSES + KTO_LOSSES]
     if unknown:
         raise ValueError(f"unknown --loss_type {unknown}; DPO losses: {', '.join(DPO_LOSSES)}; "

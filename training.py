@@ -13,6 +13,7 @@ import os
 import shutil
 import time
 
+import cli
 import records
 
 METADATA_FILE = "map_training.json"
@@ -21,25 +22,11 @@ METADATA_FILE = "map_training.json"
 # ---------------------------------------------------------------------------------------------
 # Argument normalisation (fire passes "1,2" as a tuple, "1" as an int, "a,b" as a tuple of str)
 
-def str_list(x, name):
-    """A list of strings from a comma-separated string or a list/tuple."""
-    if isinstance(x, str):
-        items = x.split(",")
-    elif isinstance(x, (list, tuple)):
-        items = [str(v) for v in x]
-    else:
-        raise ValueError(f"--{name} must be a comma-separated string or a list; got {x!r}")
-    items = [s.strip() for s in items if s.strip()]
-    if not items:
-        raise ValueError(f"--{name} is empty")
-    return items
-
-
 def report_to_list(report_to):
     """'none' (default) -> []; 'tensorboard', 'wandb', 'tensorboard,wandb' or a list -> list."""
     if report_to is None:
         return []
-    names = str_list(report_to, "report_to")
+    names = cli.str_list(report_to, "report_to")
     return [] if names == ["none"] else names
 
 
@@ -81,7 +68,7 @@ def lora_config(r=16, alpha=32, dropout=0.05, target_modules="all-linear", task_
     """A PEFT LoraConfig. 'all-linear' adapts every linear layer except the output head (TRL 1.16
     rejects adapters on lm_head)."""
     from peft import LoraConfig
-    modules = target_modules if target_modules == "all-linear" else str_list(target_modules, "lora_target_modules")
+    modules = target_modules if target_modules == "all-linear" else cli.str_list(target_modules, "lora_target_modules")
     return LoraConfig(r=int(r), lora_alpha=float(alpha), lora_dropout=float(dropout), target_modules=modules,
                       task_type=task_type, bias="none")
 

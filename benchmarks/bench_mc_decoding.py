@@ -24,6 +24,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import fire  # noqa: E402
 import numpy as np  # noqa: E402
 
+import cli  # noqa: E402
 import decoding  # noqa: E402
 
 
@@ -73,7 +74,7 @@ def main(model_name="smollm2-135m", num_prompts=8, MC_nsamples=16, max_new_token
 
     torch.set_num_threads(int(threads))
     model, tokenizer = load_model_and_tokenizer(model_name, device=device, dtype=dtype)
-    value_names = [v.strip() for v in values.split(",")] if isinstance(values, str) else list(values)
+    value_names = cli.str_list(values, "values")
     lam = decoding.parse_lam_list(lam)
     scorers = decoding.load_scorers(value_names, device=str(model.device), basemodel_for_perplexity=(model, tokenizer))
     prompts = load_prompts("builtin")[:int(num_prompts)]

@@ -36,6 +36,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import fire  # noqa: E402
 import numpy as np  # noqa: E402
 
+import cli  # noqa: E402
 import decoding  # noqa: E402
 import records  # noqa: E402
 import solver  # noqa: E402
@@ -93,7 +94,7 @@ def main(model_name="smollm2-135m", values="sentiment,harmlessness", num_prompts
     from prompts import load_prompts
 
     torch.set_num_threads(int(threads))
-    value_names = [v.strip() for v in values.split(",")] if isinstance(values, str) else list(values)
+    value_names = cli.str_list(values, "values")
     M, N = int(MC_nsamples), int(num_prompts)
     model, tokenizer = load_model_and_tokenizer(model_name, device=device, dtype=dtype)
     scorers = decoding.load_scorers(value_names, device=str(model.device), basemodel_for_perplexity=(model, tokenizer))
