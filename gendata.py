@@ -187,6 +187,8 @@ class TextGeneration:
         to self.tokens_generated.
         """
         import torch
+
+        import decoding  # imported here: decoding imports this module
         model, tokenizer = self.load_model()
         chat = self.chat_template_used()
         inputs = format_prompts(tokenizer, prompts, use_chat_template=chat)
@@ -201,10 +203,7 @@ class TextGeneration:
                 out = model.generate(**batch, **self.sampling, pad_token_id=tokenizer.pad_token_id,
                                      eos_token_id=eos)
             new = out[:, batch["input_ids"].shape[1]:]
-            is_eos = new == eos
-            # tokens until the first EOS (inclusive); rows without EOS used every position
-            first = torch.where(is_eos.any(1), is_eos.int().argmax(1) + 1, new.shape[1])
-            self.tokens_generated += int(first.sum())
+            self.tokens_generated += int(decoding.count_new_tokens(new, [eos]).sum())
             decoded += tokenizer.batch_decode(new, skip_special_tokens=True)
         return [decoded[i * num_samples:(i + 1) * num_samples] for i in range(len(prompts))]
 
