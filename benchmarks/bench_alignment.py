@@ -33,6 +33,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import decoding  # noqa: E402
+from evaluation import standard_error  # noqa: E402
 import models  # noqa: E402
 import prompts as prompt_sources  # noqa: E402
 import records  # noqa: E402
@@ -212,7 +213,7 @@ def main(model_name=models.DEFAULT_MODEL, value_list="sentiment,coherence-minilm
     print(f"{'value':<{width}}{'λ':>8}{'c':>9}" + "".join(f"{name:>15}" for name in rows))
     for i, v in enumerate(value_names):
         print(f"{v:<{width}}{lam[i]:>8.3f}{c[i]:>9.3f}" + "".join(f"{levels[i]:>15.3f}" for levels in rows.values()))
-    se = {name: R.std(axis=1) / np.sqrt(R.shape[1]) for name, R in
+    se = {name: [standard_error(row) for row in R] for name, R in
           (("p0 (before)", R_eval), ("MAP-F (RLOO)", R_mapf), ("MAP-DPO", R_dpo))}
     print("standard errors (sample std/√n): " + "; ".join(
         f"{name} " + ", ".join(f"{x:.3f}" for x in v) for name, v in se.items()))
