@@ -165,6 +165,13 @@ def main(model_name=models.DEFAULT_MODEL, value_list="sentiment,coherence-minilm
     print(f"p0 and MAP-D scored on {len(eval_recs)} held-out samples  [{time.time() - t_start:.0f} s]")
     del p0
 
+    def regenerate_and_score(trainer, sample_seed):
+        """Merge the trained LoRA, sample the held-out prompts and score them: (k, n) rewards."""
+        merged = trainer.model.merge_and_unload()
+        recs = sample(merged, tokenizer, eval_prompts, len(train_prompts), trained_samples_per_prompt,
+                      max_new_tokens, sample_seed)
+        return score(recs, value_names, scorers)
+
     # 4a. MAP-F (RLOO, β = 1)
     model, tokenizer = fresh_policy(model_name)
     lora = training.lora_config(lora_r, 2 * lora_r, 0.0)
@@ -178,13 +185,10 @@ def main(model_name=models.DEFAULT_MODEL, value_list="sentiment,coherence-minilm
     trainer.train()
     mapf_log = [{k: h[k] for k in h if k in ("step", "reward", "kl") or k.startswith("rewards/")}
                 for h in trainer.state.log_history if "reward" in h]
-    mapf_model = trainer.model.merge_and_unload()
-    mapf_recs = sample(mapf_model, tokenizer, eval_prompts, len(train_prompts), trained_samples_per_prompt,
-                       max_new_tokens, seed + 2)
-    R_mapf = score(mapf_recs, value_names, scorers)
+    R_mapf = regenerate_and_score(trainer, seed + 2)
     map_f = R_mapf.mean(axis=1)
     print(f"MAP-F: {ppo_steps} RLOO steps × {ppo_batch_size} samples  [{time.time() - t_start:.0f} s]")
-    del trainer, mapf_model, model
+    del trainer, model
 
     # 4b. MAP-DPO (Bradley-Terry pairs, β = 1)
     model, tokenizer = fresh_policy(model_name)
@@ -198,13 +202,10 @@ def main(model_name=models.DEFAULT_MODEL, value_list="sentiment,coherence-minilm
     trainer.train()
     dpo_log = [{k: h[k] for k in h if k in ("step", "loss", "rewards/accuracies", "rewards/margins")}
                for h in trainer.state.log_history if "loss" in h]
-    dpo_model = trainer.model.merge_and_unload()
-    dpo_recs = sample(dpo_model, tokenizer, eval_prompts, len(train_prompts), trained_samples_per_prompt,
-                      max_new_tokens, seed + 3)
-    R_dpo = score(dpo_recs, value_names, scorers)
+    R_dpo = regenerate_and_score(trainer, seed + 3)
     map_dpo = R_dpo.mean(axis=1)
     print(f"MAP-DPO: {len(pairs)} pairs × {dpo_epochs} epochs  [{time.time() - t_start:.0f} s]")
-    del trainer, dpo_model, model
+    del trainer, model
 
     # 5. the table
     rows = {"p0 (before)": before, "MAP-D": map_d, "MAP-F (RLOO)": map_f, "MAP-DPO": map_dpo}
@@ -213,7 +214,7 @@ def main(model_name=models.DEFAULT_MODEL, value_list="sentiment,coherence-minilm
     print(f"{'value':<{width}}{'λ':>8}{'c':>9}" + "".join(f"{name:>15}" for name in rows))
     for i, v in enumerate(value_names):
         print(f"{v:<{width}}{lam[i]:>8.3f}{c[i]:>9.3f}" + "".join(f"{levels[i]:>15.3f}" for levels in rows.values()))
-    se = {name: [standard_error(row) for row in R] for name, R in
+    se = {name: np.array([standard_error(row) for row in R]) for name, R in
           (("p0 (before)", R_eval), ("MAP-F (RLOO)", R_mapf), ("MAP-DPO", R_dpo))}
     print("standard errors (sample std/√n): " + "; ".join(
         f"{name} " + ", ".join(f"{x:.3f}" for x in v) for name, v in se.items()))
