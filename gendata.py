@@ -34,6 +34,7 @@ import time
 import numpy as np
 
 import cli
+import dpa
 import records
 from mergeProcessor import OutputExistsError
 from models import DEFAULT_MODEL, format_prompts, load_model_and_tokenizer, model_info, model_short_name
@@ -117,12 +118,17 @@ class TextGeneration:
         checkpoint_every: save progress every this many prompts (resume point after a kill).
         overwrite: replace an existing output made with other settings (default: refuse).
         progress: show a tqdm bar.
+        direction: DPA arithmetic prompting: θ in degrees ([−90, 90]); the system prompt carries the integer
+            weights round(100·(cos θ, sin θ)) on `objectives` (dpa.py's template, as trainDPA.py trains with).
+        weights: explicit integer weights instead of a direction ("97,-26"), one per objective.
+        objectives: objective names written into the DPA system prompt (default helpfulness,verbosity).
     """
 
     def __init__(self, basemodel_name=DEFAULT_MODEL, data_name="builtin", save_directory="results", seed=0,
                  prompt_column=None, split=None, dataset_path=None, num_prompts=None, use_chat_template="auto",
                  device=None, dtype=None, temperature=1.0, top_k=50, num_beams=1, max_new_tokens=50,
-                 do_sample=True, samples_per_prompt=1, checkpoint_every=50, overwrite=False, progress=True):
+                 do_sample=True, samples_per_prompt=1, checkpoint_every=50, overwrite=False, progress=True,
+                 direction=None, weights=None, objectives="helpfulness,verbosity"):
         self.basemodel_name = str(basemodel_name)
         self.data_name = str(data_name)
         self.save_directory = save_directory
@@ -143,6 +149,8 @@ class TextGeneration:
         self.model = self.tokenizer = None
         self._prompts = None
         self.tokens_generated = 0  # new tokens produced by sample_continuations (for tokens/s)
+        self.objectives = objectives
+        self.direction, self.system_prompt = dpa.system_prompt_for(direction, weights, objectives)
 
     # ----------------------------------------------------------------------------------------
     # shared pieces (also used by the MC-aligned generation)
@@ -159,7 +167,8 @@ class TextGeneration:
     @property
     def base_name(self):
         """`{model_short_name}-{data_tag}`, the stem of every output of this model × prompt set."""
-        return f"{model_short_name(self.basemodel_name)}-{data_tag(self.data_name)}"
+        base = f"{model_short_name(self.basemodel_name)}-{data_tag(self.data_name)}"
+        return base if self.direction is None else f"{base}_w={','.join(map(str, self.direction['weights']))}"
 
     def load_model(self):
         """Load the model and tokenizer once (left padding for batched generation)."""
@@ -176,12 +185,13 @@ class TextGeneration:
             return bool(getattr(tokenizer, "chat_template", None))
         return self.use_chat_template
 
-    def sample_continuations(self, prompts, num_samples=1, batch_size=32, seed_key=0):
+    def sample_continuations(self, prompts, num_samples=1, batch_size=32, seed_key=0, systems=None):
         """Sample `num_samples` continuations for each prompt, batched.
 
         prompts: raw prompt strings (chat-formatted here when the template is used).
         batch_size: sequences per forward pass (prompts × samples are laid out prompt-major and cut into
             chunks of this size; chunk c is seeded with block_seed(seed, seed_key, c)).
+        systems: optional system prompt per prompt (default: this run's --direction/--weights prompt, if any).
         Returns a list (one per prompt) of lists of `num_samples` decoded continuations (new tokens only,
         special tokens skipped, not stripped). Adds the number of new tokens (up to and including EOS)
         to self.tokens_generated.
@@ -191,7 +201,9 @@ class TextGeneration:
         import decoding  # imported here: decoding imports this module
         model, tokenizer = self.load_model()
         chat = self.chat_template_used()
-        inputs = format_prompts(tokenizer, prompts, use_chat_template=chat)
+        if systems is None and self.system_prompt is not None:
+            systems = [self.system_prompt] * len(prompts)
+        inputs = format_prompts(tokenizer, prompts, use_chat_template=chat, systems=systems)
         rows = [text for text in inputs for _ in range(num_samples)]
         eos = tokenizer.eos_token_id
         decoded = []
@@ -236,11 +248,14 @@ class TextGeneration:
 
     def fingerprint(self, start, end):
         """Everything that determines the records; a resumed or existing output must match it."""
-        return {"model": self.basemodel_name, "data_name": self.data_name, "prompt_column": self.prompt_column,
+        fingerprint = {"model": self.basemodel_name, "data_name": self.data_name, "prompt_column": self.prompt_column,
                 "split": self.split, "dataset_path": self.dataset_path, "num_prompts": self.num_prompts,
                 "start_index": start, "end_index": end, "seed": self.seed, "sampling": self.sampling,
                 "samples_per_prompt": self.samples_per_prompt, "use_chat_template": self.chat_template_used(),
                 "dtype": None if self.dtype is None else str(self.dtype)}
+        if self.system_prompt is not None:
+            fingerprint["system_prompt"] = self.system_prompt
+        return fingerprint
 
     def generate_from_original_model(self, batch_size=32, start_index=0, end_index=None):
         """Sample continuations for prompts [start_index, end_index) and save the results file.
@@ -301,7 +316,7 @@ class TextGeneration:
                                              seed_key=lo)
             for i, samples in zip(block, outs):
                 for s, text in enumerate(samples):
-                    recs.append(self.make_record(prompts[i], text, i, s, chat))
+                    recs.append(dict(self.make_record(prompts[i], text, i, s, chat), **(self.direction or {})))
             done = block[-1] + 1
             bar.update(len(block))
             bar.set_postfix(tok_s=f"{self.tokens_generated / max(time.time() - t0, 1e-9):.1f}")
@@ -343,6 +358,15 @@ class TextGeneration:
         import decoding  # imported here: decoding imports this module
         return decoding.write_mc_shard(self, lam_list, value_list, MC_nsamples=MC_nsamples, start_index=start_index,
                                        end_index=end_index, best_of_n=best_of_n, batch_size=batch_size)
+
+    def generate_direction_grid(self, step=15, batch_size=32):
+        """DPA grid: generate_from_original_model once per θ = −45°, −45°+step, …, 45° (step 5 or 15), each
+        to its own file `{base}_w={w1},{w2}.json` with the direction's system prompt. Returns the paths."""
+        paths = []
+        for theta in dpa.direction_grid(step):
+            self.direction, self.system_prompt = dpa.system_prompt_for(theta, None, self.objectives)
+            paths.append(self.generate_from_original_model(batch_size=batch_size))
+        return paths
 
     # ----------------------------------------------------------------------------------------
     # checkpoints and metadata

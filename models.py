@@ -280,25 +280,31 @@ def has_chat_template(tokenizer):
     return bool(getattr(tokenizer, "chat_template", None))
 
 
-def format_prompts(tokenizer, prompts, use_chat_template=None):
+def format_prompts(tokenizer, prompts, use_chat_template=None, systems=None):
     """Turn raw prompts into the model's input strings.
 
     use_chat_template: None = auto (apply it when the tokenizer has a chat template), True = apply
     (error if there is none), False = raw prompts, exactly as the original fed them.
-    Each prompt becomes one user turn followed by the assistant generation prompt. Returns a list
+    Each prompt becomes one user turn followed by the assistant generation prompt. systems: optional
+    system prompt per prompt (a list, None entries for none; DPA directions, palettes): a system turn with
+    the chat template, or "{system}\n\n{prompt}" for raw prompts. Returns a list
     of strings (the templates include their special tokens, so tokenize them with
     add_special_tokens=False to avoid a second BOS).
     """
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+    systems = [None] * len(prompts) if systems is None else list(systems)
+    if len(systems) != len(prompts):
+        raise ValueError(f"{len(systems)} system prompts for {len(prompts)} prompts")
     if use_chat_template is None:
         use_chat_template = has_chat_template(tokenizer)
     if not use_chat_template:
-        return prompts
+        return [p if s is None else f"{s}\n\n{p}" for p, s in zip(prompts, systems)]
     if not has_chat_template(tokenizer):
         raise ValueError(f"use_chat_template=True but the tokenizer of {tokenizer.name_or_path!r} has no chat "
                          "template; pass use_chat_template=False (raw prompts) or use a chat/instruct model.")
-    return [tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
-                                          add_generation_prompt=True) for p in prompts]
+    return [tokenizer.apply_chat_template(([] if s is None else [{"role": "system", "content": s}]) +
+                                          [{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
+            for p, s in zip(prompts, systems)]
 
 
 def model_short_name(model_name):

@@ -26,8 +26,20 @@ and reused at scoring time. Targets are standardised per attribute for training 
 scores are returned in the original units. Any MAP results file is valid training data (columns
 prompt, continuation and one float per value). `register_regression_values(folder)` registers the k
 outputs as k custom values in the value registry.
+
+Ridge probes (ArmoRM-style, CPU-cheap; see rewardmodels.py): a frozen backbone embeds each rendered text
+(last token or mean-pooled), one ridge regression per attribute, L2 strength chosen by validation MSE,
+missing labels (null/NaN) masked:
+
+    python rewardTrainer.py --objective=ridge --model_name_or_path=smollm2-135m \
+        --data_source_path=results/smollm2-135m-builtin.json --attributes=sentiment,length \
+        --output_dir=models/rm-ridge --pooling=mean --output_scale=0-100
+
+Every CLI then names the folder's heads as values: `--value_list=rm:models/rm-ridge` (all heads) or
+`--value=rm:models/rm-ridge/sentiment` (one), in any process. `--output_scale=0-100` maps each attribute
+linearly so that the labels' range (or `--label_range=lo,hi`) goes to 10..90, DPA's scale; both kinds
+of model take it.
 """
-import json
 import os
 import sys
 from dataclasses import dataclass, field
@@ -37,10 +49,9 @@ import numpy as np
 
 import cli
 import records
+import rewardmodels
 import training
-
-RM_FILE = "map_reward_model.json"
-DEFAULT_TEMPLATE = "User: {prompt}\nAssistant: {response}"
+from rewardmodels import DEFAULT_TEMPLATE, RM_FILE
 CPU_SAFE = {"bf16": "False", "gradient_checkpointing": "False", "report_to": "none"}
 
 
@@ -62,6 +73,11 @@ class RewardScriptArguments:
     template: str = field(default=DEFAULT_TEMPLATE, metadata={"help": "regression: input text template"})
     standardize: bool = field(default=True, metadata={"help": "regression: train on standardised targets"})
     eval_fraction: float = field(default=0.0, metadata={"help": "regression: hold out this share for evaluation"})
+    pooling: str = field(default="last", metadata={"help": "ridge: embedding of the last token or the mean"})
+    output_scale: Optional[str] = field(default=None, metadata={"help": "ridge/regression: 0-100 (DPA scale)"})
+    label_range: Optional[str] = field(default=None, metadata={
+        "help": "with --output_scale=0-100: lo,hi of the labels (mapped to 10 and 90); default observed min/max"})
+    val_fraction: float = field(default=0.2, metadata={"help": "ridge: validation share for choosing L2"})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -106,10 +122,6 @@ def load_pairwise_data(script_args):
     if evaluation is not None and script_args.max_eval_samples:
         evaluation = evaluation.select(range(min(len(evaluation), int(script_args.max_eval_samples))))
     return train, evaluation
-
-
-def render(template, prompt, response):
-    return template.format(prompt=prompt, response=response)
 
 
 def regression_targets(rows, attributes, source="data"):
@@ -186,7 +198,7 @@ def _masked_mse_trainer():
 def train_regression_reward_model(model_name_or_path, data, attributes, output_dir, template=DEFAULT_TEMPLATE,
                                   prompt_column="prompt", response_column="continuation", standardize=True,
                                   max_length=512, eval_fraction=0.0, peft_config=None, args=None, callbacks=None,
-                                  **config_kwargs):
+                                  output_scale=None, label_range=None, **config_kwargs):
     """Train a k-output regression reward model and save it (with map_reward_model.json) to output_dir.
 
     Args:
@@ -197,6 +209,8 @@ def train_regression_reward_model(model_name_or_path, data, attributes, output_d
         template: input text, formatted with {prompt} and {response}; stored with the model.
         response_column: "continuation" (MAP results files) or any text column ("response", ...).
         standardize: train on (y − mean)/std per attribute; scores come back in the original units.
+        output_scale, label_range: "0-100" maps scores so the labels' range (or label_range lo,hi) goes to
+            10..90 (DPA's scale; rewardmodels.label_range).
         max_length: tokens kept per input (truncated from the left, so the response end survives).
         eval_fraction: hold out this share of rows (seeded) for evaluation.
         peft_config: optional PEFT LoraConfig (task type SEQ_CLS).
@@ -236,7 +250,7 @@ def train_regression_reward_model(model_name_or_path, data, attributes, output_d
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.truncation_side = "left"
-    texts = [render(template, r.get(prompt_column, "") if uses_prompt else "", r[response_column]) for r in rows]
+    texts = [rewardmodels.render(template, r.get(prompt_column, "") if uses_prompt else "", r[response_column]) for r in rows]
     encoded = tokenizer(texts, truncation=True, max_length=int(max_length))
     dataset = Dataset.from_dict({"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"],
                                  "labels": targets.tolist()})
@@ -260,51 +274,23 @@ def train_regression_reward_model(model_name_or_path, data, attributes, output_d
     trainer.train(resume_from_checkpoint=training.resume_checkpoint(args.output_dir, getattr(
         args, "resume_from_checkpoint", None)))
     metadata["log_history"] = trainer.state.log_history
-    rm_info = {"attributes": attributes, "template": template, "mean": mean.tolist(), "std": std.tolist(),
-               "max_length": int(max_length), "truncation_side": "left"}
+    rm_info = {"kind": "regression", "attributes": attributes, "template": template, "mean": mean.tolist(),
+               "std": std.tolist(), "max_length": int(max_length), "truncation_side": "left",
+               "scale": rewardmodels.label_range(y, output_scale, label_range)}
     records.save_json_atomic(rm_info, os.path.join(args.output_dir, RM_FILE), indent=2)
     return training.save_trained(trainer, tokenizer, args.output_dir, dict(metadata, reward_model=rm_info),
                                  merge_lora=True)
 
 
-class RegressionRewardScorer:
+class RegressionRewardScorer(rewardmodels.RewardModel):
     """Score (prompt, continuation) pairs with a trained regression reward model: (n, k) float64 in the
-    attributes' original units. Loaded lazily on first call."""
+    attributes' original units (or 0-100 when saved with a scale). Loaded lazily on first call."""
 
     def __init__(self, model_dir, device=None, batch_size=16):
-        path = os.path.join(model_dir, RM_FILE)
-        if not os.path.isfile(path):
+        if not os.path.isfile(os.path.join(model_dir, RM_FILE)):
             raise FileNotFoundError(f"{model_dir!r} is not a regression reward model folder (no {RM_FILE}); train one "
                                     "with python rewardTrainer.py --objective=regression ...")
-        with open(path, encoding="utf-8") as f:
-            self.info = json.load(f)
-        self.model_dir, self.device, self.batch_size = model_dir, device, int(batch_size)
-        self.attributes = self.info["attributes"]
-        self._model = self._tokenizer = None
-
-    def _load(self):
-        import torch
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
-        self.device = self.device or ("cuda" if torch.cuda.is_available() else "cpu")
-        self._tokenizer = AutoTokenizer.from_pretrained(self.model_dir)
-        self._tokenizer.truncation_side = self.info.get("truncation_side", "left")
-        if self._tokenizer.pad_token is None:
-            self._tokenizer.pad_token = self._tokenizer.eos_token
-        self._model = AutoModelForSequenceClassification.from_pretrained(self.model_dir).to(self.device).eval()
-
-    def __call__(self, prompts, continuations):
-        import torch
-        if self._model is None:
-            self._load()
-        texts = [render(self.info["template"], p, c) for p, c in zip(prompts, continuations)]
-        out = []
-        with torch.no_grad():
-            for start in range(0, len(texts), self.batch_size):
-                batch = self._tokenizer(texts[start:start + self.batch_size], padding=True, truncation=True,
-                                        max_length=self.info["max_length"], return_tensors="pt").to(self.device)
-                out.append(self._model(**batch).logits.float().cpu().numpy())
-        scores = np.concatenate(out, axis=0) if out else np.zeros((0, len(self.attributes)))
-        return scores.astype(np.float64) * np.asarray(self.info["std"]) + np.asarray(self.info["mean"])
+        super().__init__(model_dir, device=device, batch_size=batch_size)
 
 
 def register_regression_values(model_dir, names=None, device=None, batch_size=16, overwrite=False):
@@ -351,10 +337,14 @@ def main(argv=None):
         parser.error("--model_name_or_path is required (e.g. gpt2 or a local folder)")
     if script_args.objective == "pairwise":
         return train_pairwise_reward_model(script_args, config, model_config)
-    if script_args.objective != "regression":
-        parser.error(f"--objective must be pairwise or regression; got {script_args.objective!r}")
+    if script_args.objective not in ("regression", "ridge"):
+        parser.error(f"--objective must be pairwise, regression or ridge; got {script_args.objective!r}")
     if not script_args.attributes or not script_args.data_source_path:
-        parser.error("--objective=regression needs --attributes=a,b,... and --data_source_path=<file>")
+        parser.error(f"--objective={script_args.objective} needs --attributes=a,b,... and --data_source_path=<file>")
+    label_range = cli.float_list(script_args.label_range, "label_range") if script_args.label_range else None
+    if script_args.objective == "ridge":
+        return train_ridge_from_file(model_config.model_name_or_path, script_args.data_source_path,
+                                     script_args.attributes, config.output_dir, script_args, label_range, config.seed)
     from trl import get_peft_config
     peft_config = get_peft_config(model_config)
     if peft_config is not None:
@@ -364,7 +354,25 @@ def main(argv=None):
         template=script_args.template, prompt_column=script_args.prompt_column,
         response_column=script_args.response_column, standardize=script_args.standardize,
         max_length=config.max_length or 512, eval_fraction=script_args.eval_fraction, peft_config=peft_config,
-        args=config)
+        args=config, output_scale=script_args.output_scale, label_range=label_range)
+
+
+def train_ridge_from_file(backbone, data_path, attributes, output_dir, script_args, label_range=None, seed=0):
+    """--objective=ridge: ridge probes on a frozen backbone (rewardmodels.train_ridge_reward_model)."""
+    rows = load_rows(data_path).to_list()
+    if rows and script_args.response_column == "continuation" and "continuation" not in rows[0]:
+        for r in rows:
+            r["continuation"] = records.continuation_of(r)
+    folder = rewardmodels.train_ridge_reward_model(
+        backbone, rows, cli.str_list(attributes, "attributes"), output_dir, pooling=script_args.pooling,
+        template=script_args.template, prompt_column=script_args.prompt_column,
+        response_column=script_args.response_column, val_fraction=script_args.val_fraction, seed=seed,
+        output_scale=script_args.output_scale, label_range_given=label_range)
+    info = rewardmodels.read_info(folder)
+    for a, alpha, mse in zip(info["attributes"], info["alpha"], info["val_mse"]):
+        print(f"ridge probe {a}: alpha={alpha:g}, validation MSE={mse:.4g}")
+    print(f"saved {folder}; use it as --value_list=rm:{folder}")
+    return folder
 
 
 if __name__ == "__main__":

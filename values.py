@@ -69,6 +69,7 @@ def expand_value_list(value_list):
     else:
         raise ValueError(f"value_list must be 'all', a comma-separated string or a list; got {value_list!r}")
     names = [n.strip() for n in names if n.strip()]
+    names = [head for n in names for head in (rm_heads(n) if n.startswith(RM_PREFIX) else [n])]
     if not names:
         raise ValueError("value_list is empty: name at least one value, e.g. --value_list=humor")
     if len(set(names)) != len(names):
@@ -230,14 +231,73 @@ def list_values():
 
 
 def get_spec(value):
-    """The ValueSpec of `value`; a clear error listing the registered values when unknown."""
+    """The ValueSpec of `value`; a clear error listing the registered values when unknown.
+    `rm:FOLDER/attr` names one head of a saved reward-model folder (registered here on first use)."""
     _load_env_plugins()
     if isinstance(value, ValueSpec):
         return value
+    if isinstance(value, str) and value.startswith(RM_PREFIX) and value not in REGISTRY:
+        _register_rm_head(value)
     if value not in REGISTRY:
         raise KeyError(f"unknown value {value!r}. Registered values: {', '.join(REGISTRY)}. "
                        "Add your own with values.register_value / register_reward_model or --plugin=FILE.py.")
     return REGISTRY[value]
+
+
+# ---------------------------------------------------------------------------------------------
+# Reward-model folders as values: `rm:FOLDER` (every head) or `rm:FOLDER/attr` (one head). The name is
+# resolved from the folder's map_reward_model.json in any process, so a results column named
+# `rm:models/rm/helpfulness` can be re-scored, solved and plotted anywhere the folder exists.
+
+RM_PREFIX = "rm:"
+
+
+def _rm_split(name):
+    """(folder, attribute or None) of an `rm:` name; the folder must hold a reward model."""
+    import rewardmodels
+    path = name[len(RM_PREFIX):].rstrip("/")
+    if os.path.isfile(os.path.join(path, rewardmodels.RM_FILE)):
+        return path, None
+    folder, _, attribute = path.rpartition("/")
+    if folder and os.path.isdir(folder) and attribute:
+        return folder, attribute
+    if os.path.isdir(path):
+        rewardmodels.read_info(path)  # raises: folder without its attribute list
+    raise ValueError(f"value {name!r}: no reward-model folder {path!r} (rm:FOLDER or rm:FOLDER/attribute; "
+                     "train one with python rewardTrainer.py --objective=ridge ...)")
+
+
+def rm_heads(name):
+    """The value names of an `rm:` entry: one per head for `rm:FOLDER`, itself for `rm:FOLDER/attr`."""
+    import rewardmodels
+    folder, attribute = _rm_split(name)
+    attributes = rewardmodels.read_info(folder)["attributes"]
+    if attribute is None:
+        return [f"{RM_PREFIX}{folder}/{a}" for a in attributes]
+    if attribute not in attributes:
+        raise ValueError(f"value {name!r}: reward model {folder!r} has no attribute {attribute!r}; "
+                         f"its attributes: {attributes}")
+    return [f"{RM_PREFIX}{folder}/{attribute}"]
+
+
+def _register_rm_head(name):
+    import rewardmodels
+    folder, attribute = _rm_split(name)
+    (canonical,) = rm_heads(name) if attribute else [None]
+    if canonical is None:
+        raise ValueError(f"value {name!r} names a whole reward model; a value is one head: "
+                         f"{', '.join(rm_heads(name))}")
+    info = rewardmodels.read_info(folder)
+    index = info["attributes"].index(attribute)
+
+    def fn(prompts, continuations):
+        return rewardmodels.load(folder)(prompts, continuations)[:, index]
+    scale = " on DPA's 0-100 scale" if info.get("scale") else ""
+    for key in {name, canonical}:
+        _add(ValueSpec(key, folder, "prompt_and_continuation", "custom", batch_size=256, kind="python", fn=fn,
+                       offline=True, display_name=attribute.replace("_", " ").title(),
+                       description=f"head {attribute!r} of the {info.get('kind', 'regression')} reward model "
+                                   f"{folder}{scale}"))
 
 
 def model_env_var(value):
