@@ -19,6 +19,7 @@ import glob
 import math
 import os
 import re
+import urllib.parse
 
 import cli
 import records
@@ -33,9 +34,11 @@ SHARD_NAME = re.compile(r"^(?P<prefix>.+)_(?P<start>\d+)to(?P<end>\d+)\.json$")
 
 
 def temp_reward_path(file_path, value):
-    """`{dir}/temp/{base}_temp_{value}.json` for results file `{dir}/{base}.json`."""
+    """`{dir}/temp/{base}_temp_{value}.json` for results file `{dir}/{base}.json` (a value name holding
+    '/' or '%', such as rm:FOLDER/attr, is %-quoted there; find_reward_temp_files unquotes it)."""
     folder, name = os.path.split(file_path)
     base = name[:-len(".json")] if name.endswith(".json") else name
+    value = value.replace("%", "%25").replace("/", "%2F")
     return os.path.join(folder, "temp", f"{base}_temp_{value}.json")
 
 
@@ -51,7 +54,7 @@ def find_reward_temp_files(file_path):
     for entry in sorted(os.listdir(temp_dir)):
         match = pattern.match(entry)
         if match and not entry.endswith(".meta.json") and "_temp_" not in match["value"]:
-            found[match["value"]] = os.path.join(temp_dir, entry)
+            found[urllib.parse.unquote(match["value"])] = os.path.join(temp_dir, entry)
     return found
 
 
