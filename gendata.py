@@ -61,6 +61,16 @@ def parse_chat_flag(use_chat_template):
     return bool(use_chat_template)
 
 
+def check_conditioning(template):
+    """A conditioning template (None/"" = none); ValueError unless it contains {prompt} once."""
+    if template is None or template == "":
+        return None
+    if not isinstance(template, str) or template.count("{prompt}") != 1:
+        raise ValueError(f"--conditioning must be a text containing {{prompt}} exactly once, e.g. "
+                         f"\"Excellent. input: {{prompt}}\"; got {template!r}")
+    return template
+
+
 def fast_dtype(device=None):
     """The faster generation dtype here: "bfloat16" on a GPU or on a CPU with native bf16 (avx512_bf16 /
     amx_bf16 flags: about 2x fp32), else "float32" (CPUs without it emulate bf16 matmuls, about 50x slower)."""
@@ -117,12 +127,16 @@ class TextGeneration:
         checkpoint_every: save progress every this many prompts (resume point after a kill).
         overwrite: replace an existing output made with other settings (default: refuse).
         progress: show a tqdm bar.
+        conditioning: a template the model sees instead of each raw prompt, e.g. "Excellent. input: {prompt}"
+            (ALT models are conditioned on their best feedback this way; see trainALT.py). Must contain
+            {prompt}. Records keep the raw prompt, so rewards and win rates compare with other models.
     """
 
     def __init__(self, basemodel_name=DEFAULT_MODEL, data_name="builtin", save_directory="results", seed=0,
                  prompt_column=None, split=None, dataset_path=None, num_prompts=None, use_chat_template="auto",
                  device=None, dtype=None, temperature=1.0, top_k=50, num_beams=1, max_new_tokens=50,
-                 do_sample=True, samples_per_prompt=1, checkpoint_every=50, overwrite=False, progress=True):
+                 do_sample=True, samples_per_prompt=1, checkpoint_every=50, overwrite=False, progress=True,
+                 conditioning=None):
         self.basemodel_name = str(basemodel_name)
         self.data_name = str(data_name)
         self.save_directory = save_directory
@@ -140,6 +154,7 @@ class TextGeneration:
             raise ValueError(f"num_prompts must be ≥ 1; got {num_prompts}")
         self.checkpoint_every = max(1, int(checkpoint_every))
         self.overwrite, self.progress = bool(overwrite), bool(progress)
+        self.conditioning = check_conditioning(conditioning)
         self.model = self.tokenizer = None
         self._prompts = None
         self.tokens_generated = 0  # new tokens produced by sample_continuations (for tokens/s)
@@ -191,6 +206,8 @@ class TextGeneration:
         import decoding  # imported here: decoding imports this module
         model, tokenizer = self.load_model()
         chat = self.chat_template_used()
+        if self.conditioning:
+            prompts = [self.conditioning.replace("{prompt}", p) for p in prompts]
         inputs = format_prompts(tokenizer, prompts, use_chat_template=chat)
         rows = [text for text in inputs for _ in range(num_samples)]
         eos = tokenizer.eos_token_id
@@ -240,7 +257,8 @@ class TextGeneration:
                 "split": self.split, "dataset_path": self.dataset_path, "num_prompts": self.num_prompts,
                 "start_index": start, "end_index": end, "seed": self.seed, "sampling": self.sampling,
                 "samples_per_prompt": self.samples_per_prompt, "use_chat_template": self.chat_template_used(),
-                "dtype": None if self.dtype is None else str(self.dtype)}
+                "dtype": None if self.dtype is None else str(self.dtype),
+                **({"conditioning": self.conditioning} if self.conditioning else {})}
 
     def generate_from_original_model(self, batch_size=32, start_index=0, end_index=None):
         """Sample continuations for prompts [start_index, end_index) and save the results file.
