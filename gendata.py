@@ -12,8 +12,9 @@ naming); `python mergeProcessor.py merge_gendata_bypattern 'results/temp/{base}_
 Sampling follows the original (temperature 1, top_k 50, num_beams 1, do_sample, max_new_tokens 50), now
 seeded: the RNG is re-seeded for every batch from (seed, index of the batch's first prompt), so a run that
 was killed and restarted produces exactly the records of an uninterrupted run with the same batch size.
-Progress is checkpointed atomically to `{save_directory}/temp/{output name}.partial` every
-`checkpoint_every` prompts; re-running the same command resumes from there.
+Progress is journaled (records.Checkpoint) to `{output}.journal.jsonl` every `checkpoint_every` prompts, one
+appended line per batch; re-running the same command resumes from there, and the output is written
+atomically from the journal at the end.
 
 Perplexity is not written at generation time (the original computed it here, with a second pass per
 sample): add it with `python rewardProcessor.py --file_path=... add_reward --value=perplexity`, which
@@ -25,7 +26,6 @@ Records always store the raw prompt; `generated` is prompt + decoded continuatio
 original) or prompt + " " + continuation (chat mode, where the template text is not part of the record).
 """
 import datetime
-import json
 import os
 import platform
 import sys
@@ -36,8 +36,8 @@ import numpy as np
 import cli
 import dpa
 import records
-from mergeProcessor import OutputExistsError
-from models import DEFAULT_MODEL, format_prompts, load_model_and_tokenizer, model_info, model_short_name
+from models import (DEFAULT_MODEL, format_prompts, load_model_and_tokenizer, model_fingerprint, model_info,
+                    model_short_name)
 from prompts import data_tag, load_prompts
 
 
@@ -60,6 +60,16 @@ def parse_chat_flag(use_chat_template):
             return False
         raise ValueError(f"use_chat_template must be auto, True or False; got {use_chat_template!r}")
     return bool(use_chat_template)
+
+
+def check_conditioning(template):
+    """A conditioning template (None/"" = none); ValueError unless it contains {prompt} once."""
+    if template is None or template == "":
+        return None
+    if not isinstance(template, str) or template.count("{prompt}") != 1:
+        raise ValueError(f"--conditioning must be a text containing {{prompt}} exactly once, e.g. "
+                         f"\"Excellent. input: {{prompt}}\"; got {template!r}")
+    return template
 
 
 def fast_dtype(device=None):
@@ -115,9 +125,12 @@ class TextGeneration:
         max_new_tokens: new tokens per continuation (default 50).
         do_sample: sample (default True); False = greedy.
         samples_per_prompt: continuations per prompt (records get sample_id 0..M-1).
-        checkpoint_every: save progress every this many prompts (resume point after a kill).
-        overwrite: replace an existing output made with other settings (default: refuse).
+        checkpoint_every: journal progress every this many prompts (resume point after a kill).
+        overwrite: discard a journal and replace an existing output made with other settings (default: refuse).
         progress: show a tqdm bar.
+        conditioning: a template the model sees instead of each raw prompt, e.g. "Excellent. input: {prompt}"
+            (ALT models are conditioned on their best feedback this way; see trainALT.py). Must contain
+            {prompt}. Records keep the raw prompt, so rewards and win rates compare with other models.
         direction: DPA arithmetic prompting: θ in degrees ([−90, 90]); the system prompt carries the integer
             weights round(100·(cos θ, sin θ)) on `objectives` (dpa.py's template, as trainDPA.py trains with).
         weights: explicit integer weights instead of a direction ("97,-26"), one per objective.
@@ -128,7 +141,7 @@ class TextGeneration:
                  prompt_column=None, split=None, dataset_path=None, num_prompts=None, use_chat_template="auto",
                  device=None, dtype=None, temperature=1.0, top_k=50, num_beams=1, max_new_tokens=50,
                  do_sample=True, samples_per_prompt=1, checkpoint_every=50, overwrite=False, progress=True,
-                 direction=None, weights=None, objectives="helpfulness,verbosity"):
+                 conditioning=None, direction=None, weights=None, objectives="helpfulness,verbosity"):
         self.basemodel_name = str(basemodel_name)
         self.data_name = str(data_name)
         self.save_directory = save_directory
@@ -146,6 +159,7 @@ class TextGeneration:
             raise ValueError(f"num_prompts must be ≥ 1; got {num_prompts}")
         self.checkpoint_every = max(1, int(checkpoint_every))
         self.overwrite, self.progress = bool(overwrite), bool(progress)
+        self.conditioning = check_conditioning(conditioning)
         self.model = self.tokenizer = None
         self._prompts = None
         self.tokens_generated = 0  # new tokens produced by sample_continuations (for tokens/s)
@@ -191,16 +205,18 @@ class TextGeneration:
         prompts: raw prompt strings (chat-formatted here when the template is used).
         batch_size: sequences per forward pass (prompts × samples are laid out prompt-major and cut into
             chunks of this size; chunk c is seeded with block_seed(seed, seed_key, c)).
-        systems: optional system prompt per prompt (default: this run's --direction/--weights prompt, if any).
         Returns a list (one per prompt) of lists of `num_samples` decoded continuations (new tokens only,
         special tokens skipped, not stripped). Adds the number of new tokens (up to and including EOS)
-        to self.tokens_generated.
+        to self.tokens_generated. systems: optional system prompt per prompt (default: this run's
+        --direction/--weights prompt, if any).
         """
         import torch
 
         import decoding  # imported here: decoding imports this module
         model, tokenizer = self.load_model()
         chat = self.chat_template_used()
+        if self.conditioning:
+            prompts = [self.conditioning.replace("{prompt}", p) for p in prompts]
         if systems is None and self.system_prompt is not None:
             systems = [self.system_prompt] * len(prompts)
         inputs = format_prompts(tokenizer, prompts, use_chat_template=chat, systems=systems)
@@ -247,15 +263,17 @@ class TextGeneration:
         return start, end
 
     def fingerprint(self, start, end):
-        """Everything that determines the records; a resumed or existing output must match it."""
-        fingerprint = {"model": self.basemodel_name, "data_name": self.data_name, "prompt_column": self.prompt_column,
+        """Everything that determines the records (records.Checkpoint fingerprint); a resumed or existing output
+        must match it. The batch size is not part of it: a run resumed with another batch size (say after
+        running out of memory) is allowed, with a note, and gives valid but different samples."""
+        return {"model": self.basemodel_name, "data_name": self.data_name, "prompt_column": self.prompt_column,
                 "split": self.split, "dataset_path": self.dataset_path, "num_prompts": self.num_prompts,
                 "start_index": start, "end_index": end, "seed": self.seed, "sampling": self.sampling,
                 "samples_per_prompt": self.samples_per_prompt, "use_chat_template": self.chat_template_used(),
-                "dtype": None if self.dtype is None else str(self.dtype)}
-        if self.system_prompt is not None:
-            fingerprint["system_prompt"] = self.system_prompt
-        return fingerprint
+                "dtype": None if self.dtype is None else str(self.dtype),
+                "model_identity": model_fingerprint(self.basemodel_name),
+                **({"conditioning": self.conditioning} if self.conditioning else {}),
+                **({"system_prompt": self.system_prompt} if self.system_prompt else {})}
 
     def generate_from_original_model(self, batch_size=32, start_index=0, end_index=None):
         """Sample continuations for prompts [start_index, end_index) and save the results file.
@@ -266,9 +284,10 @@ class TextGeneration:
                 `{save_directory}/temp/{base}_{start}to{end}.json`.
         Returns:
             the path of the written (or already complete) results file.
-        Resumes from `{save_directory}/temp/{name}.partial` when a previous run with the same settings was
-        interrupted; returns at once when the output already exists with the same settings; refuses
-        (names the differences) when it exists with other settings, unless --overwrite=True.
+        Progress is journaled to `{output}.journal.jsonl` (records.Checkpoint) every checkpoint_every prompts;
+        re-running the same command resumes from it. Returns at once when the output already exists with the
+        same settings; refuses (naming the first differing setting) a journal or output made with other
+        settings, unless --overwrite=True.
         """
         from tqdm.auto import tqdm
         batch_size = int(batch_size)
@@ -277,62 +296,53 @@ class TextGeneration:
         prompts = self.prompts
         start, end = self._range(start_index, end_index, len(prompts))
         path = self.output_path(start_index, end_index)
-        partial_path = os.path.join(self.save_directory, "temp", os.path.basename(path) + ".partial")
         self.load_model()
         fingerprint = self.fingerprint(start, end)
-
-        existing = records.load_metadata(path) if os.path.exists(path) else None
-        if existing is not None and not self.overwrite:
-            if existing.get("complete") and existing.get("fingerprint") == fingerprint:
+        with records.Checkpoint(path, fingerprint, overwrite=self.overwrite) as ckpt:
+            if ckpt.complete:
                 print(f"gendata: {path} is already complete with these settings; nothing to do.")
                 return path
-            if not self._partial_matches(partial_path, fingerprint, complete=True):
-                raise OutputExistsError(
-                    f"{path} already exists but was made with other settings ({self._diff(existing, fingerprint)}). "
-                    "Pass --overwrite=True to replace it, or choose another --save_directory.")
+            state = ckpt.state or {}
+            done = state.get("next_prompt", start)
+            if len(ckpt.done) != (done - start) * self.samples_per_prompt:
+                raise records.RecordsError(f"journal {ckpt.journal_path!r} holds {len(ckpt.done)} records but says "
+                                           f"prompts {start}..{done - 1} are done; delete it or pass --overwrite=True.")
+            if ckpt.resumed:
+                print(f"gendata: resuming {path} at prompt {done} of [{start}, {end}) from {ckpt.journal_path}")
+                if state.get("batch_size") != batch_size:
+                    print(f"gendata: note: the interrupted run used batch_size={state.get('batch_size')}; resuming "
+                          f"with {batch_size} samples differently from an uninterrupted run (still valid samples).")
+            started = state.get("started", now())
+            elapsed_before, tokens_before = state.get("elapsed_s", 0.0), state.get("tokens", 0)
 
-        state = self._load_partial(partial_path, fingerprint)
-        recs = state["records"] if state else []
-        done = state["next_prompt"] if state else start
-        if state:
-            print(f"gendata: resuming {path} at prompt {done} of [{start}, {end}) from {partial_path}")
-        started = state["started"] if state else now()
-        elapsed_before = state["elapsed_s"] if state else 0.0
-        tokens_before = state["tokens"] if state else 0
-        if state and state.get("batch_size") != batch_size:
-            print(f"gendata: note: the interrupted run used batch_size={state.get('batch_size')}; resuming with "
-                  f"{batch_size} samples differently from an uninterrupted run (still valid samples).")
-
-        chat = fingerprint["use_chat_template"]
-        per_block = max(1, batch_size // self.samples_per_prompt)
-        self.tokens_generated = 0
-        t0 = time.time()
-        last_checkpoint = done
-        bar = tqdm(total=end - start, initial=done - start, desc=f"generate {self.base_name}", unit="prompt",
-                   disable=not self.progress, dynamic_ncols=True)
-        for lo in range(done, end, per_block):
-            block = list(range(lo, min(lo + per_block, end)))
-            outs = self.sample_continuations([prompts[i] for i in block], self.samples_per_prompt, batch_size,
-                                             seed_key=lo)
-            for i, samples in zip(block, outs):
-                for s, text in enumerate(samples):
-                    recs.append(dict(self.make_record(prompts[i], text, i, s, chat), **(self.direction or {})))
-            done = block[-1] + 1
-            bar.update(len(block))
-            bar.set_postfix(tok_s=f"{self.tokens_generated / max(time.time() - t0, 1e-9):.1f}")
-            if done - last_checkpoint >= self.checkpoint_every and done < end:
-                self._save_partial(partial_path, fingerprint, recs, done, started,
-                                   elapsed_before + time.time() - t0, tokens_before + self.tokens_generated,
-                                   batch_size)
-                last_checkpoint = done
-        bar.close()
-        elapsed = elapsed_before + time.time() - t0
-        tokens = tokens_before + self.tokens_generated
-        # the finished partial first: a kill between the two writes below is resumed from it
-        self._save_partial(partial_path, fingerprint, recs, end, started, elapsed, tokens, batch_size)
-        records.save_json_atomic(recs, path)
-        records.save_metadata(path, self._metadata(fingerprint, recs, started, elapsed, tokens, batch_size, path))
-        os.remove(partial_path)
+            chat = fingerprint["use_chat_template"]
+            per_block = max(1, batch_size // self.samples_per_prompt)
+            self.tokens_generated = 0
+            t0 = time.time()
+            pending, last_checkpoint = [], done
+            bar = tqdm(total=end - start, initial=done - start, desc=f"generate {self.base_name}", unit="prompt",
+                       disable=not self.progress, dynamic_ncols=True)
+            for lo in range(done, end, per_block):
+                block = list(range(lo, min(lo + per_block, end)))
+                outs = self.sample_continuations([prompts[i] for i in block], self.samples_per_prompt, batch_size,
+                                                 seed_key=lo)
+                for i, samples in zip(block, outs):
+                    for s, text in enumerate(samples):
+                        pending.append(dict(self.make_record(prompts[i], text, i, s, chat), **(self.direction or {})))
+                done = block[-1] + 1
+                bar.update(len(block))
+                bar.set_postfix(tok_s=f"{self.tokens_generated / max(time.time() - t0, 1e-9):.1f}")
+                if done - last_checkpoint >= self.checkpoint_every and done < end:
+                    # journal on batch boundaries only: a resumed run re-creates the same batches and seeds
+                    ckpt.append(pending, state={"next_prompt": done, "started": started, "batch_size": batch_size,
+                                                "elapsed_s": elapsed_before + time.time() - t0,
+                                                "tokens": tokens_before + self.tokens_generated})
+                    pending, last_checkpoint = [], done
+            bar.close()
+            elapsed = elapsed_before + time.time() - t0
+            tokens = tokens_before + self.tokens_generated
+            recs = ckpt.records + pending
+            ckpt.finalize(recs, metadata=self._metadata(fingerprint, recs, started, elapsed, tokens, batch_size, path))
         print(f"gendata: wrote {len(recs)} records to {path} ({tokens} new tokens in {elapsed:.1f} s, "
               f"{tokens / max(elapsed, 1e-9):.1f} tok/s)")
         return path
@@ -370,44 +380,6 @@ class TextGeneration:
 
     # ----------------------------------------------------------------------------------------
     # checkpoints and metadata
-
-    def _save_partial(self, partial_path, fingerprint, recs, next_prompt, started, elapsed, tokens, batch_size):
-        records.save_json_atomic({"fingerprint": fingerprint, "next_prompt": next_prompt, "records": recs,
-                                  "started": started, "elapsed_s": elapsed, "tokens": tokens,
-                                  "batch_size": batch_size}, partial_path, indent=None)
-
-    def _load_partial(self, partial_path, fingerprint):
-        if not os.path.isfile(partial_path):
-            return None
-        try:
-            with open(partial_path, encoding="utf-8") as f:
-                state = json.load(f)
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise records.RecordsError(f"checkpoint {partial_path} is unreadable; delete it to start over.") from None
-        if state.get("fingerprint") != fingerprint:
-            if self.overwrite:
-                return None
-            raise OutputExistsError(
-                f"checkpoint {partial_path} belongs to a run with other settings "
-                f"({self._diff(state, fingerprint)}). Re-run with those settings to resume it, or pass "
-                "--overwrite=True to discard it.")
-        return state
-
-    def _partial_matches(self, partial_path, fingerprint, complete):
-        """True when a finished checkpoint of this exact run exists (a kill hit between the final writes)."""
-        try:
-            state = self._load_partial(partial_path, fingerprint)
-        except (OutputExistsError, records.RecordsError):
-            return False
-        return bool(state) and (not complete or state["next_prompt"] == fingerprint["end_index"])
-
-    @staticmethod
-    def _diff(saved, fingerprint):
-        old = saved.get("fingerprint") or {}
-        if not old:
-            return "no metadata sidecar records its settings"
-        keys = [k for k in fingerprint if old.get(k) != fingerprint[k]]
-        return ", ".join(f"{k}: {old.get(k)!r} -> {fingerprint[k]!r}" for k in keys) or "incomplete"
 
     def _metadata(self, fingerprint, recs, started, elapsed, tokens, batch_size, path):
         try:
