@@ -284,19 +284,18 @@ class AlignValues:
         base = self.mean_levels() if self.c is None else self.c
         top = self.rewards.max(axis=1)
         num_lambda = int(num_lambda)
-        max_attempts = int(max_attempts or 100 * num_lambda)
-        accepted, attempts = [], 0
+        accepted = []
         saved_c = self.c
+
+        def save(c, lam):
+            self.c = c
+            reference = rng.dirichlet(np.ones(len(base))) * rng.uniform(0, scaling_MAX)
+            accepted.append([float(x) for x in lam])
+            self.save_results_to_csv(accepted[-1], reference, save_prefix=save_prefix)
         try:
-            while len(accepted) < num_lambda and attempts < max_attempts:
-                attempts += 1
-                self.c = rng.uniform(base, top)
-                result = solver.solve_palette(self.rewards, self.c, groups=self.groups, tol=self.tol)
-                if not result.success or result.lam.sum() > scaling_MAX:
-                    continue
-                reference = rng.dirichlet(np.ones(len(base))) * rng.uniform(0, scaling_MAX)
-                accepted.append([float(x) for x in result.lam])
-                self.save_results_to_csv(accepted[-1], reference, save_prefix=save_prefix)
+            _, attempts = solver.random_palettes(self.rewards, base, top, rng, num_lambda, scaling_MAX,
+                                                 groups=self.groups, tol=self.tol, max_attempts=max_attempts,
+                                                 on_accept=save)
         finally:
             self.c = saved_c
         if len(accepted) < num_lambda:

@@ -396,3 +396,27 @@ def evaluate_lambda(rewards, lam, c, groups=None, tol=1e-6):
     return PaletteResult(status=status, lam=lam, c=c, realized=m, slack=m - c, kl=float(lam @ m - A),
                          ess=tilt.ess(w), iterations=0, max_violation=shortfall,
                          message="" if status == FEASIBLE else f"λ misses the palette by up to {shortfall:.4g}")
+
+
+def random_palettes(rewards, low, high, rng, num, scaling_max, groups=None, tol=1e-6, max_attempts=None,
+                    on_accept=None):
+    """Random feasible palettes and their λ (the draw behind alignValues' gen_rand_MAP_lambda).
+
+    Each attempt draws c ~ Uniform(low, high) per value, solves it, and accepts it when feasible with
+    Σλ ≤ scaling_max; `on_accept(c, lam)` is called right after each acceptance (the caller may draw from
+    the same rng there). Stops after `num` acceptances or `max_attempts` (default 100·num) attempts.
+    Returns (list of (c, PaletteResult), attempts).
+    """
+    num = int(num)
+    max_attempts = int(max_attempts or 100 * num)
+    accepted, attempts = [], 0
+    while len(accepted) < num and attempts < max_attempts:
+        attempts += 1
+        c = rng.uniform(low, high)
+        result = solve_palette(rewards, c, groups=groups, tol=tol)
+        if not result.success or result.lam.sum() > scaling_max:
+            continue
+        accepted.append((c, result))
+        if on_accept is not None:
+            on_accept(c, result.lam)
+    return accepted, attempts
