@@ -1,0 +1,148 @@
+"""DPA: directional preference alignment by rejection-sampling fine-tuning, and MAP × DPA palette-conditioned
+SFT (see dpatrainer.py for the method, dpa.py for directions, weights and templates).
+
+    # a two-head reward model (ridge probes on a frozen backbone, DPA's 0-100 scale)
+    python rewardTrainer.py --objective=ridge --model_name_or_path=smollm2-135m --data_source_path=FILE \\
+        --attributes=helpfulness,verbosity --output_dir=models/rm --output_scale=0-100
+    # T iterations of sample -> score -> select -> train, with the θ-grid evaluation of every iterate
+    python trainDPA.py --output_dir=runs/dpa --objectives=rm:models/rm --iterations=3 run
+    # or stage by stage (each resumable; a finished stage is skipped)
+    python trainDPA.py --output_dir=runs/dpa --objectives=rm:models/rm sample --iteration=1
+    ... score --iteration=1; select --iteration=1; train --iteration=1; evaluate --iteration=1
+    python trainDPA.py --output_dir=runs/dpa --objectives=rm:models/rm front     # the front per iteration
+    # palette-conditioned SFT, then one-pass generation for a palette (checked by the solver first)
+    python trainDPA.py --output_dir=runs/pal --mode=palette --objectives=sentiment,length --iterations=1 run
+    python trainDPA.py --output_dir=runs/pal --mode=palette --objectives=sentiment,length generate_palette \\
+        --c_list=0.4,20
+At inference, `gendata.py --direction=-15` (or `--weights=97,-26`, `--objectives=...`) writes the same
+system prompt as training; `generate_direction_grid --step=15` covers θ = −45°…45°.
+"""
+import os
+
+import cli
+import dpatrainer
+from dpatrainer import DPAConfig
+
+
+class TrainDPA:
+    """Direction- (DPA) or palette-conditioned rejection-sampling fine-tuning; settings are recorded in
+    {output_dir}/dpa_config.json and a run folder refuses other settings unless --overwrite=True.
+
+    Args:
+        output_dir: run folder (iter{t}/samples|scored|selected.json, iter{t}/model, eval/iter{t}.json).
+        model_name: starting policy π0 (default the embedded smollm2-135m; a folder or hub id).
+        objectives: the k rewarded values: registry names or reward-model heads (rm:FOLDER = all heads,
+            rm:FOLDER/attr = one), comma-separated.
+        objective_names: names written into the system prompt (default the heads' attribute names).
+        mode: direction (DPA) or palette (MAP × DPA).
+        data_name: prompt source (prompts.py; default builtin).
+        num_train_prompts: training prompts per iteration (the first N of the source).
+        num_eval_prompts: held-out prompts (the next ones) for evaluation and palette generation.
+        iterations: T.
+        samples_per_prompt: K responses per prompt.
+        max_new_tokens, temperature, top_k, batch_size: sampling (as gendata.py).
+        max_angle: training directions θ ~ U[−max_angle, max_angle] degrees (45, as DPA).
+        main_objective: index of the cap's centre for k > 2 objectives.
+        rerank_directions: extra directions per prompt that re-rank the same K samples (0 = DPA).
+        num_palettes: palette mode: size of the drawn pool of feasible palettes.
+        scaling_max: palette mode: accept palettes with Σλ ≤ this.
+        eval_grid_step: θ grid step for evaluation (5 or 15 degrees).
+        learning_rate, num_train_epochs, per_device_train_batch_size, use_lora, lora_r, lora_alpha,
+            max_length: the SFT step (sft.train_sft, TRL SFTTrainer, loss on the assistant turn only).
+        seed: every random draw derives from it.
+        overwrite: redo finished stages and replace a run folder's settings.
+        progress: tqdm bars.
+    """
+
+    def __init__(self, output_dir, model_name=DPAConfig.model_name, objectives=DPAConfig.objectives,
+                 objective_names=None, mode=DPAConfig.mode, data_name=DPAConfig.data_name,
+                 num_train_prompts=DPAConfig.num_train_prompts, num_eval_prompts=DPAConfig.num_eval_prompts,
+                 iterations=DPAConfig.iterations, samples_per_prompt=DPAConfig.samples_per_prompt,
+                 max_new_tokens=DPAConfig.max_new_tokens, temperature=DPAConfig.temperature, top_k=DPAConfig.top_k,
+                 batch_size=DPAConfig.batch_size, max_angle=DPAConfig.max_angle,
+                 main_objective=DPAConfig.main_objective, rerank_directions=DPAConfig.rerank_directions,
+                 num_palettes=DPAConfig.num_palettes, scaling_max=DPAConfig.scaling_max,
+                 eval_grid_step=DPAConfig.eval_grid_step, learning_rate=DPAConfig.learning_rate,
+                 num_train_epochs=DPAConfig.num_train_epochs,
+                 per_device_train_batch_size=DPAConfig.per_device_train_batch_size, use_lora=DPAConfig.use_lora,
+                 lora_r=DPAConfig.lora_r, lora_alpha=DPAConfig.lora_alpha, max_length=DPAConfig.max_length,
+                 seed=DPAConfig.seed, overwrite=False, progress=True):
+        objectives = ",".join(cli.str_list(objectives, "objectives"))
+        if objective_names is not None:
+            objective_names = ",".join(cli.str_list(objective_names, "objective_names"))
+        self.config = DPAConfig(
+            model_name=str(model_name), objectives=objectives, objective_names=objective_names, mode=mode,
+            data_name=str(data_name), num_train_prompts=int(num_train_prompts), num_eval_prompts=int(num_eval_prompts),
+            iterations=int(iterations), samples_per_prompt=int(samples_per_prompt),
+            max_new_tokens=int(max_new_tokens), temperature=float(temperature), top_k=int(top_k),
+            batch_size=int(batch_size), max_angle=float(max_angle), main_objective=int(main_objective),
+            rerank_directions=int(rerank_directions), num_palettes=int(num_palettes),
+            scaling_max=float(scaling_max), eval_grid_step=float(eval_grid_step),
+            learning_rate=float(learning_rate), num_train_epochs=float(num_train_epochs),
+            per_device_train_batch_size=int(per_device_train_batch_size), use_lora=bool(use_lora),
+            lora_r=int(lora_r), lora_alpha=int(lora_alpha), max_length=int(max_length), seed=int(seed))
+        self.trainer = dpatrainer.DPATrainer(self.config, output_dir, overwrite=overwrite, progress=progress)
+
+    def sample(self, iteration=1):
+        """K responses per training prompt from π_{t−1} under sampled directions -> iter{t}/samples.json."""
+        return self.trainer.sample(iteration)
+
+    def score(self, iteration=1):
+        """Score iter{t}/samples.json on every objective -> iter{t}/scored.json."""
+        return self.trainer.score(iteration)
+
+    def select(self, iteration=1):
+        """Argmax of (w/100)ᵀr per prompt (palette mode: resampling with softmax(λᵀr)) -> iter{t}/selected.json."""
+        return self.trainer.select(iteration)
+
+    def train(self, iteration=1):
+        """SFT of π_{t−1} on the selections (assistant turn only, LoRA) -> iter{t}/model."""
+        return self.trainer.train(iteration)
+
+    def evaluate(self, iteration=0):
+        """π_t on the held-out prompts over the θ grid, scored -> eval/iter{t}.json (0 = the starting model)."""
+        return self.trainer.evaluate(iteration)
+
+    def run(self, evaluate=True):
+        """All stages for t = 1..T (and the grid evaluation of π_0..π_T in direction mode)."""
+        return self.trainer.run(evaluate=evaluate)
+
+    def front(self):
+        """Print the front of every evaluated iteration (mean per direction, words) and its direction control."""
+        values = self.trainer.values
+        t = 0
+        while os.path.isfile(os.path.join(self.trainer.output_dir, "eval", f"iter{t}.json")):
+            import records
+            points = dpatrainer.front(records.load_records(os.path.join(self.trainer.output_dir, "eval",
+                                                                        f"iter{t}.json")), values)
+            control = dpatrainer.direction_control(points, values)
+            print(f"iteration {t}: Spearman(θ, ratio) = {control['spearman_ratio']:.3f}, "
+                  f"Spearman(θ, {self.trainer.names[1]}) = {control['spearman_second']:.3f}")
+            for p in points:
+                print(f"  θ={p['angle']:6.1f} w={p['weights']}  " + "  ".join(
+                    f"{n}={p['mean'][v]:.3f}±{p['se'][v]:.3f}" for n, v in zip(self.trainer.names, values))
+                      + f"  words={p['words']:.1f}")
+            t += 1
+        if t == 0:
+            raise FileNotFoundError(f"no evaluation in {self.trainer.output_dir}/eval; run evaluate first")
+
+    def generate_palette(self, c_list, model=None, reference_file=None, use_suggested=False):
+        """Check a palette with the solver on the reference samples (default iter1/scored.json) and generate
+        one response per held-out prompt with the palette-conditioned model (default the last iterate);
+        prints the realized levels. An infeasible palette is refused with the nearest feasible one."""
+        from evaluation import standard_error
+        import numpy as np
+        import records
+        path, result, written = self.trainer.generate_palette(c_list, model=model, reference_file=reference_file,
+                                                              use_suggested=use_suggested)
+        recs = records.load_records(path)
+        print(f"palette {written}: {result.status} on the reference samples (λ = {np.round(result.lam, 4).tolist()})")
+        for n, v, c in zip(self.trainer.names, self.trainer.values, written):
+            x = np.array([r[v] for r in recs])
+            print(f"  {n}: c = {c}, realized {x.mean():.4f} ± {standard_error(x):.4f}")
+        return path
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    cli.main(TrainDPA)
