@@ -52,7 +52,8 @@ class DPAConfig:
     evaluation = the next num_eval_prompts, held out). iterations: T. samples_per_prompt: K.
     max_new_tokens, temperature, top_k, batch_size: sampling (as gendata.py). max_angle: training
     directions' half-width in degrees (45). main_objective: the cap's centre for k > 2.
-    rerank_directions: extra directions per prompt re-ranking the same K samples (0 = DPA as published).
+    rerank_directions: extra directions (palette mode: palettes) per prompt re-ranking the same K samples
+    (0 = DPA as published; more examples per generated sample, a different data distribution; recorded).
     num_palettes / scaling_max: palette pool size and Σλ cap (palette mode). eval_grid_step: degrees (5
     or 15). SFT: learning_rate, num_train_epochs, per_device_train_batch_size, use_lora, lora_r, lora_alpha,
     max_length. seed: every draw (directions, samples, selections, palettes) derives from it.
@@ -300,7 +301,7 @@ class DPATrainer:
             for p, g in enumerate(groups):
                 j = int(chosen[p])
                 out.append(dict(g[j], system=systems[p], weights=weights[p], selection_score=float(scores[p, j]),
-                                chosen_index=j, rerank=rank))
+                                chosen_index=j, rerank=rank, id=g[j]["id"] + (f"-r{rank}" if rank else "")))
         return out
 
     def _select_palettes(self, R, groups, rng):
@@ -321,14 +322,16 @@ class DPATrainer:
         if not palettes:
             raise dpa.DPAError(f"no feasible palette with Σλ ≤ {c.scaling_max} in {attempts} draws; raise "
                                "--scaling_max or --samples_per_prompt")
-        which = rng.integers(len(palettes), size=P)
-        lam = np.array([palettes[i]["lam"] for i in which])
-        chosen, scores = dpa.select(R, lam, rng, mode="resample")
         out = []
-        for p, g in enumerate(groups):
-            j, pal = int(chosen[p]), palettes[which[p]]
-            out.append(dict(g[j], system=dpa.render_palette_prompt(pal["c"], self.names), palette=pal["c"],
-                            lam=pal["lam"], selection_score=float(scores[p, j]), chosen_index=j))
+        for rank in range(1 + int(c.rerank_directions)):  # extra palettes re-use the same K samples
+            which = rng.integers(len(palettes), size=P)
+            lam = np.array([palettes[i]["lam"] for i in which])
+            chosen, scores = dpa.select(R, lam, rng, mode="resample")
+            for p, g in enumerate(groups):
+                j, pal = int(chosen[p]), palettes[which[p]]
+                out.append(dict(g[j], system=dpa.render_palette_prompt(pal["c"], self.names), palette=pal["c"],
+                                lam=pal["lam"], selection_score=float(scores[p, j]), chosen_index=j, rerank=rank,
+                                id=g[j]["id"] + (f"-r{rank}" if rank else "")))
         return out, palettes
 
     def train(self, t, **sft_overrides):

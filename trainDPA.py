@@ -43,7 +43,8 @@ class TrainDPA:
         max_new_tokens, temperature, top_k, batch_size: sampling (as gendata.py).
         max_angle: training directions θ ~ U[−max_angle, max_angle] degrees (45, as DPA).
         main_objective: index of the cap's centre for k > 2 objectives.
-        rerank_directions: extra directions per prompt that re-rank the same K samples (0 = DPA).
+        rerank_directions: extra directions (palette mode: palettes) per prompt that re-rank the same K
+            samples (0 = DPA as published; recorded, it changes the data distribution).
         num_palettes: palette mode: size of the drawn pool of feasible palettes.
         scaling_max: palette mode: accept palettes with Σλ ≤ this.
         eval_grid_step: θ grid step for evaluation (5 or 15 degrees).

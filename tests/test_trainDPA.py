@@ -154,7 +154,8 @@ def test_palette_conditioned_sft_and_one_pass_generation(tiny_lm_dir, tmp_path):
         trainer.generate_palette([1, 2, 3])
     with pytest.raises(dpa.DPAError, match="nearest feasible palette"):
         trainer.generate_palette([5.0, 500.0])
-    assert sorted(os.listdir(tmp_path / "pal" / "palette")) == [os.path.basename(path)]
+    stem = os.path.basename(path)[:-len(".json")]
+    assert sorted(os.listdir(tmp_path / "pal" / "palette")) == [stem + ".json", stem + ".meta.json"]
 
 
 def _cli(args, cwd):
