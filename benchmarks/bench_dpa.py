@@ -1,0 +1,202 @@
+"""DPA and MAP × DPA on the offline demo: does the front expand, do directions steer, do palettes land?
+
+    .venv/bin/python benchmarks/bench_dpa.py          # ~15 min on one shared CPU thread
+
+Embedded SmolLM2-135M-Instruct + LoRA, builtin prompts (training: the first 12, held out: the next 6, reward
+model: 16 others). Two objectives available offline:
+  helpfulness  a ridge-probe reward model head (rewardmodels.py; frozen SmolLM2, last-token embeddings)
+               fitted to coherence-minilm (prompt/response relevance) as a helpfulness proxy, on DPA's 0-100
+               scale, named as the value rm:{out}/rm/helpfulness;
+  verbosity    the registry value `length` (words).
+Steps:
+  1. reward model: 3 samples for each of 16 other prompts, labelled with coherence-minilm and length;
+  2. DPA: trainDPA's direction mode, T = 2 iterations, K = 4, 2 extra re-ranked directions per prompt,
+     evaluated on the θ grid (15° steps) for π0, π1, π2: the front per iteration, the direction-control
+     Spearman (θ vs realized verbosity/helpfulness) and the mean length per direction;
+  3. MAP × DPA: trainDPA's palette mode (K = 6 samples per prompt from p0, a pool of feasible palettes drawn
+     with the gen_rand_MAP_lambda draw, importance resampling with softmax(λᵀr), 3 palettes per prompt,
+     one iteration of SFT); for 3 palettes of the pool, the realized levels on the held-out prompts of the
+     conditioned model (one sample per prompt), of MAP-D (M = 8 samples per prompt from p0, resampled with
+     the palette's λ) and of the unconditioned p0, with standard errors and the generation cost per prompt.
+Writes results/bench_dpa/summary.json and the figure results/gallery/fig_dpa_front.png. Ends with
+`ratio=<MAP-D seconds per prompt / conditioned seconds per prompt>` (same run, same machine).
+"""
+import json
+import os
+import sys
+import time
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+import fire  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+import decoding  # noqa: E402
+import dpa  # noqa: E402
+import dpatrainer  # noqa: E402
+from evaluation import standard_error  # noqa: E402
+from gendata import TextGeneration  # noqa: E402
+import models  # noqa: E402
+import records  # noqa: E402
+import rewardmodels  # noqa: E402
+
+
+def train_reward_model(out, prompts, max_new_tokens, seed):
+    """Ridge probes (helpfulness := coherence-minilm, verbosity := length) on 3 samples per prompt."""
+    folder = os.path.join(out, "rm")
+    if os.path.isfile(os.path.join(folder, rewardmodels.RM_FILE)):
+        return folder
+    gen = TextGeneration(basemodel_name="smollm2-135m", seed=seed + 7, max_new_tokens=max_new_tokens, progress=False)
+    outs = gen.sample_continuations(prompts, 3, batch_size=48)
+    rows = [{"prompt": p, "continuation": c.strip()} for p, group in zip(prompts, outs) for c in group]
+    scorers = decoding.load_scorers(["coherence-minilm", "length"])
+    R = decoding.score_samples(["coherence-minilm", "length"], scorers, [r["prompt"] for r in rows],
+                               [r["continuation"] for r in rows])
+    for r, h, v in zip(rows, R[0], R[1]):
+        r["helpfulness"], r["verbosity"] = float(h), float(v)
+    return rewardmodels.train_ridge_reward_model("smollm2-135m", rows, ["helpfulness", "verbosity"], folder,
+                                                 pooling="last", output_scale="0-100", seed=seed, progress=False)
+
+
+def levels(recs, values):
+    x = np.array([[r[v] for v in values] for r in recs])
+    return x.mean(0), np.array([standard_error(x[:, i]) for i in range(x.shape[1])])
+
+
+def main(out="results/bench_dpa", num_train_prompts=12, num_eval_prompts=6, max_new_tokens=20, iterations=2,
+         mc_samples=8, seed=0, figure="results/gallery/fig_dpa_front"):
+    torch.set_num_threads(1)
+    t_start = time.time()
+    from prompts import load_prompts
+    allp = load_prompts("builtin", seed=seed)
+    n = num_train_prompts + num_eval_prompts
+    rm = train_reward_model(out, allp[n:n + 16], max_new_tokens, seed)
+    info = rewardmodels.read_info(rm)
+    print(f"reward model {rm}: validation MSE {dict(zip(info['attributes'], np.round(info['val_mse'], 4)))}, "
+          f"alpha {info['alpha']}  ({time.time() - t_start:.0f} s)")
+    objectives = f"rm:{rm}/helpfulness,length"
+    common = dict(model_name="smollm2-135m", objectives=objectives, objective_names="helpfulness,verbosity",
+                  num_train_prompts=num_train_prompts, num_eval_prompts=num_eval_prompts,
+                  max_new_tokens=max_new_tokens, batch_size=48, learning_rate=2e-4, num_train_epochs=1.0,
+                  per_device_train_batch_size=8, seed=seed)
+
+    # --- DPA: direction-conditioned RSF
+    t0 = time.time()
+    direction = dpatrainer.DPATrainer(dpatrainer.DPAConfig(mode="direction", iterations=iterations, samples_per_prompt=4,
+                                                           rerank_directions=2, eval_grid_step=15.0, **common),
+                                      os.path.join(out, "dpa"), progress=False)
+    direction.run()
+    values = direction.values
+    fronts = {}
+    for t in range(iterations + 1):
+        fronts[t] = dpatrainer.front(records.load_records(os.path.join(out, "dpa", "eval", f"iter{t}.json")), values)
+    dpa_seconds = time.time() - t0
+    print(f"\nDPA front per iteration (held-out prompts, mean ± SE per direction; {dpa_seconds:.0f} s)")
+    print(f"{'iter':>4} {'θ':>6} {'weights':>10} {'helpfulness':>16} {'verbosity (words)':>18}")
+    control = {}
+    for t, points in fronts.items():
+        for p in points:
+            print(f"{t:>4} {p['angle']:>6.0f} {str(p['weights']):>10} "
+                  f"{p['mean'][values[0]]:>9.2f} ± {p['se'][values[0]]:<5.2f} {p['mean'][values[1]]:>10.2f} ± "
+                  f"{p['se'][values[1]]:.2f}")
+        control[t] = dpatrainer.direction_control(points, values)
+    print("\ndirection control (Spearman between θ and realized verbosity/helpfulness over the grid):")
+    for t, c in control.items():
+        print(f"  iteration {t}: ratio {c['spearman_ratio']:.3f}   verbosity alone {c['spearman_second']:.3f}")
+
+    # --- MAP × DPA: palette-conditioned SFT
+    t0 = time.time()
+    palette = dpatrainer.DPATrainer(dpatrainer.DPAConfig(mode="palette", iterations=1, samples_per_prompt=6,
+                                                         rerank_directions=2, num_palettes=8, **common),
+                                    os.path.join(out, "palette"), progress=False)
+    palette.run(evaluate=False)
+    pool = records.load_metadata(palette.path(1, "selected.json"))["palettes"]
+    order = np.argsort([sum(p["lam"]) for p in pool])
+    chosen = [pool[i] for i in (order[0], order[len(order) // 2], order[-1])]
+    held_out = palette.prompts()[1]
+    scorers = palette.scorers()
+
+    def timed_generation(model_name, systems):
+        """(seconds, new tokens) per prompt of one sample per held-out prompt, the model already loaded."""
+        gen = TextGeneration(basemodel_name=model_name, seed=seed + 11, max_new_tokens=max_new_tokens, progress=False)
+        gen.load_model()
+        t1 = time.time()
+        texts = gen.sample_continuations(held_out, 1, batch_size=48, systems=systems)
+        return (time.time() - t1) / len(held_out), gen.tokens_generated / len(held_out), [t[0].strip() for t in texts]
+
+    # unconditioned p0 on the held-out prompts, one sample each
+    base_s, base_tok, base_texts = timed_generation("smollm2-135m", None)
+    R = decoding.score_samples(values, scorers, held_out, base_texts)
+    base_recs = [{v: float(R[i, j]) for i, v in enumerate(values)} for j in range(len(held_out))]
+    model, tokenizer = models.load_model_and_tokenizer("smollm2-135m")
+    rows = []
+    for k, pal in enumerate(chosen):
+        path, result, written = palette.generate_palette(pal["c"], label=f"palette{k}")  # the inference path
+        t1 = time.time()
+        mapd, tokens = decoding.mc_decode(model, tokenizer, held_out, pal["lam"], values, MC_nsamples=mc_samples,
+                                          scorers=scorers, max_new_tokens=max_new_tokens, seed=seed + 100 + k,
+                                          first_prompt_index=n)
+        mapd_cost = ((time.time() - t1) / len(held_out), tokens / len(held_out))
+        rows.append({"c": written, "lam": pal["lam"], "conditioned": levels(records.load_records(path), values),
+                     "mapd": levels([{v: r["rewards"][v] for v in values} for r in mapd], values),
+                     "base": levels(base_recs, values), "cost": {"mapd": mapd_cost}})
+    # the conditioned model's cost: one pass, one sample per prompt (palette 0's prompt), no scoring needed
+    cond_s, cond_tok, _ = timed_generation(palette.model_of(1), [dpa.render_palette_prompt(
+        rows[0]["c"], palette.names)] * len(held_out))
+    base_cost = (base_s, base_tok)
+    palette_seconds = time.time() - t0
+
+    print(f"\npalette-conditioned SFT vs MAP-D (M = {mc_samples}) vs unconditioned p0, {len(held_out)} held-out prompts "
+          f"({palette_seconds:.0f} s); |mean − c|/SE in brackets")
+    print(f"{'palette':>8} {'objective':>12} {'c':>8} {'λ':>7} {'conditioned':>22} {'MAP-D':>22} {'p0':>22}")
+    hits = 0
+    summary_rows = []
+    for k, row in enumerate(rows):
+        within = True
+        for i, name in enumerate(direction.names):
+            cells = []
+            for key in ("conditioned", "mapd", "base"):
+                m, se = row[key][0][i], row[key][1][i]
+                z = abs(m - row["c"][i]) / se if se > 0 else float("inf")
+                cells.append(f"{m:7.2f} ± {se:5.2f} [{z:4.1f}]")
+                if key == "conditioned" and z > 2:
+                    within = False
+            print(f"{k:>8} {name:>12} {row['c'][i]:>8.2f} {row['lam'][i]:>7.3f} " + " ".join(f"{c:>22}" for c in cells))
+        hits += within
+        summary_rows.append({"c": row["c"], "lam": row["lam"], "within_2se": within,
+                             **{key: {"mean": row[key][0].tolist(), "se": row[key][1].tolist()}
+                                for key in ("conditioned", "mapd", "base")}, "cost": row["cost"]})
+    mapd_s = np.mean([r["cost"]["mapd"][0] for r in rows])
+    print(f"\npalettes with every level within 2 SE of c: conditioned {hits} of {len(rows)}")
+    print(f"generation cost per prompt: conditioned {cond_s:.2f} s ({cond_tok:.1f}"
+          f" tokens), MAP-D {mapd_s:.2f} s ({np.mean([r['cost']['mapd'][1] for r in rows]):.1f} tokens, incl. scoring "
+          f"M samples), p0 {base_cost[0]:.2f} s ({base_cost[1]:.1f} tokens)")
+
+    points = [{"label": f"MAP-D, palette {k}", "x": r["mapd"][0][0], "y": r["mapd"][0][1]} for k, r in enumerate(rows)]
+    points += [{"label": f"conditioned, palette {k}", "x": r["conditioned"][0][0], "y": r["conditioned"][0][1]}
+               for k, r in enumerate(rows)]
+    summary = {"objectives": values, "names": direction.names, "reward_model": info,
+               "fronts": {str(t): f for t, f in fronts.items()}, "direction_control": control,
+               "palettes": summary_rows, "points": [dict(p, x=float(p["x"]), y=float(p["y"])) for p in points],
+               "palettes_within_2se": hits, "cost_per_prompt": {"conditioned": [cond_s, cond_tok],
+                                                                 "mapd": [mapd_s, float(np.mean([r["cost"]["mapd"][1] for r in rows]))],
+                                                                 "p0": list(base_cost)}, "seconds": {"dpa": dpa_seconds, "palette": palette_seconds,
+                                                        "total": time.time() - t_start},
+               "settings": dict(num_train_prompts=num_train_prompts, num_eval_prompts=num_eval_prompts,
+                                max_new_tokens=max_new_tokens, iterations=iterations, mc_samples=mc_samples, seed=seed)}
+    path = os.path.join(out, "summary.json")
+    records.save_json_atomic(records.canonical(summary), path, indent=2)
+    from plot import plot_dpa_front
+    plot_dpa_front.plot_front(os.path.join(out, "dpa"), output_prefix=figure, points_file=path)
+    print(f"wrote {path}; total {time.time() - t_start:.0f} s (shared 2-core CPU, other jobs running)")
+    print(f"ratio={mapd_s / cond_s:.2f}")
+
+
+if __name__ == "__main__":
+    fire.Fire(main)
