@@ -144,3 +144,27 @@ def test_existing_output_with_other_settings_is_refused(tmp_path, tiny_lm_dir):
         _gen(tiny_lm_dir, tmp_path).generate_from_original_model(start_index=5, end_index=5)
     with pytest.raises(ValueError, match="samples_per_prompt"):
         _gen(tiny_lm_dir, tmp_path, samples_per_prompt=0)
+
+
+def test_direction_prompts_and_grid(tmp_path, tiny_lm_dir):
+    import dpa
+    gen = _gen(tiny_lm_dir, tmp_path, direction=-15, samples_per_prompt=1, num_prompts=2)
+    path = gen.generate_from_original_model()
+    assert path.endswith("_w=97,-26.json")
+    recs = records.load_records(path)
+    assert all(r["weights"] == [97, -26] and r["theta"] == -15 for r in recs)
+    assert dpa.parse_system_prompt(recs[0]["system"]) == (["helpfulness", "verbosity"], [97, -26])
+    model, tokenizer = gen.load_model()
+    seen = []
+    real = tokenizer.__class__.__call__
+
+    def spy(self, text, *a, **k):
+        seen.extend(text if isinstance(text, list) else [text])
+        return real(self, text, *a, **k)
+    import unittest.mock
+    with unittest.mock.patch.object(tokenizer.__class__, "__call__", spy):
+        gen.sample_continuations(["hi"], 1)
+    assert any("<|im_start|>system\n" + recs[0]["system"] in t for t in seen)
+    grid = _gen(tiny_lm_dir, tmp_path / "grid", samples_per_prompt=1, num_prompts=2).generate_direction_grid(step=45)
+    assert [os.path.basename(p) for p in grid] == [f"{os.path.basename(tiny_lm_dir)}-builtin_w={w}.json"
+                                                   for w in ("71,-71", "100,0", "71,71")]

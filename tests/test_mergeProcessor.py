@@ -182,3 +182,14 @@ def test_shard_that_does_not_cover_its_range_and_existing_target(tmp_path):
         MergeProcessor().merge_gendata_bypattern(os.path.join(temp, "m_*to*.json"))
     out = MergeProcessor().merge_gendata_bypattern(os.path.join(temp, "m_*to*.json"), overwrite=True, keep_shards=True)
     assert len(_read(out)) == 4 and os.path.exists(path)
+
+
+def test_value_names_with_slashes_round_trip_through_temp_names(tmp_path):
+    path = str(tmp_path / "run.json")
+    name = "rm:models/rm 50%/helpfulness"
+    temp = temp_reward_path(path, name)
+    assert os.path.dirname(temp) == str(tmp_path / "temp")
+    os.makedirs(os.path.dirname(temp))
+    open(temp, "w").write("[]")
+    assert find_reward_temp_files(path) == {name: temp}
+    assert temp_reward_path(path, "gpt2-helpful").endswith("run_temp_gpt2-helpful.json")

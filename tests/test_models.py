@@ -167,3 +167,12 @@ def test_model_fingerprint_of_a_folder_changes_with_its_files(tmp_path):
     time.sleep(0.01)
     (folder / "model.safetensors").write_bytes(b"12345")  # retrained into the same folder
     assert model_fingerprint(str(folder)) != first
+
+
+def test_format_prompts_with_system_prompts(tiny_lm_dir):
+    from models import format_prompts, load_tokenizer
+    tok = load_tokenizer(tiny_lm_dir)
+    chat = format_prompts(tok, ["a", "b"], True, systems=["S1", None])
+    assert chat[0] == "<|im_start|>system\nS1<|im_end|>\n<|im_start|>user\na<|im_end|>\n<|im_start|>assistant\n"
+    assert chat[1] == format_prompts(tok, ["b"], True)[0]
+    assert format_prompts(tok, ["a", "b"], False, systems=["S1", None]) == ["S1\n\na", "b"]

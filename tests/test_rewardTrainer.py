@@ -95,3 +95,21 @@ def test_pairwise_reward_model_through_the_original_command_line(tmp_path):
         assert min(score(t) for t in good) > max(score(t) for t in bad)
     with pytest.raises(SystemExit):
         rewardTrainer.main([f"--output_dir={out_dir}", "--objective=regression"])
+
+
+def test_ridge_objective_through_the_command_line(tmp_path, tiny_lm_dir, capsys):
+    import rewardmodels
+    rng = np.random.default_rng(0)
+    rows = [{"prompt": "Hi", "continuation": " ".join(["word"] * int(n)), "words": float(n),
+             "other": None if i % 2 else float(n % 3)} for i, n in enumerate(rng.integers(1, 9, size=24))]
+    data = tmp_path / "data.jsonl"
+    data.write_text("\n".join(json.dumps(r) for r in rows))
+    out = str(tmp_path / "rm")
+    assert rewardTrainer.main([f"--model_name_or_path={tiny_lm_dir}", "--objective=ridge", f"--output_dir={out}",
+                               f"--data_source_path={data}", "--attributes=words,other", "--pooling=mean",
+                               "--output_scale=0-100", "--label_range=1,8"]) == out
+    info = rewardmodels.read_info(out)
+    assert info["kind"] == "ridge" and info["pooling"] == "mean" and info["scale"] == {"lo": [1.0, 1.0],
+                                                                                       "hi": [8.0, 8.0]}
+    assert info["n_labelled"] == [24, 12]
+    assert f"use it as --value_list=rm:{out}" in capsys.readouterr().out

@@ -119,3 +119,27 @@ def test_unknown_attribute(ridge_folder):
     folder, _ = ridge_folder
     with pytest.raises(ValueError, match="has no attribute 'nope'"):
         values.expand_value_list(f"rm:{folder}/nope")
+
+
+def test_every_cli_takes_rm_values(ridge_folder, tmp_path):
+    """rewardProcessor add_reward + merge, and alignValues, with rm:FOLDER/attr value names."""
+    from alignValues import AlignValues
+    from mergeProcessor import MergeProcessor
+    from rewardProcessor import RewardProcessor
+    import records
+    folder, rows = ridge_folder
+    path = str(tmp_path / "run.json")
+    records.save_json_atomic([dict(prompt=r["prompt"], continuation=r["continuation"],
+                                   generated=r["prompt"] + " " + r["continuation"], id=f"{i}-0", prompt_id=i,
+                                   sample_id=0) for i, r in enumerate(rows)], path)
+    for head in values.expand_value_list(f"rm:{folder}"):
+        RewardProcessor(file_path=path, progress=False).add_reward(value=head)
+    MergeProcessor().merge_added_rewards(original_file_path=path)
+    recs = records.load_records(path)
+    assert {f"rm:{folder}/length", f"rm:{folder}/happy"} <= set(recs[0])
+    expected = rewardmodels.load(folder)([r["prompt"] for r in rows], [r["continuation"] for r in rows])
+    assert np.allclose([r[f"rm:{folder}/length"] for r in recs], expected[:, 0])
+    align = AlignValues(value_list=f"rm:{folder}", file_path=path)
+    means = align.mean_levels()
+    result = align.solve(c=means + np.array([1.0, 0.0]))
+    assert result.success and np.allclose(result.realized[0], means[0] + 1.0, atol=1e-5)
