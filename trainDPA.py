@@ -17,6 +17,8 @@ SFT (see dpatrainer.py for the method, dpa.py for directions, weights and templa
 At inference, `gendata.py --direction=-15` (or `--weights=97,-26`, `--objectives=...`) writes the same
 system prompt as training; `generate_direction_grid --step=15` covers θ = −45°…45°.
 """
+import dataclasses
+import json
 import os
 
 import cli
@@ -24,64 +26,67 @@ import dpatrainer
 from dpatrainer import DPAConfig
 
 
+FIELDS = [f.name for f in dataclasses.fields(DPAConfig) if f.name != "template"]
+
+
+def settings(output_dir, given):
+    """The run's settings: flags given on the command line, else the run folder's recorded ones (so a stage
+    of an existing run needs only --output_dir), else DPAConfig's defaults. Normalises list flags."""
+    path = os.path.join(str(output_dir), dpatrainer.CONFIG_FILE)
+    stored = {}
+    if os.path.isfile(path):
+        with open(path, encoding="utf-8") as f:
+            stored = {k: v for k, v in json.load(f)["config"].items() if k in FIELDS}
+    out = dict(stored, **given)
+    for name in ("objectives", "objective_names"):
+        if out.get(name) is not None:
+            out[name] = ",".join(cli.str_list(out[name], name))
+    return out
+
+
 class TrainDPA:
     """Direction- (DPA) or palette-conditioned rejection-sampling fine-tuning; settings are recorded in
-    {output_dir}/dpa_config.json and a run folder refuses other settings unless --overwrite=True.
+    {output_dir}/dpa_config.json and a run folder refuses other settings unless --overwrite=True. A flag left
+    out takes the run folder's recorded value, else the default below (so `--output_dir=runs/dpa front`
+    works on a finished run).
 
     Args:
         output_dir: run folder (iter{t}/samples|scored|selected.json, iter{t}/model, eval/iter{t}.json).
         model_name: starting policy π0 (default the embedded smollm2-135m; a folder or hub id).
         objectives: the k rewarded values: registry names or reward-model heads (rm:FOLDER = all heads,
-            rm:FOLDER/attr = one), comma-separated.
+            rm:FOLDER/attr = one), comma-separated (default rm:models/rm).
         objective_names: names written into the system prompt (default the heads' attribute names).
-        mode: direction (DPA) or palette (MAP × DPA).
+        mode: direction (DPA, the default) or palette (MAP × DPA).
         data_name: prompt source (prompts.py; default builtin).
-        num_train_prompts: training prompts per iteration (the first N of the source).
-        num_eval_prompts: held-out prompts (the next ones) for evaluation and palette generation.
-        iterations: T.
-        samples_per_prompt: K responses per prompt.
-        max_new_tokens, temperature, top_k, batch_size: sampling (as gendata.py).
+        num_train_prompts: training prompts per iteration (the first N of the source; default 64).
+        num_eval_prompts: held-out prompts (the next ones) for evaluation and palette generation (16).
+        iterations: T (default 3).
+        samples_per_prompt: K responses per prompt (default 4).
+        max_new_tokens, temperature, top_k, batch_size: sampling (as gendata.py; 64, 1.0, 50, 32).
         max_angle: training directions θ ~ U[−max_angle, max_angle] degrees (45, as DPA).
-        main_objective: index of the cap's centre for k > 2 objectives.
+        main_objective: index of the cap's centre for k > 2 objectives (default 0).
         rerank_directions: extra directions (palette mode: palettes) per prompt that re-rank the same K
-            samples (0 = DPA as published; recorded, it changes the data distribution).
-        num_palettes: palette mode: size of the drawn pool of feasible palettes.
-        scaling_max: palette mode: accept palettes with Σλ ≤ this.
-        eval_grid_step: θ grid step for evaluation (5 or 15 degrees).
+            samples (default 0 = DPA as published; recorded, it changes the data distribution).
+        num_palettes: palette mode: size of the drawn pool of feasible palettes (default 16).
+        scaling_max: palette mode: accept palettes with Σλ ≤ this (default 50).
+        eval_grid_step: θ grid step for evaluation (5 or 15 degrees; default 15).
         learning_rate, num_train_epochs, per_device_train_batch_size, use_lora, lora_r, lora_alpha,
-            max_length: the SFT step (sft.train_sft, TRL SFTTrainer, loss on the assistant turn only).
-        seed: every random draw derives from it.
+            max_length: the SFT step (sft.train_sft, TRL SFTTrainer, loss on the assistant turn only; defaults
+            1e-4, 2, 8, True, 16, 32, 512).
+        seed: every random draw derives from it (default 0).
         overwrite: redo finished stages and replace a run folder's settings.
         progress: tqdm bars.
     """
 
-    def __init__(self, output_dir, model_name=DPAConfig.model_name, objectives=DPAConfig.objectives,
-                 objective_names=None, mode=DPAConfig.mode, data_name=DPAConfig.data_name,
-                 num_train_prompts=DPAConfig.num_train_prompts, num_eval_prompts=DPAConfig.num_eval_prompts,
-                 iterations=DPAConfig.iterations, samples_per_prompt=DPAConfig.samples_per_prompt,
-                 max_new_tokens=DPAConfig.max_new_tokens, temperature=DPAConfig.temperature, top_k=DPAConfig.top_k,
-                 batch_size=DPAConfig.batch_size, max_angle=DPAConfig.max_angle,
-                 main_objective=DPAConfig.main_objective, rerank_directions=DPAConfig.rerank_directions,
-                 num_palettes=DPAConfig.num_palettes, scaling_max=DPAConfig.scaling_max,
-                 eval_grid_step=DPAConfig.eval_grid_step, learning_rate=DPAConfig.learning_rate,
-                 num_train_epochs=DPAConfig.num_train_epochs,
-                 per_device_train_batch_size=DPAConfig.per_device_train_batch_size, use_lora=DPAConfig.use_lora,
-                 lora_r=DPAConfig.lora_r, lora_alpha=DPAConfig.lora_alpha, max_length=DPAConfig.max_length,
-                 seed=DPAConfig.seed, overwrite=False, progress=True):
-        objectives = ",".join(cli.str_list(objectives, "objectives"))
-        if objective_names is not None:
-            objective_names = ",".join(cli.str_list(objective_names, "objective_names"))
-        self.config = DPAConfig(
-            model_name=str(model_name), objectives=objectives, objective_names=objective_names, mode=mode,
-            data_name=str(data_name), num_train_prompts=int(num_train_prompts), num_eval_prompts=int(num_eval_prompts),
-            iterations=int(iterations), samples_per_prompt=int(samples_per_prompt),
-            max_new_tokens=int(max_new_tokens), temperature=float(temperature), top_k=int(top_k),
-            batch_size=int(batch_size), max_angle=float(max_angle), main_objective=int(main_objective),
-            rerank_directions=int(rerank_directions), num_palettes=int(num_palettes),
-            scaling_max=float(scaling_max), eval_grid_step=float(eval_grid_step),
-            learning_rate=float(learning_rate), num_train_epochs=float(num_train_epochs),
-            per_device_train_batch_size=int(per_device_train_batch_size), use_lora=bool(use_lora),
-            lora_r=int(lora_r), lora_alpha=int(lora_alpha), max_length=int(max_length), seed=int(seed))
+    def __init__(self, output_dir, model_name=None, objectives=None, objective_names=None, mode=None, data_name=None,
+                 num_train_prompts=None, num_eval_prompts=None, iterations=None, samples_per_prompt=None,
+                 max_new_tokens=None, temperature=None, top_k=None, batch_size=None, max_angle=None,
+                 main_objective=None, rerank_directions=None, num_palettes=None, scaling_max=None,
+                 eval_grid_step=None, learning_rate=None, num_train_epochs=None, per_device_train_batch_size=None,
+                 use_lora=None, lora_r=None, lora_alpha=None, max_length=None, seed=None, overwrite=False,
+                 progress=True):
+        given = {k: v for k, v in locals().items() if k in FIELDS and v is not None}
+        self.config = DPAConfig(**settings(output_dir, given))
         self.trainer = dpatrainer.DPATrainer(self.config, output_dir, overwrite=overwrite, progress=progress)
 
     def sample(self, iteration=1):

@@ -176,3 +176,15 @@ def test_bad_input_one_clear_error_nothing_written(tmp_path):
     out = _cli([os.path.join(ROOT, "trainDPA.py"), "--output_dir=run", "--objectives=length", "run"], tmp_path)
     assert out.returncode == 2 and "at least two objectives" in out.stderr
     assert sorted(os.listdir(tmp_path)) == ["rm"]
+
+
+def test_cli_stage_of_an_existing_run_needs_only_the_folder(tmp_path):
+    import trainDPA
+    run = tmp_path / "run"
+    first = trainDPA.settings(run, {"objectives": ("sentiment", "length"), "iterations": 2})
+    dpatrainer.DPATrainer(dpatrainer.DPAConfig(**first), run, progress=False)
+    again = trainDPA.TrainDPA(str(run), progress=False)
+    assert again.config.objectives == "sentiment,length" and again.config.iterations == 2
+    assert trainDPA.TrainDPA(str(run), iterations=2, progress=False).config.samples_per_prompt == 4
+    with pytest.raises(dpa.DPAError, match="iterations=2"):
+        trainDPA.TrainDPA(str(run), iterations=3, progress=False)
