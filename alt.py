@@ -559,7 +559,7 @@ def parse_lmu(text):
         return None
     fields = {}
     for key in ("analysis", "feedback", "score"):
-        m = re.search(rf"^\s*\**{key}\**\s*:\s*(.+?)\s*$", text, flags=re.IGNORECASE | re.MULTILINE)
+        m = re.search(rf"^[\s*_#]*{key}[\s*_]*:[\s*_]*(.+?)[\s*_]*$", text, flags=re.IGNORECASE | re.MULTILINE)
         if not m:
             return None
         fields[key] = m.group(1).strip()
