@@ -90,6 +90,7 @@ class ALT:
         valid_temperature: 0 = greedy validation (default 1.0 sampling, top-k as training).
         use_chat_template: auto | True | False.
         batch_size: sequences per generation forward pass (32).
+        checkpoint_every: journal sampling progress every this many prompts (8; the resume point).
         device, dtype: model placement ("cpu", "cuda"; default auto) and dtype.
         overwrite: redo stages whose outputs exist with other settings (default: refuse).
     """
@@ -104,7 +105,8 @@ class ALT:
                  lora_r=16, lora_alpha=32, lora_dropout=0.05, lora_target_modules="all-linear", max_length=1024,
                  judge="local", judge_base_url=None, judge_model=None, judge_api_key_env="OPENAI_API_KEY",
                  judge_concurrency=8, judge_cache_dir=None, judge_tries=5, valid_samples=1, valid_temperature=1.0,
-                 use_chat_template="auto", batch_size=32, device=None, dtype=None, overwrite=False, progress=True):
+                 use_chat_template="auto", batch_size=32, checkpoint_every=8, device=None, dtype=None, overwrite=False,
+                 progress=True):
         values = cli.str_list(value_list, "value_list") if value_list is not None else []
         lam = cli.float_list(lam_list, "lam_list") if lam_list is not None else None
         self.fb = alt.Feedback(feedback, values=values, lam=lam, num_quantiles=num_quantiles,
@@ -147,6 +149,7 @@ class ALT:
         self.valid_samples, self.valid_temperature = int(valid_samples), float(valid_temperature)
         self.use_chat_template = parse_chat_flag(use_chat_template)
         self.batch_size = int(batch_size)
+        self.checkpoint_every = int(checkpoint_every)
         self.device, self.dtype = device, dtype
         self.overwrite, self.progress = bool(overwrite), bool(progress)
         if self.num_train < 1 or self.num_valid < 0:
@@ -177,7 +180,8 @@ class ALT:
                               else "auto", device=self.device, dtype=self.dtype,
                               temperature=temperature if do_sample else 1.0, top_k=self.top_k,
                               max_new_tokens=self.max_new_tokens, do_sample=do_sample, samples_per_prompt=samples,
-                              overwrite=self.overwrite, progress=self.progress, conditioning=conditioning)
+                              overwrite=self.overwrite, progress=self.progress, conditioning=conditioning,
+                              checkpoint_every=self.checkpoint_every)
 
     def _sampler(self, k):
         cond = None if k == 1 else self.fb.conditioning_template(self.fb.best_feedback())
