@@ -507,11 +507,10 @@ def alt_loss_factory(reference_model=None, beta=0.05, alpha=0.06, quark_vocab=No
                 ref_inputs = inputs if quark_vocab is None else strip_new_tokens(inputs, quark_vocab,
                                                                                 tokenizer.pad_token_id)
                 with torch.no_grad():
-                    ref_logits, _, ref_mask = sft.completion_logits(ref, ref_inputs)
-                if int(ref_mask.sum()) != int(mask.sum()):
-                    raise RuntimeError("internal: the reference input has another number of target tokens")
-                ref_rows = ref_logits[ref_mask]
-            nll, kl, ent = alt_token_terms(logits[mask], targets[mask], ref_rows, kl_vocab=quark_vocab)
+                    ref_rows, ref_targets, _ = sft.completion_logits(ref, ref_inputs)
+                if not torch.equal(ref_targets, targets):
+                    raise RuntimeError("internal: the reference input has other target tokens than the policy's")
+            nll, kl, ent = alt_token_terms(logits, targets, ref_rows, kl_vocab=quark_vocab)
             n = mask.sum()
             total = (nll + float(beta) * kl - float(alpha) * ent).sum()
             d = max(int(n), 1)
