@@ -247,3 +247,30 @@ def test_lmu_parsing_and_failures_become_none(tiny_lm_dir):
     text = judge.lmu_text("How do I bake bread?", "Use flour.")
     assert isinstance(text, str)
     assert judge.lmu("How do I bake bread?", "Use flour.") == alt.parse_lmu(text)  # a random model: None
+
+
+def test_vllm_serve_as_a_real_judge_endpoint(tmp_path):
+    """`vllm serve` (from .venv-vllm, `make vllm`; engines.ManagedServer of the vLLM engine) running
+    SmolLM2 on 127.0.0.1 answers the LMC and LMU judge prompts through openai_compat."""
+    import importlib.util
+
+    from conftest import require
+    require(importlib.util.find_spec("engines") is not None, "engines.py (the vLLM engine, issue 10) is absent")
+    import engines
+    require(engines.vllm_venv_ready(), "vLLM is not installed: run `make vllm` (builds .venv-vllm)")
+    import openai_compat
+    server = engines.ManagedServer("smollm2-135m", served_model="smollm2", log_path=str(tmp_path / "vllm.log"))
+    try:
+        server.wait_ready(timeout=600)
+        client = openai_compat.Client(server.url, model="smollm2", cache_dir=str(tmp_path / "cache"), backoff=0.5)
+        judge = alt.ChatJudge(client)
+        answer = judge.lmc("How do I bake bread?", "Mix flour, water, salt and yeast, let it rise, then bake it.")
+        assert isinstance(answer, str) and answer  # a category, or free text kept as leftover filler
+        text = judge.lmu_text("How do I bake bread?", "Mix flour, water and yeast, then bake.")
+        assert isinstance(text, str) and text.strip()
+        assert judge.lmu("How do I bake bread?", "Mix flour, water and yeast, then bake.") == alt.parse_lmu(text)
+        requests = client.stats["requests"]
+        judge.lmc("How do I bake bread?", "Mix flour, water, salt and yeast, let it rise, then bake it.")
+        assert client.stats["requests"] == requests and client.stats["cache_hits"] >= 1  # temperature 0: cached
+    finally:
+        server.stop()
