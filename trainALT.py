@@ -420,6 +420,9 @@ class ALT:
             prompts, texts), dtype=np.float64) for v in self.fb.values}
         reward = sum(w * table[v] for v, w in zip(self.fb.values, self.fb.lam))
         summary = {"iteration": k, "condition": tag, "feedback": text, "n": len(recs), "samples_file": path,
+                   "seed": self.seed + 1000 + k, "model": self.policy(k), "lam": self.fb.lam,
+                   "sampling": {"samples_per_prompt": self.valid_samples, "temperature": self.valid_temperature,
+                                "top_k": self.top_k, "max_new_tokens": self.max_new_tokens},
                    "values": {v: {"mean": float(table[v].mean()), "se": float(evaluation.standard_error(table[v]))}
                               for v in self.fb.values},
                    "reward": {"mean": float(reward.mean()), "se": float(evaluation.standard_error(reward))}}

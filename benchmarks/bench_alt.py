@@ -15,7 +15,6 @@ number of generated samples as one ALT run in total and is scored the same way.
 Target (issue 11): best > reference > worst by ≥ 2 SE after the last iteration, for both feedbacks.
 Ends with `ratio=<(ALT-RM best − reference) / (MAP-F − reference)>` (gain at equal samples).
 """
-import json
 import os
 import shutil
 import sys

@@ -151,14 +151,14 @@ def _hand_terms(logits, target, ref_logits):
 def test_loss_terms_match_a_hand_computation_on_a_tiny_model(tiny_lm_dir):
     import models
     model, tok = models.load_model_and_tokenizer(tiny_lm_dir, device="cpu")
-    ref = alt_copy = models.load_model_and_tokenizer(tiny_lm_dir, device="cpu")[0]
+    reference = models.load_model_and_tokenizer(tiny_lm_dir, device="cpu")[0]
     with torch.no_grad():  # make the policy differ from the reference
         for p in model.parameters():
             p.add_(0.05 * torch.randn_like(p))
     ids = torch.tensor([tok("Tell me a joke about cats")["input_ids"]])
     with torch.no_grad():
         logits = model(input_ids=ids).logits[0, :-1].double()
-        ref_logits = alt_copy(input_ids=ids).logits[0, :-1].double()
+        ref_logits = reference(input_ids=ids).logits[0, :-1].double()
     targets = ids[0, 1:]
     nll, kl, ent = alt.alt_token_terms(logits, targets, ref_logits)
     for t in range(len(targets)):
@@ -180,7 +180,6 @@ def test_loss_terms_match_a_hand_computation_on_a_tiny_model(tiny_lm_dir):
     expect = float((nll[m] + 0.05 * kl[m] - 0.06 * ent[m]).sum())
     assert int(n) == int(m.sum()) and float(total.detach()) == pytest.approx(expect, rel=1e-4)
     assert metrics["kl_ref"] > 0 and metrics["entropy_alt"] > 0
-    del ref
 
 
 # ---------------------------------------------------------------------------------------------
