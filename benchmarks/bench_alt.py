@@ -42,13 +42,14 @@ from evaluation import standard_error  # noqa: E402
 from gendata import TextGeneration  # noqa: E402
 
 
-def evaluate(model_path, prompts_range, out_dir, seed, valid_samples, max_new_tokens, conditioning=None,
+def evaluate(model_path, prompts_range, out_dir, seed, valid_samples, max_new_tokens, chat, conditioning=None,
              reference=None, value="sentiment"):
     """Sample the validation prompts (gendata, top-k 50, T = 1) and score `value`; with `reference`
     (model name) also the mean sequence log-ratio log π(y|cond x) − log π_ref(y|x). Returns a dict."""
     start, end = prompts_range
     gen = TextGeneration(basemodel_name=model_path, save_directory=out_dir, seed=seed, max_new_tokens=max_new_tokens,
-                         samples_per_prompt=valid_samples, progress=False, conditioning=conditioning, device="cpu")
+                         samples_per_prompt=valid_samples, progress=False, conditioning=conditioning, device="cpu",
+                         use_chat_template=chat)
     recs = records.load_records(gen.generate_from_original_model(batch_size=32, start_index=start, end_index=end))
     prompts = [r["prompt"] for r in recs]
     texts = [records.continuation_of(r) for r in recs]
@@ -58,9 +59,10 @@ def evaluate(model_path, prompts_range, out_dir, seed, valid_samples, max_new_to
         model, tok = gen.load_model()
         ref, ref_tok = models.load_model_and_tokenizer(reference, device="cpu")
         cond = [conditioning.replace("{prompt}", p) if conditioning else p for p in prompts]
-        x_pol = models.format_prompts(tok, cond)
-        x_ref = models.format_prompts(ref_tok, prompts)
-        ratio = alt.sequence_logprobs(model, tok, x_pol, texts) - alt.sequence_logprobs(ref, ref_tok, x_ref, texts)
+        x_pol = models.format_prompts(tok, cond, use_chat_template=chat)
+        x_ref = models.format_prompts(ref_tok, prompts, use_chat_template=chat)
+        conts = texts if chat else [" " + t for t in texts]
+        ratio = alt.sequence_logprobs(model, tok, x_pol, conts) - alt.sequence_logprobs(ref, ref_tok, x_ref, conts)
         out["kl"] = {"mean": float(ratio.mean()), "se": float(standard_error(ratio))}
     return out
 
@@ -69,10 +71,10 @@ def fmt(x):
     return f"{x['mean']:+.3f} ± {x['se']:.3f}"
 
 
-def main(model_name=models.DEFAULT_MODEL, n_train=8, n_valid=32, samples_per_prompt=10, iterations=2,
-         max_new_tokens=16, valid_samples=2, learning_rate=2e-3, num_train_epochs=1, batch_size=8, kl_coef=0.0,
-         mapf_lam=1.0, mapf_beta=0.1, mapf_learning_rate=5e-4, mapf_batch=8, methods="alt_rm,palette", seed=0,
-         workdir="results/.bench_alt", out_file="results/bench_alt.json", keep=False):
+def main(model_name=models.DEFAULT_MODEL, n_train=6, n_valid=32, samples_per_prompt=10, iterations=2,
+         max_new_tokens=16, valid_samples=1, learning_rate=2e-3, num_train_epochs=1, batch_size=8, kl_coef=0.0,
+         chat=False, mapf_lam=1.0, mapf_beta=0.1, mapf_learning_rate=5e-4, mapf_batch=8, methods="alt_rm,palette",
+         seed=0, workdir="results/.bench_alt", out_file="results/bench_alt.json", keep=False):
     """Run the benchmark (module docstring) and print the table.
 
     Args:
@@ -82,7 +84,8 @@ def main(model_name=models.DEFAULT_MODEL, n_train=8, n_valid=32, samples_per_pro
         iterations: ALT iterations per feedback kind.
         max_new_tokens: generation budget everywhere; valid_samples: samples per validation prompt.
         learning_rate, num_train_epochs, batch_size: ALT's LoRA training per iteration.
-        kl_coef: ALT's β (0 = the noKL variant the upstream TL;DR/HH orchestrators ran; halves the cost).
+        kl_coef: ALT's β (0 = the noKL variant the upstream TL;DR/HH orchestrators ran; no reference forward).
+        chat: apply the chat template (False: raw prompts, as upstream ALT; about half the tokens per example).
         mapf_lam, mapf_beta, mapf_learning_rate, mapf_batch: MAP-F (RLOO, reward λ·sentiment, KL β, LoRA).
         methods: ALT feedback kinds to run (comma list of alt_rm, palette).
         workdir: scratch folder (removed at the end unless keep); out_file: JSON results.
@@ -96,7 +99,8 @@ def main(model_name=models.DEFAULT_MODEL, n_train=8, n_valid=32, samples_per_pro
     valid = (n_train, n_train + n_valid)
     print(f"torch threads {torch.get_num_threads()}; {model_name}; {n_train} train / {n_valid} valid prompts; "
           f"{samples_per_prompt} samples/prompt; {max_new_tokens} new tokens; {iterations} iterations; β={kl_coef}")
-    ref = evaluate(model_name, valid, os.path.join(workdir, "reference"), seed + 1000, valid_samples, max_new_tokens)
+    ref = evaluate(model_name, valid, os.path.join(workdir, "reference"), seed + 1000, valid_samples, max_new_tokens,
+                   chat)
     print(f"reference: sentiment {fmt(ref)} (n={ref['n']})  [{time.time() - t0:.0f} s]")
     rows, results = [], {"reference": ref, "config": config}
     for kind in [m.strip() for m in methods.split(",") if m.strip()]:
@@ -104,7 +108,8 @@ def main(model_name=models.DEFAULT_MODEL, n_train=8, n_valid=32, samples_per_pro
                          model_name=model_name, num_train_prompts=n_train, num_valid_prompts=n_valid,
                          samples_per_prompt=samples_per_prompt, max_new_tokens=max_new_tokens, seed=seed,
                          kl_coef=kl_coef, learning_rate=learning_rate, num_train_epochs=num_train_epochs,
-                         per_device_train_batch_size=batch_size, batch_size=32, device="cpu", progress=False)
+                         per_device_train_batch_size=batch_size, batch_size=32, device="cpu", progress=False,
+                         use_chat_template=chat)
         results[kind] = []
         for k in range(1, int(iterations) + 1):
             t = time.time()
@@ -114,9 +119,9 @@ def main(model_name=models.DEFAULT_MODEL, n_train=8, n_valid=32, samples_per_pro
             seconds = time.time() - t
             model = a.policy(k)
             best = evaluate(model, valid, os.path.join(a.iter_dir(k), "eval-best"), seed + 1000, valid_samples,
-                            max_new_tokens, a.fb.conditioning_template(a.fb.best_feedback()), reference=model_name)
+                            max_new_tokens, chat, a.fb.conditioning_template(a.fb.best_feedback()), reference=model_name)
             worst = evaluate(model, valid, os.path.join(a.iter_dir(k), "eval-worst"), seed + 1000, valid_samples,
-                             max_new_tokens, a.fb.conditioning_template(a.fb.worst_feedback()))
+                             max_new_tokens, chat, a.fb.conditioning_template(a.fb.worst_feedback()))
             row = {"method": kind, "iteration": k, "best": best, "worst": worst, "kl": best["kl"],
                    "train_seconds": round(seconds, 1)}
             results[kind].append(row)
@@ -137,7 +142,7 @@ def main(model_name=models.DEFAULT_MODEL, n_train=8, n_valid=32, samples_per_pro
                                      peft_config=training.lora_config(16, 32, 0.0), learning_rate=mapf_learning_rate,
                                      batch_size=mapf_batch, mini_batch_size=mapf_batch, num_generations=4,
                                      max_new_tokens=max_new_tokens, top_k=50, max_steps=steps, logging_steps=1,
-                                     save_steps=10 ** 6, seed=seed)
+                                     save_steps=10 ** 6, seed=seed, use_chat_template=chat)
     trainer.train()
     merged = trainer.model.merge_and_unload()
     mapf_dir = os.path.join(workdir, "mapf", "model")
@@ -145,7 +150,7 @@ def main(model_name=models.DEFAULT_MODEL, n_train=8, n_valid=32, samples_per_pro
     tok.save_pretrained(mapf_dir)
     mapf_seconds = time.time() - t
     mapf = evaluate(mapf_dir, valid, os.path.join(workdir, "mapf", "eval"), seed + 1000, valid_samples,
-                    max_new_tokens, reference=model_name)
+                    max_new_tokens, chat, reference=model_name)
     results["map_f"] = {"eval": mapf, "generated_samples": steps * mapf_batch, "steps": steps,
                         "seconds": round(mapf_seconds, 1)}
     print(f"MAP-F (RLOO, {steps} steps × {mapf_batch} = {steps * mapf_batch} samples): {fmt(mapf)}  "
