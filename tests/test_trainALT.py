@@ -212,3 +212,13 @@ def test_bad_input_gives_one_clear_error(tiny_lm_dir, tmp_path):
                            "--value_list=sentiment", "--template={feedback} and nothing else", "conditioning"],
                           capture_output=True, text=True, cwd=str(tmp_path), timeout=300)
     assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].startswith("error: --template must contain")
+
+
+def test_an_empty_datapool_is_one_clear_error(tiny_lm_dir, tmp_path):
+    a = _alt(tmp_path, tiny_lm_dir, feedback="alt_lmu", value_list=None)
+    out = os.path.join(a.iter_dir(1), "feedback.json")
+    with records.Checkpoint(out, {"x": 1}) as ckpt:  # a judge that failed on every sample
+        ckpt.append([{"prompt_id": 0, "prompt": "p", "generation": "g", "feedback": None, "score": None}])
+        ckpt.finalize(metadata={"counts": {"samples": 1, "failed_dropped": 1}})
+    with pytest.raises(ValueError, match="datapool of iteration 1 is empty: every one of the 1 samples"):
+        a.build_pool(1)
