@@ -44,6 +44,9 @@ DEFAULT_SAMPLES = {"quark": 96, "alt_rm": 96, "palette": 96, "alt_lmc": 20, "alt
 class ALT:
     """ALT trainer: stages sample, feedback, train, validate (each for one --iteration) and run.
 
+    Commands: sample, feedback, train, validate, run, conditioning; `python trainALT.py sample --help`
+    explains a command's own flags. The flags below configure the run and go before the command.
+
     Args:
         output_dir: folder of the run (one sub-folder per iteration).
         feedback: quark | alt_rm | alt_lmc | alt_lmu | palette (see alt.py).
