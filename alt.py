@@ -55,10 +55,12 @@ class ALTError(ValueError):
 def quantile_labels(rewards, num_quantiles=5):
     """Quantile bin of each reward, 0 = highest, bins as equal as possible.
 
-    rewards: sequence of floats or None (a failed score). Sorted descending (stable: ties keep input
-    order); the r-th of the n scored rewards goes to bin floor(r·K/n), so bin sizes differ by at most
-    one and, for n < K, the samples spread over the range of bins. Upstream put the whole remainder
-    n mod K into the worst bin (spec §1.9).
+    rewards: sequence of floats or None (a failed score). Sorted descending, the r-th of the n scored
+    rewards goes to bin floor(r·K/n), so bin sizes differ by at most one and, for n < K, the samples
+    spread over the range of bins. Upstream put the whole remainder n mod K into the worst bin (spec
+    §1.9). Tied rewards share one bin, that of the middle rank of their tie group: the feedback is a
+    function of the reward, so equal rewards never get different feedback (upstream broke ties by
+    position, which matters for rewards with many ties, e.g. VADER's 0 for neutral text).
     Returns a list of int (or None where the reward is None).
     """
     K = int(num_quantiles)
@@ -68,8 +70,15 @@ def quantile_labels(rewards, num_quantiles=5):
     order = sorted(scored, key=lambda i: -float(rewards[i]))
     labels = [None] * len(rewards)
     n = len(order)
-    for rank, i in enumerate(order):
-        labels[i] = rank * K // n
+    lo = 0
+    while lo < n:
+        hi = lo
+        while hi + 1 < n and float(rewards[order[hi + 1]]) == float(rewards[order[lo]]):
+            hi += 1
+        label = ((lo + hi) // 2) * K // n
+        for rank in range(lo, hi + 1):
+            labels[order[rank]] = label
+        lo = hi + 1
     return labels
 
 

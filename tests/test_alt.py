@@ -20,7 +20,8 @@ def test_quantile_labels_equal_bins_remainder_spread_and_none_dropped():
     sizes = np.bincount([x for x in alt.quantile_labels(list(range(23)), 5) if x is not None])
     assert sizes.max() - sizes.min() <= 1 and sizes.sum() == 23
     assert alt.quantile_labels([1.0, 2.0], 5) == [2, 0]  # fewer samples than bins: spread over the range
-    assert alt.quantile_labels([2.0, 2.0, 2.0], 3) == [0, 1, 2]  # ties keep input order
+    assert alt.quantile_labels([2.0, 2.0, 2.0], 3) == [1, 1, 1]  # ties share the bin of their middle rank
+    assert alt.quantile_labels([0.5, 0.0, 0.0, 0.0, 0.0, -0.5], 3) == [0, 1, 1, 1, 1, 2]
     assert alt.quantile_labels([None, None], 5) == [None, None]
 
 
