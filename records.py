@@ -352,6 +352,9 @@ class Checkpoint:
         self.bytes_written = 0  # journal lines and the final file (benchmarks/bench_checkpoint.py)
         self._records = []  # done + appended
         self._has_header = False
+        for path in (self.output_path, self.journal_path):
+            if os.path.isdir(path):
+                raise RecordsError(f"{path!r} is a directory; it must be a file (move the directory away).")
         folder = os.path.dirname(os.path.abspath(self.journal_path))
         os.makedirs(folder, exist_ok=True)
         self._file = open(self.journal_path, "a+b")
