@@ -338,7 +338,8 @@ class Checkpoint:
       new) and the `--overwrite=True` fix (a journal without records is simply discarded).
     * any other unreadable line: RecordsError naming the journal and the line.
     * no journal, output exists: `complete` is True when its sidecar holds this fingerprint (nothing to
-      do), else CheckpointMismatch (the output was made otherwise) unless overwrite.
+      do; fields an older version did not record are taken as unknown, with a note), else
+      CheckpointMismatch (the output was made otherwise, or records no fingerprint) unless overwrite.
     Journal lines after the first are `{"records": [...], "state": {...}}`, one per append.
     """
 
@@ -442,12 +443,18 @@ class Checkpoint:
                 f"{self.output_path!r} already exists and its sidecar records no settings fingerprint "
                 f"({metadata_path(self.output_path)!r}), so it cannot be checked against this run. Pass "
                 "--overwrite=True to replace it, or choose another output.")
-        diff = first_difference(old, self.fingerprint)
+        # an output of an older version lacks the fields added since (e.g. model_identity): those are
+        # unknown rather than different, so it still counts as complete, with a note
+        unrecorded = [k for k in self.fingerprint if k not in old]
+        diff = first_difference(old, {k: v for k, v in self.fingerprint.items() if k in old})
         if diff:
             field, a, b = diff
             raise CheckpointMismatch(
                 f"{self.output_path!r} already exists, made with {field}={a!r}; this run has {field}={b!r}. "
                 "Pass --overwrite=True to replace it, or choose another output.")
+        if unrecorded:
+            print(f"note: {self.output_path} was made by an older version that did not record {unrecorded}; taking "
+                  "it as complete (pass --overwrite=True to regenerate it).")
         if meta.get("complete", True) is False:
             raise CheckpointMismatch(f"{self.output_path!r} exists but its sidecar marks it incomplete (an older "
                                      "checkpoint format); pass --overwrite=True to regenerate it.")

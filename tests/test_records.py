@@ -191,6 +191,18 @@ def test_fingerprint_mismatch_names_the_field_and_the_fix(tmp_path):
     assert _run(path, FP, BATCHES, overwrite=True).complete
 
 
+def test_output_of_an_older_version_counts_as_complete_when_the_recorded_fields_agree(tmp_path, capsys):
+    path = str(tmp_path / "out.json")
+    records.save_records([{"prompt": "p"}], path)
+    records.save_metadata(path, {"fingerprint": {"seed": 0}})  # written before model fingerprints existed
+    with Checkpoint(path, FP) as ckpt:
+        assert ckpt.complete
+    assert "did not record ['model', 'sampling']" in capsys.readouterr().out
+    records.save_metadata(path, {"fingerprint": {"seed": 1}})
+    with pytest.raises(CheckpointMismatch, match="made with seed=1; this run has seed=0"):
+        Checkpoint(path, FP)
+
+
 def test_second_writer_is_refused_and_empty_journal_removed(tmp_path):
     path = str(tmp_path / "out.json")
     with Checkpoint(path, FP):
