@@ -352,7 +352,7 @@ class Checkpoint:
         self.resumed = self.complete = False
         self.bytes_written = 0  # journal lines and the final file (benchmarks/bench_checkpoint.py)
         self._records = []  # done + appended
-        self._has_header = False
+        self._has_header = self._locked = False
         for path in (self.output_path, self.journal_path):
             if os.path.isdir(path):
                 raise RecordsError(f"{path!r} is a directory; it must be a file (move the directory away).")
@@ -374,13 +374,13 @@ class Checkpoint:
     # -- opening
 
     def _lock(self):
-        if fcntl is None:
-            return
-        try:
-            fcntl.flock(self._file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise RecordsError(f"another process is writing {self.output_path!r} (its journal "
-                               f"{self.journal_path!r} is locked); wait for it or stop it.") from None
+        if fcntl is not None:
+            try:
+                fcntl.flock(self._file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise RecordsError(f"another process is writing {self.output_path!r} (its journal "
+                                   f"{self.journal_path!r} is locked); wait for it or stop it.") from None
+        self._locked = True
 
     def _read_journal(self):
         self._file.seek(0)
@@ -504,7 +504,9 @@ class Checkpoint:
         if self._file is None:
             return
         try:
-            if remove_empty and os.path.exists(self.journal_path) and os.path.getsize(self.journal_path) == 0:
+            # only the lock holder may remove it: an empty journal may be another run's, just opened
+            if remove_empty and self._locked and os.path.exists(self.journal_path) \
+                    and os.path.getsize(self.journal_path) == 0:
                 os.remove(self.journal_path)
         finally:
             self._file.close()

@@ -205,10 +205,17 @@ def test_output_of_an_older_version_counts_as_complete_when_the_recorded_fields_
 
 def test_second_writer_is_refused_and_empty_journal_removed(tmp_path):
     path = str(tmp_path / "out.json")
-    with Checkpoint(path, FP):
+    with Checkpoint(path, FP) as first:
         with pytest.raises(RecordsError, match="another process is writing"):
             Checkpoint(path, FP)
-    assert not os.path.exists(records.journal_path(path))  # nothing journaled: no file left
+        assert os.path.exists(records.journal_path(path))  # the refused opener leaves the holder's journal
+        first.append(BATCHES[0])
+    with Checkpoint(path, FP) as again:
+        assert again.done == BATCHES[0]
+        again.finalize()
+    with Checkpoint(str(tmp_path / "other.json"), FP):
+        pass
+    assert not os.path.exists(records.journal_path(str(tmp_path / "other.json")))  # nothing journaled: no file
 
 
 def test_append_writes_only_the_new_batch(tmp_path):
