@@ -213,11 +213,20 @@ def train_sft(model_name, examples, save_path, metadata=None, *, use_lora=True, 
 
 
 def completion_logits(model, inputs):
-    """Full-vocabulary logits of a causal LM on a collated SFT batch, aligned with their targets:
-    returns (logits (B, T-1, V) predicting tokens 1..T-1, targets (B, T-1), mask (B, T-1) bool, True
-    on completion tokens). Calls the model without TRL's fused-head flag."""
-    out = model(input_ids=inputs["input_ids"], attention_mask=inputs.get("attention_mask"), use_cache=False)
+    """Full-vocabulary logits of a causal LM at the completion positions of a collated SFT batch.
+
+    Returns (logits (N, V), targets (N,), mask (B, T-1) bool): row i of logits predicts targets[i],
+    the i-th completion token in row-major order of the batch; mask marks those positions among
+    the T-1 next-token positions. The head is applied to the completion positions only (the prompt
+    positions' logits are never needed), which saves most of the vocabulary-sized work; models
+    whose logits are not head(last hidden state), such as logit soft-capping, use the full logits.
+    Calls the model without TRL's fused-head flag."""
     labels = inputs["labels"][:, 1:]
     mask = labels != -100
-    return out.logits[:, :-1], labels.clamp(min=0), mask
-
+    kwargs = dict(input_ids=inputs["input_ids"], attention_mask=inputs.get("attention_mask"), use_cache=False)
+    if getattr(model.config, "final_logit_softcapping", None) is None and model.get_output_embeddings() is not None:
+        out = model(**kwargs, output_hidden_states=True, logits_to_keep=1)
+        logits = model.get_output_embeddings()(out.hidden_states[-1][:, :-1][mask])
+    else:
+        logits = model(**kwargs).logits[:, :-1][mask]
+    return logits, labels[mask], mask

@@ -13,8 +13,8 @@ EXAMPLES = [{"prompt": f"Question {i}: say yes.", "completion": " yes yes yes"} 
 def _nll_loss_factory(model, tokenizer):
     def loss_fn(model, inputs):
         logits, targets, mask = sft.completion_logits(model, inputs)
-        nll = torch.nn.functional.cross_entropy(logits.float().transpose(1, 2), targets, reduction="none")
-        return (nll * mask).sum(), mask.sum(), {"nll": float((nll * mask).sum().detach() / mask.sum())}
+        nll = torch.nn.functional.cross_entropy(logits.float(), targets, reduction="sum")
+        return nll, mask.sum(), {"nll": float(nll.detach() / mask.sum())}
     return loss_fn
 
 
@@ -40,6 +40,19 @@ def test_custom_loss_hook_equals_trl_nll_and_trains(tiny_lm_dir, tmp_path):
     assert losses[-1] < losses[0]
     assert "nll" in meta["log_history"][0]
     assert os.path.isfile(os.path.join(out, "adapter", "adapter_config.json"))
+
+
+def test_completion_logits_are_the_full_logits_at_completion_positions(tiny_lm_dir):
+    import models
+    model, tok = models.load_model_and_tokenizer(tiny_lm_dir, device="cpu", padding_side="right")
+    enc = tok(["Tell me a joke", "Hi"], return_tensors="pt", padding=True)
+    labels = enc["input_ids"].clone()
+    labels[:, :2] = -100
+    labels[enc["attention_mask"] == 0] = -100
+    with torch.no_grad():
+        rows, targets, mask = sft.completion_logits(model, dict(enc, labels=labels))
+        full = model(**enc).logits[:, :-1]
+    assert torch.allclose(rows, full[mask], atol=1e-5) and torch.equal(targets, labels[:, 1:][mask])
 
 
 def test_freeze_bottom_layers(tiny_lm_dir):
