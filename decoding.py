@@ -61,10 +61,11 @@ def lam_string(lam):
 
 
 def values_string(value_list):
-    """The `val=` part of shard names: "all" when the user said all, else the comma-joined names."""
+    """The `val=` part of shard names: "all" when the user said all, else the comma-joined names ('/' and '%'
+    of reward-model heads such as rm:FOLDER/attr %-quoted, so the name stays one file)."""
     if isinstance(value_list, str) and value_list.strip() == "all":
         return "all"
-    return ",".join(values_registry.expand_value_list(value_list))
+    return ",".join(values_registry.expand_value_list(value_list)).replace("%", "%25").replace("/", "%2F")
 
 
 def shard_path(save_directory, base_name, lam, value_list, start_index, end_index):

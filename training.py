@@ -39,7 +39,8 @@ def format_lambda(lam):
 
 
 def sanitize(name):
-    return name.replace(",", "_").replace("=", "_")
+    """',', '=' (the original's rule) and '/' (reward-model heads rm:FOLDER/attr in value lists) -> '_'."""
+    return name.replace(",", "_").replace("=", "_").replace("/", "_")
 
 
 def sanitize_save_path(save_path):

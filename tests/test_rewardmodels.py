@@ -143,3 +143,14 @@ def test_every_cli_takes_rm_values(ridge_folder, tmp_path):
     means = align.mean_levels()
     result = align.solve(c=means + np.array([1.0, 0.0]))
     assert result.success and np.allclose(result.realized[0], means[0] + 1.0, atol=1e-5)
+
+
+def test_rm_value_names_stay_one_file_name(ridge_folder):
+    import decoding
+    import training
+    folder, _ = ridge_folder
+    name = decoding.shard_path("res", "m-builtin", [1.0, 2.0], ["length", "sentiment"], 0, 4)
+    assert name == "res/temp/m-builtin_lam=1.000,2.000_val=length,sentiment_0to4.json"
+    name = decoding.shard_path("res", "m-builtin", [1.0, 2.0], f"rm:{folder}", 0, 4)
+    assert os.path.dirname(name) == "res/temp" and "%2F" in name
+    assert "/" not in training.map_model_name("m", "builtin", [1.0], ["rm:models/rm/helpfulness"])
