@@ -13,10 +13,11 @@ Fixes against the original plot_cal_winrate (SPEC-MAP §10, §14):
 import numpy as np
 
 import records
+from errors import InputError
 import solver
 
 
-class EvaluationError(ValueError):
+class EvaluationError(InputError):
     """Inputs that cannot be compared; the message names them and the fix."""
 
 

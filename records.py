@@ -22,8 +22,10 @@ import tempfile
 
 import numpy as np
 
+from errors import InputError
 
-class RecordsError(ValueError):
+
+class RecordsError(InputError):
     """A results file or its contents cannot be used; the message names the input and the fix."""
 
 

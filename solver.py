@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.optimize import linprog
 
+from errors import InputError
+
 FEASIBLE, INFEASIBLE, NOT_CONVERGED = "feasible", "infeasible", "not_converged"
 
 
@@ -90,7 +92,7 @@ class Tilt:
         else:
             groups = np.asarray(groups)
             if groups.shape != (self.n,):
-                raise ValueError(f"groups must have one entry per sample ({self.n}); got shape {groups.shape}")
+                raise InputError(f"groups must have one entry per sample ({self.n}); got shape {groups.shape}")
             self.order = np.argsort(groups, kind="stable")
             _, self.starts, self.sizes = np.unique(groups[self.order], return_index=True, return_counts=True)
             self.R = self.R[:, self.order]
@@ -234,15 +236,15 @@ def max_feasible_level(rewards, c, index, groups=None, tilt=None):
 
 def _check_inputs(R, c, lam_init):
     if R.ndim != 2 or R.shape[1] == 0:
-        raise ValueError(f"rewards must be a (k, n) array with n ≥ 1; got shape {R.shape}")
+        raise InputError(f"rewards must be a (k, n) array with n ≥ 1; got shape {R.shape}")
     if c.shape != (R.shape[0],):
-        raise ValueError(f"palette c has {c.size} levels but there are {R.shape[0]} values; give one level per value")
+        raise InputError(f"palette c has {c.size} levels but there are {R.shape[0]} values; give one level per value")
     if not np.all(np.isfinite(R)):
-        raise ValueError(f"rewards hold {int(np.sum(~np.isfinite(R)))} non-finite entries")
+        raise InputError(f"rewards hold {int(np.sum(~np.isfinite(R)))} non-finite entries")
     if not np.all(np.isfinite(c)):
-        raise ValueError(f"palette c must be finite; got {c.tolist()}")
+        raise InputError(f"palette c must be finite; got {c.tolist()}")
     if lam_init is not None and (lam_init.shape != c.shape or np.any(lam_init < 0) or not np.all(np.isfinite(lam_init))):
-        raise ValueError(f"lambda_init must hold {c.size} finite numbers ≥ 0; got {lam_init.tolist()}")
+        raise InputError(f"lambda_init must hold {c.size} finite numbers ≥ 0; got {lam_init.tolist()}")
 
 
 def solve_palette(rewards, c, groups=None, lam_init=None, optimize_indices=None, tol=1e-6,
