@@ -22,6 +22,7 @@ import cli
 import records
 import solver
 from values import expand_value_list
+from errors import InputError
 
 LEGACY_REACH_TOL = 0.01  # the original's λ count as reaching c when realized ≥ c − 0.01 (SPEC-MAP §13)
 CSV_HEADER = ["filepath", "c_Levels", "values", "optimized_lambda", "Dirichlet_lambda_ref", "status", "seed"]
@@ -52,9 +53,9 @@ class AlignValues:
     def __init__(self, value_list, file_path, c_list=None, solver="exact", estimator="pooled", tol=1e-6,
                  legacy_steps=150, seed=0):
         if solver not in ("exact", "legacy"):
-            raise ValueError(f"--solver must be 'exact' or 'legacy'; got {solver!r}")
+            raise InputError(f"--solver must be 'exact' or 'legacy'; got {solver!r}")
         if estimator not in ("pooled", "per_prompt"):
-            raise ValueError(f"--estimator must be 'pooled' or 'per_prompt'; got {estimator!r}")
+            raise InputError(f"--estimator must be 'pooled' or 'per_prompt'; got {estimator!r}")
         self.value_list = expand_value_list(value_list)
         self.file_path = file_path
         self.solver, self.estimator, self.tol = solver, estimator, float(tol)
@@ -65,7 +66,7 @@ class AlignValues:
         if estimator == "per_prompt":
             self.groups = records.prompt_groups(self.records)
             if self.groups.max() + 1 == len(self.records):
-                raise ValueError(f"--estimator=per_prompt needs several samples per prompt, but every prompt in "
+                raise InputError(f"--estimator=per_prompt needs several samples per prompt, but every prompt in "
                                  f"{file_path!r} has one. Generate with --samples_per_prompt > 1, or use pooled.")
         self.c = None if c_list is None else self._palette(c_list, "c_list")
         self.result = None
@@ -74,15 +75,15 @@ class AlignValues:
     def _palette(self, c, name):
         levels = np.array(cli.float_list(c, name))
         if levels.size != len(self.value_list):
-            raise ValueError(f"{name} has {levels.size} levels but value_list {self.value_list} has "
+            raise InputError(f"{name} has {levels.size} levels but value_list {self.value_list} has "
                              f"{len(self.value_list)} values; give one level per value, in the same order.")
         if not np.all(np.isfinite(levels)):
-            raise ValueError(f"{name} must be finite numbers; got {levels.tolist()}")
+            raise InputError(f"{name} must be finite numbers; got {levels.tolist()}")
         return levels
 
     def _require_palette(self):
         if self.c is None:
-            raise ValueError("this command needs a palette: pass --c_list with one level per value "
+            raise InputError("this command needs a palette: pass --c_list with one level per value "
                              f"({', '.join(self.value_list)})")
         return self.c
 
@@ -109,9 +110,14 @@ class AlignValues:
                                         kl=np.nan, ess=np.nan, iterations=self.legacy_steps, max_violation=np.nan,
                                         message="legacy optimiser overflowed (the original reports this as "
                                         "infeasible; it proves nothing)")
+        # The original reports success whenever λ did not overflow, even when it misses c; here the
+        # status, the return value and the λ log all follow one verdict: does λ reach c (within 0.01)?
         result = solver.evaluate_lambda(self.rewards, lam, c, groups=self.groups, tol=LEGACY_REACH_TOL)
         result.iterations = self.legacy_steps
-        result.extra["legacy_success"] = True
+        result.extra["legacy_lambda"] = lam
+        if not result.success:
+            result.message += (f" (legacy λ = {_fmt(lam)} after {self.legacy_steps} Adam steps; the original "
+                               "would report it as a success)")
         return result
 
     def evaluate(self, lam, c=None):
@@ -159,15 +165,16 @@ class AlignValues:
             verbose: print the report and append a line to results/alignValues.txt.
         Returns:
             (lambda_list, success): λ as a list of floats (["NaN"] on failure) and whether it reaches the
-            palette (exact solver: KKT verified; legacy: the original's no-overflow test).
+            palette (exact solver: KKT verified; legacy: realized levels ≥ c − 0.01, which the original
+            did not check). The printed status and the line in results/alignValues.txt say the same.
         """
         result = self.solve(lambda_init=lambda_init, optimize_indices=optimize_indices)
         self.result = result
-        success = bool(result.extra.get("legacy_success", result.success))
+        success = result.success
         lam_list = [float(x) for x in result.lam] if success else ["NaN"]
         if verbose:
             self._print_result(result)
-            self.save_results_to_text(lam_list if result.success else ["NaN"], result.success)
+            self.save_results_to_text(lam_list, success)
         return lam_list, success
 
     def _dual_objective(self, lambda_vals):
@@ -251,7 +258,7 @@ class AlignValues:
         the distance moved) below it so that λ stays finite. Saves the line and returns that level.
         """
         if value_to_enhance not in self.value_list:
-            raise ValueError(f"value_to_enhance={value_to_enhance!r} is not in value_list {self.value_list}")
+            raise InputError(f"value_to_enhance={value_to_enhance!r} is not in value_list {self.value_list}")
         c = self._require_palette().copy()
         d = self.value_list.index(value_to_enhance)
         top = solver.max_feasible_level(self.rewards, c, d, groups=self.groups)
@@ -330,7 +337,7 @@ class AlignValues:
             with open(path, encoding="utf-8") as f:
                 header = next(csv.reader(f), [])
             if header != CSV_HEADER:
-                raise ValueError(f"{path} has columns {header}, not {CSV_HEADER}; choose another --save_prefix")
+                raise InputError(f"{path} has columns {header}, not {CSV_HEADER}; choose another --save_prefix")
         buffer = io.StringIO()
         writer = csv.writer(buffer, quoting=csv.QUOTE_NONNUMERIC)
         if new:

@@ -192,6 +192,23 @@ def test_cli_bad_input_gives_one_clear_error(in_tmp, small_file):
     assert "Traceback" not in out.stderr and not os.path.exists("results/alignValues.txt")
 
 
+def test_legacy_status_return_value_and_log_agree(in_tmp, small_file, capsys):
+    # 3 Adam steps leave λ ≈ 1.35, far short of the 90% level: the original returned success=True
+    # here while the log said NaN. Now all three say "not reached".
+    c = float(np.quantile(AlignValues("a", small_file).rewards[0], 0.9))
+    aligner = AlignValues("a", small_file, c, solver="legacy", legacy_steps=3)
+    lam, success = aligner.optimize_lambda()
+    assert (lam, success) == (["NaN"], False) and aligner.result.status == "not_converged"
+    assert log_lines()[-1].endswith("optimized lambda: NaN")
+    assert "status: not_converged" in capsys.readouterr().out
+    assert aligner.result.extra["legacy_lambda"][0] > 0  # the legacy iterate is kept for inspection
+    # a legacy λ that reaches its palette: success, status and log all carry it
+    aligner = AlignValues("a", small_file, 0.2, solver="legacy")
+    lam, success = aligner.optimize_lambda()
+    assert success and aligner.result.status == "feasible"
+    assert log_lines()[-1].endswith(f"optimized lambda: {lam[0]:.3f}")
+
+
 def test_pareto_by_interpolation_saves_its_own_c(in_tmp, small_file):
     aligner = AlignValues("a,b", small_file, [0.0, 0.0])
     mean = aligner.mean_levels()
