@@ -44,7 +44,8 @@ class AlignValues:
             "legacy" (the original Adam optimiser, float32, kept to reproduce published λ).
         estimator: "pooled" (default; one normaliser over all records, as the original and the paper)
             or "per_prompt" (normalise within each prompt; for files with several samples per prompt).
-        tol: KKT tolerance of the exact solver, in reward units.
+        tol: KKT tolerance of the exact solver, as a fraction of each value's spread (the standard
+            deviation of its rewards), so that it means the same at every reward scale.
         legacy_steps: Adam steps of the legacy optimiser (150 in the original; the authors' six-value
             Llama notes were made with 200).
         seed: seed for the random palettes of gen_rand_MAP_lambda; recorded in every CSV row.
@@ -136,23 +137,33 @@ class AlignValues:
             for i, v in enumerate(self.value_list):
                 print(f"  {v:<{width}}{result.c[i]:>10.4f}{mean[i]:>11.4f}{suggested[i]:>13.4f}"
                       f"{result.certificate[i]:>9.4f}")
-            print(f"  certificate: along d, every sample falls short of the palette: "
-                  f"mean_g max_j d.r_j - d.c = {result.certificate_gap:.4g} < 0")
+            if self.groups is None:
+                print(f"  certificate: along d, every sample falls short of the palette: "
+                      f"mean_g max_j d.r_j - d.c = {result.certificate_gap:.4g} < 0")
+            else:  # per prompt, only the average of the prompts' best samples need fall short
+                print(f"  certificate: along d, the mean over prompts of each prompt's best sample falls short of "
+                      f"the palette: mean_g max_j d.r_j - d.c = {result.certificate_gap:.4g} < 0")
             if result.suggested_palette is not None:
                 print(f"  suggested c is the nearest feasible palette on the segment from the mean levels toward c "
                       f"(rho = {result.suggested_rho:.4f}; boundary at {result.boundary_rho:.4f})")
             return
         print(f"[{title}] status: {result.status}"
-              + (f" ({result.iterations} iterations, max KKT violation {result.max_violation:.1e})"
+              + (f" ({result.iterations} iterations, max KKT violation {result.max_violation:.1e}, "
+                 f"{result.relative_violation:.1e} of the value's spread)"
                  if np.isfinite(result.max_violation) else "")
               + (f" - {result.message}" if result.message else ""))
         print(f"  {'value':<{width}}{'c':>10}{'realized':>11}{'slack':>10}{'lambda':>11}")
         for i, v in enumerate(self.value_list):
             print(f"  {v:<{width}}{result.c[i]:>10.4f}{result.realized[i]:>11.4f}{result.slack[i]:>10.4f}"
                   f"{result.lam[i]:>11.4f}")
-        if np.isfinite(result.kl):
+        if np.isfinite(result.kl) and self.groups is None:
             print(f"  KL(p_lambda || p0) = {result.kl:.4f} nats; effective sample size = {result.ess:.1f} "
                   f"of {len(self.records)} records")
+        elif np.isfinite(result.kl):  # the per-prompt estimator's ESS is a per-prompt average
+            prompts = int(self.groups.max()) + 1
+            print(f"  KL(p_lambda || p0) = {result.kl:.4f} nats (mean over prompts); effective sample size = "
+                  f"{result.ess:.1f} per prompt (mean over {prompts} prompts of {len(self.records) / prompts:.1f} "
+                  "samples on average)")
 
     # ---------------------------------------------------------------- the original API
     def optimize_lambda(self, lambda_init=None, optimize_indices=None, verbose=True):

@@ -262,6 +262,24 @@ def test_per_prompt_estimator_needs_several_samples(tmp_path, small_file):
     assert success and aligner.result.realized[0] == pytest.approx(2.0, abs=1e-6)
 
 
+def test_per_prompt_wording_of_certificate_and_ess(tmp_path, capsys):
+    # Per prompt, only the mean of the prompts' best samples (2.5 and 3.5) falls short of 3.2 (the odd
+    # prompts' best sample reaches it), and the ESS is a per-prompt average, not "of 40 records".
+    rows = [{"prompt": f"p{i // 4}", "prompt_id": i // 4, "generated": "x", "a": float(i % 4 + (i // 4) % 2 - 0.5)}
+            for i in range(40)]
+    path = write_records(tmp_path / "multi.json", rows)
+    aligner = AlignValues("a", path, 3.2, estimator="per_prompt")
+    assert aligner.optimize_lambda(verbose=False)[1] is False and aligner.result.status == "infeasible"
+    aligner._print_result(aligner.result)
+    out = capsys.readouterr().out
+    assert "every sample falls short" not in out and "every sample" not in aligner.result.message
+    assert "mean over prompts of each prompt's best sample falls short" in out
+    aligner = AlignValues("a", path, 1.5, estimator="per_prompt")
+    aligner._print_result(aligner.solve())
+    out = capsys.readouterr().out
+    assert "per prompt (mean over 10 prompts of 4.0 samples on average)" in out and "of 40 records" not in out
+
+
 @pytest.mark.parametrize("content,pattern", [
     (None, "not found"),
     ("", "empty"),
