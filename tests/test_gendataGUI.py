@@ -67,6 +67,17 @@ def test_session_feasible_and_infeasible_palettes(session):
     assert "Suggested feasible palette: letters = " in session.palette_report(*c_bad)
 
 
+def test_per_prompt_report_says_per_prompt(tmp_path):
+    rng = np.random.default_rng(1)
+    recs = [{"prompt": f"p{i // 4}", "generated": "x", "prompt_id": i // 4, "letters": float(rng.normal(20, 5)),
+             "spaces": float(rng.normal(3, 1))} for i in range(40)]
+    path = tmp_path / "multi.json"
+    path.write_text(json.dumps(recs))
+    session = gendataGUI.PaletteSession(str(path), scorers=SCORERS, per_prompt=True)
+    report = session.palette_report(*session.mean)
+    assert "per prompt (mean over 10 prompts of 4.0 samples on average)" in report and "of 40" not in report
+
+
 def test_session_generates_original_and_aligned(session, tiny_lm_dir):
     prompt = "Tell me a joke about cats."
     args = (tiny_lm_dir, prompt)
