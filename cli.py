@@ -9,14 +9,20 @@ import fire
 from errors import InputError
 
 
-def main(component):
-    """Run `component` under python-fire. The project's own input errors (errors.InputError and its
-    subclasses: records.RecordsError, a missing file or model, an unknown value, a bad palette, ...)
-    exit with status 2 and the message alone; set MAP_DEBUG=1 to see their traceback. Any other
-    exception (KeyError, TypeError, a library's ValueError, ...) is a bug, not bad input: it keeps
-    its traceback and exits 1."""
+def main(component, **fire_kwargs):
+    """Run `component` under python-fire (fire_kwargs go to fire.Fire), reporting input errors as
+    `report_input_errors` does."""
+    return report_input_errors(fire.Fire, component, **fire_kwargs)
+
+
+def report_input_errors(fn, *args, **kwargs):
+    """Call fn(*args, **kwargs) for a command line. The project's own input errors (errors.InputError
+    and its subclasses: records.RecordsError, a missing file or model, an unknown value, a bad
+    palette, ...) exit with status 2 and the message alone; set MAP_DEBUG=1 to see their traceback.
+    Any other exception (KeyError, TypeError, a library's ValueError, ...) is a bug, not bad input:
+    it keeps its traceback and exits 1."""
     try:
-        fire.Fire(component)
+        return fn(*args, **kwargs)
     except InputError as e:
         if os.environ.get("MAP_DEBUG"):
             raise

@@ -370,4 +370,4 @@ def main(argv=None):
 
 if __name__ == "__main__":
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
-    main()
+    cli.report_input_errors(main)

@@ -83,3 +83,18 @@ def test_unknown_value_is_an_input_error_and_still_a_key_error():
     with pytest.raises(InputError, match="unknown value 'nope'") as info:
         values.get_spec("nope")
     assert isinstance(info.value, KeyError)
+
+
+def test_report_input_errors_for_scripts_without_fire(capsys, monkeypatch):
+    # rewardTrainer parses its own arguments (HfArgumentParser) and uses this directly.
+    from errors import NotFoundError
+    monkeypatch.delenv("MAP_DEBUG", raising=False)
+
+    def missing():
+        raise NotFoundError("data file not found: 'x.json'")
+    with pytest.raises(SystemExit) as info:
+        cli.report_input_errors(missing)
+    assert info.value.code == 2 and capsys.readouterr().err == "error: data file not found: 'x.json'\n"
+    assert cli.report_input_errors(lambda a, b=0: a + b, 1, b=2) == 3
+    with pytest.raises(KeyError):
+        cli.report_input_errors(lambda: {}["bug"])
