@@ -19,6 +19,12 @@ the per-prompt estimator) has mean rewards ≥ c. By LP duality that happens iff
 d ≥ 0, Σd = 1, with mean_g max_{j∈g} dᵀr_j < dᵀc: every sample is worse than c along d. The solver
 finds such a d with an LP (scipy HiGHS) and returns it as a certificate; it never infers
 infeasibility from overflow, as the original did.
+
+Scale. Both the Newton solve and the LPs work on standardised rows r̃_i = (r_i − mean_i)/sd_i
+(`standardise`); the tilt is unchanged when λ̃_i = λ_i·sd_i. Tolerances are therefore fractions of
+each value's spread, and a value scored in [0, 0.003] is solved as accurately as one in [0, 1000].
+Results are reported in the user's units (λ, levels, certificate), with the KKT violation also
+given relative to each value's spread.
 """
 from dataclasses import dataclass, field
 
