@@ -24,9 +24,10 @@ import re
 
 import cli
 import records
+from errors import ExistsError
 from records import RecordsError
 
-class OutputExistsError(FileExistsError, ValueError):
+class OutputExistsError(ExistsError):
     """An output file already exists and would be replaced; the message names it and the override flag.
     (A ValueError too, so the CLIs report it as one line, like other bad inputs.)"""
 

@@ -24,6 +24,8 @@ from diversity import diversity_of
 
 import numpy as np
 
+from errors import InputError, NotFoundError, UnknownNameError
+
 # The original MAP task lists (SPEC-MAP §4). "all" expands to the list of TASK_NAME.
 TASK_VALUES = {
     "conversation": ["humor", "gpt2-helpful", "gpt2-harmless", "diversity", "coherence", "perplexity"],
@@ -67,12 +69,12 @@ def expand_value_list(value_list):
     elif isinstance(value_list, (list, tuple)):
         names = [str(v) for v in value_list]
     else:
-        raise ValueError(f"value_list must be 'all', a comma-separated string or a list; got {value_list!r}")
+        raise InputError(f"value_list must be 'all', a comma-separated string or a list; got {value_list!r}")
     names = [n.strip() for n in names if n.strip()]
     if not names:
-        raise ValueError("value_list is empty: name at least one value, e.g. --value_list=humor")
+        raise InputError("value_list is empty: name at least one value, e.g. --value_list=humor")
     if len(set(names)) != len(names):
-        raise ValueError(f"value_list names a value twice: {names}")
+        raise InputError(f"value_list names a value twice: {names}")
     return names
 
 
@@ -235,8 +237,8 @@ def get_spec(value):
     if isinstance(value, ValueSpec):
         return value
     if value not in REGISTRY:
-        raise KeyError(f"unknown value {value!r}. Registered values: {', '.join(REGISTRY)}. "
-                       "Add your own with values.register_value / register_reward_model or --plugin=FILE.py.")
+        raise UnknownNameError(f"unknown value {value!r}. Registered values: {', '.join(REGISTRY)}. "
+                               "Add your own with values.register_value / register_reward_model or --plugin=FILE.py.")
     return REGISTRY[value]
 
 
@@ -342,7 +344,7 @@ def load_plugins(paths):
             continue
         if path.endswith(".py"):
             if not os.path.isfile(path):
-                raise FileNotFoundError(f"value plugin file not found: {path!r} (from --plugin / MAP_PLUGINS)")
+                raise NotFoundError(f"value plugin file not found: {path!r} (from --plugin / MAP_PLUGINS)")
             module_name = "map_plugin_" + re.sub(r"\W", "_", os.path.splitext(os.path.basename(path))[0])
             spec = importlib.util.spec_from_file_location(module_name, path)
             module = importlib.util.module_from_spec(spec)
@@ -455,7 +457,7 @@ def load_scorer(value, device=None, batch_size=None, basemodel_for_perplexity=No
     spec = get_spec(value)
     batch_size = int(batch_size or spec.batch_size)
     if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1; got {batch_size}")
+        raise InputError(f"batch_size must be >= 1; got {batch_size}")
     base = basemodel_for_perplexity
     base_key = (id(base[0]) if isinstance(base, (tuple, list)) else base) if spec.needs_basemodel else None
     location = model_path_for(spec.name, model_path)
@@ -598,7 +600,7 @@ def _classifier(spec, location, device, batch_size, dtype=None, **_):
                                                 what=f"model of value {spec.name!r}", hint=_override_hint(spec))
     n_out = model.config.num_labels
     if spec.label_index >= n_out:
-        raise ValueError(f"value {spec.name!r}: label_index {spec.label_index} but model {source!r} has "
+        raise InputError(f"value {spec.name!r}: label_index {spec.label_index} but model {source!r} has "
                          f"{n_out} output(s)")
     max_length = _max_length(tokenizer, model.config)
     dev = model.device
@@ -628,7 +630,7 @@ def _classifier(spec, location, device, batch_size, dtype=None, **_):
                 vals = torch.nn.functional.logsigmoid(logits[:, 0]) if n_out == 1 else \
                     torch.log_softmax(logits, -1)[:, spec.label_index]
             else:
-                raise ValueError(f"value {spec.name!r}: score_type {spec.score_type!r} is not a classifier score")
+                raise InputError(f"value {spec.name!r}: score_type {spec.score_type!r} is not a classifier score")
             out[idx] = vals.double().cpu().numpy()
         return out
     return run, source
