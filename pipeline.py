@@ -360,6 +360,14 @@ def _array_spec(task_ids):
 # Checks before anything runs
 
 
+def check_scripts(pipe, plan):
+    """Every stage that will run must name a toolkit script of this checkout."""
+    absent = sorted({pipe.stages[n].script for n in plan if not os.path.isfile(os.path.join(ROOT, pipe.stages[n].script))})
+    if absent:
+        raise PipelineError(f"script(s) {absent} are not in this checkout ({ROOT}); nothing submitted. Update "
+                            "the toolkit, or use --dry_run=True to see the plan")
+
+
 def check_inputs(pipe, plan):
     """Every input of every stage that will run must exist (inputs are made by no stage)."""
     missing = [(name, path) for name in plan for path in pipe.stages[name].inputs
@@ -601,6 +609,7 @@ def execute(pipe, backend="slurm", dry=False, settings=None, show_status=False):
     check_inputs(pipe, plan)
     if dry:
         return dry_run(pipe, config, plan)
+    check_scripts(pipe, plan)
     if not plan:
         print(f"pipeline {pipe.name}: every stage is complete; nothing to do")
         return {} if backend == "slurm" else None
