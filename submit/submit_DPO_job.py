@@ -15,11 +15,19 @@ import sys
 
 
 def _repo_root():
-    # under `sbatch submit/x.py` this file runs from a copy in SLURM's spool folder: look from the submit folder
-    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    for folder in (here, os.environ.get("SLURM_SUBMIT_DIR", ""), os.getcwd()):
+    # under `sbatch submit/x.py` this file runs from a copy in SLURM's spool folder: the job's Command= names
+    # the original; else look from the folder sbatch was called in
+    places = [os.path.abspath(__file__)]
+    if os.environ.get("SLURM_JOB_ID"):
+        import re
+        import subprocess
+        job = subprocess.run(["scontrol", "show", "job", os.environ["SLURM_JOB_ID"]], capture_output=True, text=True)
+        places += re.findall(r"Command=(\S+)", job.stdout)
+    places += [os.environ.get("SLURM_SUBMIT_DIR", ""), os.getcwd()]
+    for place in filter(None, places):
+        folder = os.path.dirname(place) if place.endswith(".py") else place
         for candidate in (folder, os.path.dirname(folder)):
-            if candidate and os.path.isfile(os.path.join(candidate, "pipeline.py")):
+            if os.path.isfile(os.path.join(candidate, "pipeline.py")):
                 return candidate
     sys.exit("error: cannot find the toolkit (pipeline.py); run from the repository or its submit/ folder")
 

@@ -21,11 +21,19 @@ import sys
 
 
 def _repo_root():
-    # under `sbatch submit/x.py` this file runs from a copy in SLURM's spool folder: look from the submit folder
-    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    for folder in (here, os.environ.get("SLURM_SUBMIT_DIR", ""), os.getcwd()):
+    # under `sbatch submit/x.py` this file runs from a copy in SLURM's spool folder: the job's Command= names
+    # the original; else look from the folder sbatch was called in
+    places = [os.path.abspath(__file__)]
+    if os.environ.get("SLURM_JOB_ID"):
+        import re
+        import subprocess
+        job = subprocess.run(["scontrol", "show", "job", os.environ["SLURM_JOB_ID"]], capture_output=True, text=True)
+        places += re.findall(r"Command=(\S+)", job.stdout)
+    places += [os.environ.get("SLURM_SUBMIT_DIR", ""), os.getcwd()]
+    for place in filter(None, places):
+        folder = os.path.dirname(place) if place.endswith(".py") else place
         for candidate in (folder, os.path.dirname(folder)):
-            if candidate and os.path.isfile(os.path.join(candidate, "pipeline.py")):
+            if os.path.isfile(os.path.join(candidate, "pipeline.py")):
                 return candidate
     sys.exit("error: cannot find the toolkit (pipeline.py); run from the repository or its submit/ folder")
 
@@ -36,7 +44,7 @@ import pipeline  # noqa: E402
 
 def main(value_list="sentiment,harmlessness", c_list=None, basemodel_name="smollm2-135m", data_name="builtin",
          save_directory="results", num_prompts=None, shards=1, max_new_tokens=None, seed=0, aligners="mc",
-         MC_nsamples=16, mc_shards=None, ppo_options=None, name="map", workdir=".", backend="slurm",
+         MC_nsamples=16, mc_shards=None, ppo_options=None, figures=True, name="map", workdir=".", backend="slurm",
          dry_run=False, settings=None, status=False):
     """Build the MAP pipeline and submit it (or run it locally, print it, or show its status).
 
@@ -49,6 +57,7 @@ def main(value_list="sentiment,harmlessness", c_list=None, basemodel_name="smoll
         aligners: "mc" (MAP-D), "ppo" (MAP-F) or "mc,ppo".
         MC_nsamples: samples per prompt of MC decoding (16, as the original pipeline).
         ppo_options: further trainPPO.py flags as a dict, e.g. "{use_lora: True, max_steps: 100}".
+        figures: draw the base file's reward histograms.
         name: pipeline name (log folder {log_dir}/{name}, job names {name}:{stage}).
         workdir: folder the stages run in (relative paths resolve there).
         backend: "slurm" (sbatch dependency chain) or "local" (subprocesses, in order).
@@ -69,7 +78,8 @@ def main(value_list="sentiment,harmlessness", c_list=None, basemodel_name="smoll
                                              shards, gen_options)
     assessed = pipeline.add_rewards(pipe, "base", base_file, values, after=[gen],
                                     basemodel_for_perplexity=basemodel_name, evaluation_mode=False)
-    pipeline.add_histograms(pipe, "base-histograms", base_file, after=[assessed])
+    if figures:
+        pipeline.add_histograms(pipe, "base-histograms", base_file, after=[assessed])
     if c_list is None:
         pipeline.execute(pipe, backend, dry_run, settings, status)
         return

@@ -1,0 +1,230 @@
+"""submit/ on a real single-node SLURM (.ci/slurm.sh start; CI starts it): a small pipeline (tiny model, a
+few prompts, CPU) through sbatch equals the local backend's outputs; a stage made to fail cancels its
+dependents, status names it, and a resubmission completes the rest; `sbatch submit/submit_jobs.py` submits
+the chain from inside a job; an unsatisfiable request fails at submission naming the setting."""
+import glob
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import ROOT, require
+
+PY = sys.executable
+VENV_BIN = os.path.dirname(PY)
+
+
+def slurm_up():
+    if shutil.which("sbatch") is None or shutil.which("scontrol") is None:
+        return False
+    return subprocess.run(["scontrol", "ping"], capture_output=True, text=True).returncode == 0
+
+
+def need_slurm():
+    require(slurm_up(), "no SLURM cluster answers (start one with .ci/slurm.sh start and export SLURM_CONF)")
+
+
+def settings_file(folder, **kind_overrides):
+    """Test cluster settings: partition debug, 1 CPU and no GPU per job, this interpreter."""
+    kinds = {k: {"gpus": 0, "cpus": 1, "mem": "1G"} for k in ("generation", "training", "scoring", "cpu")}
+    for key, value in kind_overrides.items():
+        kind, field = key.split("__")
+        kinds[kind][field] = value
+    lines = ["partition: debug", 'time: "00:10:00"', "mem: 1G", f"python: {PY}", "kinds:"]
+    lines += [f"  {k}: {{{', '.join(f'{f}: {v}' for f, v in spec.items())}}}" for k, spec in kinds.items()]
+    path = os.path.join(folder, "cluster.yaml")
+    with open(path, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    return path
+
+
+def submit(script, *args, cwd, env=None):
+    # jobs inherit this environment (sbatch --export=ALL): the venv first on PATH, one thread per job
+    full_env = dict(os.environ, PATH=VENV_BIN + os.pathsep + os.environ.get("PATH", ""), OMP_NUM_THREADS="1",
+                    **(env or {}))
+    return subprocess.run([PY, os.path.join(ROOT, "submit", script), *args], cwd=cwd, capture_output=True,
+                          text=True, env=full_env, timeout=300)
+
+
+def job_ids(workdir, name):
+    with open(os.path.join(workdir, "slurm_logs", name, "jobs.json")) as f:
+        return [s["job_id"] for s in json.load(f)["stages"].values()]
+
+
+def wait_for_jobs(ids, timeout=300):
+    """Wait until none of the jobs (or their array tasks) is queued or running."""
+    end = time.time() + timeout
+    while time.time() < end:
+        out = subprocess.run(["squeue", "-h", "-o", "%i", "-j", ",".join(ids)], capture_output=True, text=True)
+        if out.returncode == 0 and not out.stdout.strip():
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"jobs {ids} still queued after {timeout} s: {subprocess.run(['squeue'], capture_output=True, text=True).stdout}")
+
+
+def logs(workdir, name):
+    folder = os.path.join(workdir, "slurm_logs", name)
+    out = []
+    for entry in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
+        if entry.endswith(".log"):
+            with open(os.path.join(folder, entry)) as f:
+                out.append(f"== {entry}\n{f.read()[-1500:]}")
+    return "\n".join(out)
+
+
+def status_rows(script, args, workdir):
+    out = submit(script, "status", *args, cwd=workdir)
+    assert out.returncode == 0, out.stderr
+    rows = {}
+    for line in out.stdout.splitlines()[2:]:
+        parts = line.split()
+        if len(parts) >= 5 and not line.startswith(("failed", "cancelled")):
+            rows[parts[0]] = parts[4]
+    return rows, out.stdout
+
+
+BASE_ARGS = ["--value_list=length,sentiment", "--num_prompts=6", "--shards=2", "--max_new_tokens=8", "--figures=False"]
+
+
+@pytest.fixture(scope="module")
+def base_run(tmp_path_factory, tiny_lm_dir):
+    """The base MAP pipeline (2 generation shards → merge → 2 rewards → merge → assess) through SLURM."""
+    need_slurm()
+    folder = str(tmp_path_factory.mktemp("slurm_base"))
+    settings = settings_file(folder)
+    args = BASE_ARGS + [f"--basemodel_name={tiny_lm_dir}", f"--settings={settings}", f"--workdir={folder}/run"]
+    out = submit("submit_jobs.py", *args, cwd=folder)
+    assert out.returncode == 0, out.stdout + out.stderr
+    wait_for_jobs(job_ids(f"{folder}/run", "map"))
+    return folder, args
+
+
+def test_slurm_outputs_equal_the_local_backends(base_run, tiny_lm_dir, tmp_path):
+    folder, args = base_run
+    rows, text = status_rows("submit_jobs.py", args, folder)
+    assert rows and set(rows.values()) == {"COMPLETED"}, text + logs(f"{folder}/run", "map")
+    local = submit("submit_jobs.py", *BASE_ARGS, f"--basemodel_name={tiny_lm_dir}", "--backend=local",
+                   f"--workdir={tmp_path}", cwd=tmp_path)
+    assert local.returncode == 0, local.stdout + local.stderr
+    results = os.path.join("results", f"{os.path.basename(tiny_lm_dir)}-builtin")
+    with open(os.path.join(folder, "run", results + ".json")) as f:
+        on_slurm = json.load(f)
+    with open(os.path.join(tmp_path, results + ".json")) as f:
+        here = json.load(f)
+    assert len(on_slurm) == 6 and all({"length", "sentiment"} <= set(r) for r in on_slurm)
+    assert on_slurm == here
+    with open(os.path.join(folder, "run", results + "_realC-levels.csv")) as f, \
+            open(os.path.join(tmp_path, results + "_realC-levels.csv")) as g:
+        assert f.read() == g.read()
+    again = submit("submit_jobs.py", *args, cwd=folder)          # resuming a finished pipeline submits nothing
+    assert again.returncode == 0 and "every stage is complete; nothing to do" in again.stdout
+
+
+FLAKY_PLUGIN = '''
+import os
+from values import register_value
+
+def flaky(prompts, continuations):
+    if os.path.exists(os.environ["FLAKY_FLAG"]):
+        raise RuntimeError("the flaky value was made to fail")
+    return [float(len(c)) for c in continuations]
+
+register_value("flaky", flaky)
+'''
+
+
+def test_failed_stage_cancels_its_dependents_and_resubmission_completes(tiny_lm_dir, tmp_path):
+    """MAP-D for a fixed λ: MC generation (2 shards) → merge → add_reward length, flaky → merge → assess.
+    flaky fails while its flag file exists: merge and assess are cancelled; status names the failure; after
+    removing the flag the same command resubmits only flaky, merge and assess."""
+    need_slurm()
+    plugin, flag = tmp_path / "flaky.py", tmp_path / "FAIL"
+    plugin.write_text(FLAKY_PLUGIN)
+    flag.write_text("")
+    env = {"MAP_PLUGINS": str(plugin), "FLAKY_FLAG": str(flag)}
+    args = ["--lam_list=0.5", "--value_list=length", "--evaluate_values=length,flaky", "--num_prompts=4",
+            "--shards=2", "--MC_nsamples=2", "--max_new_tokens=6", f"--basemodel_name={tiny_lm_dir}",
+            f"--settings={settings_file(str(tmp_path))}", f"--workdir={tmp_path}/run"]
+    out = submit("submit_MC-aligned_pipeline.py", *args, cwd=tmp_path, env=env)
+    assert out.returncode == 0, out.stdout + out.stderr
+    wait_for_jobs(job_ids(f"{tmp_path}/run", "mapd"))
+    status = submit("submit_MC-aligned_pipeline.py", "status", *args, cwd=tmp_path, env=env)
+    rows = {line.split()[0]: line.split()[4] for line in status.stdout.splitlines()[2:]
+            if len(line.split()) >= 5 and not line.startswith(("failed", "cancelled"))}
+    detail = status.stdout + logs(f"{tmp_path}/run", "mapd")
+    assert rows == {"mc-generate": "COMPLETED", "mc-generate-merge": "COMPLETED", "mc-reward-length": "COMPLETED",
+                    "mc-reward-flaky": "FAILED", "mc-merge-rewards": "CANCELLED", "mc-assess": "CANCELLED"}, detail
+    assert "failed: stage mc-reward-flaky" in status.stdout and "mc-reward-flaky-" in status.stdout
+    failed_log = [line for line in status.stdout.splitlines() if line.startswith("failed:")][0].split("log ")[-1]
+    with open(failed_log) as f:
+        assert "the flaky value was made to fail" in f.read()
+
+    flag.unlink()
+    again = submit("submit_MC-aligned_pipeline.py", *args, cwd=tmp_path, env=env)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "complete, skipped: mc-generate, mc-generate-merge, mc-reward-length" in again.stdout
+    submitted = [line.split(":")[0] for line in again.stdout.splitlines() if ": submitted job" in line]
+    assert submitted == ["mc-reward-flaky", "mc-merge-rewards", "mc-assess"]
+    wait_for_jobs(job_ids(f"{tmp_path}/run", "mapd"))
+    final = submit("submit_MC-aligned_pipeline.py", "status", *args, cwd=tmp_path, env=env)
+    assert "failed:" not in final.stdout and "CANCELLED" not in final.stdout, final.stdout
+    name = f"{os.path.basename(tiny_lm_dir)}-builtin_lam=0.500_val=length.json"
+    with open(tmp_path / "run" / "results" / name) as f:
+        recs = json.load(f)
+    assert len(recs) == 4 and all("flaky" in r and "length" in r for r in recs)
+    assert os.path.isfile(tmp_path / "run" / "results" / name.replace(".json", "_realC-levels.csv"))
+
+
+def test_sbatch_the_submit_script_chains_lambda_and_mc_decoding(base_run, tmp_path):
+    """`sbatch submit/submit_jobs.py --c_list=...` on the finished base run: the job itself submits
+    λ → MC decoding (λ read from the λ file) → rewards → merge → assess → win rates."""
+    folder, args = base_run
+    work = str(tmp_path / "run")
+    shutil.copytree(os.path.join(folder, "run"), work, ignore=shutil.ignore_patterns("slurm_logs"))
+    args = [a for a in args if not a.startswith("--workdir")] + [f"--workdir={work}", "--c_list=0,-1",
+                                                                "--MC_nsamples=2"]
+    env = dict(os.environ, PATH=VENV_BIN + os.pathsep + os.environ.get("PATH", ""), OMP_NUM_THREADS="1")
+    out = subprocess.run(["sbatch", "--parsable", os.path.join(ROOT, "submit", "submit_jobs.py"), *args],
+                         cwd=str(tmp_path), capture_output=True, text=True, env=env)
+    assert out.returncode == 0, out.stderr
+    submit_job = out.stdout.strip()
+    wait_for_jobs([submit_job], timeout=120)
+    with open(tmp_path / f"submit_jobs-{submit_job}.log") as f:
+        submit_log = f.read()
+    assert "lambda: submitted job" in submit_log and "complete, skipped: generate" in submit_log, submit_log
+    wait_for_jobs(job_ids(work, "map"))
+    rows, text = status_rows("submit_jobs.py", args, str(tmp_path))
+    assert set(rows.values()) <= {"COMPLETED", "complete"}, text + logs(work, "map")
+    lam_files = glob.glob(os.path.join(work, "results", "*_c=0,-1_val=length,sentiment.lambda.json"))
+    assert len(lam_files) == 1
+    with open(lam_files[0]) as f:
+        lam = json.load(f)
+    assert lam["status"] == "feasible" and lam["values"] == ["length", "sentiment"]
+    aligned = [e for e in os.listdir(os.path.join(work, "results", "MAP-D")) if e.endswith("_val=length,sentiment.json")]
+    assert len(aligned) == 1
+    with open(os.path.join(work, "results", "MAP-D", aligned[0])) as f:
+        recs = json.load(f)
+    assert len(recs) == 6 and all("sentiment" in r and "chosen_index" in r for r in recs)
+    winrates = [e for e in os.listdir(os.path.join(work, "results")) if e.startswith("winrates_") and e.endswith(".tex")]
+    assert winrates
+
+
+def test_unsatisfiable_request_fails_at_submission_naming_the_setting(tmp_path):
+    """kinds.cpu.gpus = 1 on a node without GPUs: sbatch refuses at once; the error shows SLURM's message
+    and the setting, and nothing stays queued."""
+    need_slurm()
+    from test_pipeline import scored_file
+    os.makedirs(tmp_path / "results")
+    scored_file(tmp_path / "results" / "s.json")
+    settings = settings_file(str(tmp_path), cpu__gpus=1)
+    out = submit("submit_MAP-DPO-PPO_comparison.py", "--file_path=results/s.json", "--value_list=length,sentiment",
+                 "--dims=2,1", "--num_lambda=2", f"--settings={settings}", f"--workdir={tmp_path}", cwd=tmp_path)
+    assert out.returncode == 2
+    message = out.stderr.strip()
+    assert message.startswith("error: SLURM refused stage 'rand-lambda-2D' (cpu):"), message
+    assert "Invalid generic resource (gres) specification" in message
+    assert "Change kinds.cpu.gpus in " + settings in message and "nothing was submitted" in message
