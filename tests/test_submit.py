@@ -28,14 +28,16 @@ def need_slurm():
     require(slurm_up(), "no SLURM cluster answers (start one with .ci/slurm.sh start and export SLURM_CONF)")
 
 
-def settings_file(folder, **kind_overrides):
-    """Test cluster settings: partition debug, 1 CPU and no GPU per job, this interpreter."""
+def settings_file(folder, extra=(), **kind_overrides):
+    """Test cluster settings: partition debug, 1 CPU and no GPU per job, this interpreter; `extra` lines
+    appended."""
     kinds = {k: {"gpus": 0, "cpus": 1, "mem": "1G"} for k in ("generation", "training", "scoring", "cpu")}
     for key, value in kind_overrides.items():
         kind, field = key.split("__")
         kinds[kind][field] = value
     lines = ["partition: debug", 'time: "00:10:00"', "mem: 1G", f"python: {PY}", "kinds:"]
     lines += [f"  {k}: {{{', '.join(f'{f}: {v}' for f, v in spec.items())}}}" for k, spec in kinds.items()]
+    lines += list(extra)
     path = os.path.join(folder, "cluster.yaml")
     with open(path, "w") as f:
         f.write("\n".join(lines) + "\n")
@@ -228,3 +230,27 @@ def test_unsatisfiable_request_fails_at_submission_naming_the_setting(tmp_path):
     assert message.startswith("error: SLURM refused stage 'rand-lambda-2D' (cpu):"), message
     assert "Invalid generic resource (gres) specification" in message
     assert "Change kinds.cpu.gpus in " + settings in message and "nothing was submitted" in message
+
+
+def test_refusal_after_some_submissions_cancels_them(tmp_path):
+    """The second stage asks for a GPU the node lacks: the first, already queued, is cancelled."""
+    need_slurm()
+    import pipeline
+    from test_pipeline import scored_file
+    os.makedirs(tmp_path / "results")
+    scored_file(tmp_path / "results" / "s.json")
+    pipe = pipeline.Pipeline("refused", tmp_path)
+    first = pipe.add("first", "alignValues.py", ["--value_list=length", "--file_path=results/s.json",
+                                                 "--c_list=1", "optimize_lambda", "--save_lambda=results/l.json"],
+                     done=pipeline.file_done("results/l.json"))
+    pipe.add("second", "rewardProcessor.py", ["--file_path=results/s.json", "add_reward", "--value=length"],
+             done=pipeline.file_done("never"), kind="scoring", after=[first])
+    # held for a minute, so the first job is surely still queued when the second is refused
+    settings = settings_file(str(tmp_path), extra=["sbatch_options: [--begin=now+60]"], scoring__gpus=2)
+    with pytest.raises(pipeline.PipelineError) as e:
+        pipeline.execute(pipe, backend="slurm", settings=settings)
+    message = str(e.value)
+    assert "SLURM refused stage 'second' (scoring)" in message and "kinds.scoring.gpus" in message
+    job = message.split("already submitted (")[1].rstrip(")")
+    state = subprocess.run(["scontrol", "show", "job", "-o", job], capture_output=True, text=True).stdout
+    assert "JobState=CANCELLED" in state
