@@ -697,21 +697,28 @@ def add_generation(pipe, name, model, data_name, save_directory, n_prompts, shar
 def add_mc_generation(pipe, name, model, data_name, save_directory, n_prompts, lam, values, output_path,
                       shards=1, mc_options=None, gen_options=None, after=()):
     """MAP-D: MC-aligned generation (a job array over prompt shards) with λ given as numbers or as
-    "@FILE" (solved by an earlier stage), merged into `output_path`. Returns (merge stage, output_path)."""
+    "@FILE" (solved by an earlier stage), merged into `output_path`. Returns (merge stage, output_path).
+
+    The shards go to `{save_directory}/temp/` under the original's names, which hold λ; with "@FILE" λ is
+    unknown until the pipeline runs, so give each λ file its own save_directory (shards of another λ there
+    would be taken for this one's)."""
+    from decoding import lam_string
     base = base_name(model, data_name)
     temp = os.path.join(save_directory, "temp")
     val = ",".join(values)
+    lam_glob = "*" if str(lam).startswith("@") else lam_string([float(x) for x in str(lam).split(",")])
     common = flags(basemodel_name=model, data_name=data_name, save_directory=save_directory, **(gen_options or {}))
     ranges = shard_ranges(n_prompts, shards)
     pipe.add(name, "gendata.py",
              tasks=[common + ["generate_from_MC_aligned_model", f"--lam_list={lam}", f"--value_list={val}",
                               f"--start_index={s}", f"--end_index={e}"] + flags(**(mc_options or {}))
                     for s, e in ranges],
-             done=[shard_done(os.path.join(temp, f"{base}_lam=*_val={val}_{s}to{e}.json"), output_path)
+             done=[shard_done(os.path.join(temp, f"{base}_lam={lam_glob}_val={val}_{s}to{e}.json"), output_path)
                    for s, e in ranges],
              kind="generation", after=after)
     merge = pipe.add(f"{name}-merge", "mergeProcessor.py",
-                     ["merge_gendata_bypattern", f"--json_file_pattern={os.path.join(temp, base)}_lam=*_val={val}_*to*.json",
+                     ["merge_gendata_bypattern",
+                      f"--json_file_pattern={os.path.join(temp, base)}_lam={lam_glob}_val={val}_*to*.json",
                       f"--output_path={output_path}"], done=results_done(output_path), after=[name])
     return merge, output_path
 

@@ -73,8 +73,10 @@ def main(lam_list, value_list, basemodel_name="smollm2-135m", data_name="builtin
     n = pipeline.count_prompts(data_name, num_prompts, seed=seed)
     base = pipeline.base_name(basemodel_name, data_name)
     out = os.path.join(save_directory, f"{base}_lam={lam_tag}_val={','.join(values)}.json")
+    # shards of a λ file in their own folder: its λ (in the shard names) is known only when the jobs run
+    shard_directory = os.path.join(save_directory, f"mc_{lam_tag}") if lam.startswith("@") else save_directory
     merged, _ = pipeline.add_mc_generation(
-        pipe, "mc-generate", basemodel_name, data_name, save_directory, n, lam, values, out, shards=shards,
+        pipe, "mc-generate", basemodel_name, data_name, shard_directory, n, lam, values, out, shards=shards,
         mc_options={"MC_nsamples": MC_nsamples},
         gen_options={"num_prompts": num_prompts, "max_new_tokens": max_new_tokens, "seed": seed})
     pipeline.add_rewards(pipe, "mc", out, evaluated, after=[merged], basemodel_for_perplexity=basemodel_name)

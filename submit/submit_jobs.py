@@ -95,8 +95,8 @@ def main(value_list="sentiment,harmlessness", c_list=None, basemodel_name="smoll
     if "mc" in aligner_list:
         folder = os.path.join(save_directory, "MAP-D")
         out = os.path.join(folder, f"{os.path.basename(base_file)[:-5]}_{tag}.json")
-        merged, _ = pipeline.add_mc_generation(
-            pipe, "mapd-generate", basemodel_name, data_name, folder, n, f"@{lam_file}", values, out,
+        merged, _ = pipeline.add_mc_generation(  # shards of each palette in their own folder: λ is in their names
+            pipe, "mapd-generate", basemodel_name, data_name, os.path.join(folder, tag), n, f"@{lam_file}", values, out,
             shards=mc_shards or shards, mc_options={"MC_nsamples": MC_nsamples}, gen_options=gen_options, after=[lam])
         finals.append(pipeline.add_rewards(pipe, "mapd", out, values, after=[merged],
                                            basemodel_for_perplexity=basemodel_name))
