@@ -32,6 +32,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import time
 from dataclasses import dataclass, field
 
 import records
@@ -391,8 +392,9 @@ def _run(cmd):
 
 
 def job_records(job_id):
-    """The states of a job (one entry per array task) from `scontrol show job -o`, falling back to the
-    job-completion log (`sacct -c`) once SLURM has forgotten the job. Entries: dicts with JobId,
+    """The states of a job (one entry per array task) from `scontrol show job -o`, falling back to
+    `sacct` (accounting database) or `sacct -c` (job-completion log) once slurmctld has forgotten the job
+    (MinJobAge). Entries: dicts with JobId,
     ArrayTaskId (or None), JobState, ExitCode, Reason. [] when neither knows the job."""
     out = _run(["scontrol", "show", "job", "-o", str(job_id)])
     entries = []
@@ -405,14 +407,19 @@ def job_records(job_id):
                                 "Reason": fields.get("Reason")})
     if entries:
         return entries
-    out = _run(["sacct", "-c", "-n", "-P", "-j", str(job_id), "--format=JobID,State,ExitCode"])
-    if out.returncode == 0:
+    # the accounting database where there is one, else the job-completion log (jobcomp/filetxt)
+    for sacct in (["sacct"], ["sacct", "-c"]):
+        out = _run(sacct + ["-n", "-P", "-j", str(job_id), "--format=JobID,State,ExitCode"])
+        if out.returncode != 0:
+            continue
         for line in out.stdout.splitlines():
             parts = line.split("|")
-            if len(parts) >= 3 and parts[0]:
+            if len(parts) >= 3 and parts[0] and "." not in parts[0]:  # job steps (ID.batch) are not tasks
                 task = parts[0].split("_")[1] if "_" in parts[0] else None
                 entries.append({"JobId": parts[0], "ArrayTaskId": task, "JobState": parts[1].split()[0],
                                 "ExitCode": parts[2], "Reason": None})
+        if entries:
+            break
     return entries
 
 
@@ -559,8 +566,11 @@ def run_local(pipe, settings, plan):
             log = os.path.join(folder, f"{name}-local{f'_{i}' if stage.is_array else ''}.log")
             print(f"{name}{f' [task {i}]' if stage.is_array else ''}: running (log {log})", flush=True)
             env = dict(os.environ, SLURM_ARRAY_TASK_ID=str(i))
+            started = time.time()
             with open(log, "w", encoding="utf-8") as f:
                 rc = subprocess.run(["bash", "-c", script], stdout=f, stderr=subprocess.STDOUT, env=env).returncode
+            print(f"{name}{f' [task {i}]' if stage.is_array else ''}: {'done' if rc == 0 else 'failed'} "
+                  f"in {time.time() - started:.1f} s", flush=True)
             if rc != 0:
                 failed[name] = log
                 skipped |= pipe.descendants(name)

@@ -106,6 +106,23 @@ def test_graph_rejects_unknown_parents_and_duplicates(tmp_path):
         pipe.add("c", "gendata.py", [], done=pipeline.file_done("x"), kind="tpu")
 
 
+def test_only_unfinished_array_tasks_are_planned(tmp_path, capsys):
+    """A job array whose shard 1 is finished resubmits shards 0 and 2 only, still after its parent."""
+    pipe = pipeline.Pipeline("arr", tmp_path)
+    first = pipe.add("first", "gendata.py", ["x"], done=pipeline.file_done(str(tmp_path / "first")))
+    pipe.add("shards", "gendata.py", tasks=[[f"--start_index={i}"] for i in range(3)],
+             done=[pipeline.file_done(str(tmp_path / f"s{i}")) for i in range(3)], kind="generation", after=[first])
+    write(tmp_path / "s1", "")
+    assert pipeline.plan_of(pipe) == {"first": [0], "shards": [0, 2]}
+    pipeline.execute(pipe, dry=True)
+    text = capsys.readouterr().out
+    assert "#   shards [generation] 2/3 tasks to run <- first" in text
+    assert "--dependency=afterok:<first> --array=0,2 " in text
+    assert "  0) " in text and "  2) " in text and "  1) " not in text
+    write(tmp_path / "first", "")
+    assert pipeline.plan_of(pipe) == {"shards": [0, 2]}      # a finished parent is no dependency
+
+
 def test_dry_run_prints_the_chain_and_submits_nothing(tmp_path):
     out = submit("submit_jobs.py", "--dry_run=True", "--num_prompts=8", "--shards=2", "--c_list=0.3,0.9",
                  "--aligners=mc,ppo", "--value_list=sentiment,harmlessness", f"--workdir={tmp_path}", cwd=tmp_path)

@@ -94,33 +94,34 @@ BASE_ARGS = ["--value_list=length,sentiment", "--num_prompts=6", "--shards=2", "
 
 @pytest.fixture(scope="module")
 def base_run(tmp_path_factory, tiny_lm_dir):
-    """The base MAP pipeline (2 generation shards → merge → 2 rewards → merge → assess) through SLURM."""
+    """The base MAP pipeline (2 generation shards → merge → 2 rewards → merge → assess) through SLURM and,
+    while its jobs run, through the local backend in another folder."""
     need_slurm()
     folder = str(tmp_path_factory.mktemp("slurm_base"))
     settings = settings_file(folder)
     args = BASE_ARGS + [f"--basemodel_name={tiny_lm_dir}", f"--settings={settings}", f"--workdir={folder}/run"]
     out = submit("submit_jobs.py", *args, cwd=folder)
     assert out.returncode == 0, out.stdout + out.stderr
+    local = submit("submit_jobs.py", *BASE_ARGS, f"--basemodel_name={tiny_lm_dir}", "--backend=local",
+                   f"--workdir={folder}/local", cwd=folder)
     wait_for_jobs(job_ids(f"{folder}/run", "map"))
-    return folder, args
+    return folder, args, local
 
 
-def test_slurm_outputs_equal_the_local_backends(base_run, tiny_lm_dir, tmp_path):
-    folder, args = base_run
+def test_slurm_outputs_equal_the_local_backends(base_run, tiny_lm_dir):
+    folder, args, local = base_run
     rows, text = status_rows("submit_jobs.py", args, folder)
     assert rows and set(rows.values()) == {"COMPLETED"}, text + logs(f"{folder}/run", "map")
-    local = submit("submit_jobs.py", *BASE_ARGS, f"--basemodel_name={tiny_lm_dir}", "--backend=local",
-                   f"--workdir={tmp_path}", cwd=tmp_path)
     assert local.returncode == 0, local.stdout + local.stderr
     results = os.path.join("results", f"{os.path.basename(tiny_lm_dir)}-builtin")
     with open(os.path.join(folder, "run", results + ".json")) as f:
         on_slurm = json.load(f)
-    with open(os.path.join(tmp_path, results + ".json")) as f:
+    with open(os.path.join(folder, "local", results + ".json")) as f:
         here = json.load(f)
     assert len(on_slurm) == 6 and all({"length", "sentiment"} <= set(r) for r in on_slurm)
     assert on_slurm == here
     with open(os.path.join(folder, "run", results + "_realC-levels.csv")) as f, \
-            open(os.path.join(tmp_path, results + "_realC-levels.csv")) as g:
+            open(os.path.join(folder, "local", results + "_realC-levels.csv")) as g:
         assert f.read() == g.read()
     again = submit("submit_jobs.py", *args, cwd=folder)          # resuming a finished pipeline submits nothing
     assert again.returncode == 0 and "every stage is complete; nothing to do" in again.stdout
@@ -149,7 +150,7 @@ def test_failed_stage_cancels_its_dependents_and_resubmission_completes(tiny_lm_
     flag.write_text("")
     env = {"MAP_PLUGINS": str(plugin), "FLAKY_FLAG": str(flag)}
     args = ["--lam_list=0.5", "--value_list=length", "--evaluate_values=length,flaky", "--num_prompts=4",
-            "--shards=2", "--MC_nsamples=2", "--max_new_tokens=6", f"--basemodel_name={tiny_lm_dir}",
+            "--shards=1", "--MC_nsamples=2", "--max_new_tokens=6", f"--basemodel_name={tiny_lm_dir}",
             f"--settings={settings_file(str(tmp_path))}", f"--workdir={tmp_path}/run"]
     out = submit("submit_MC-aligned_pipeline.py", *args, cwd=tmp_path, env=env)
     assert out.returncode == 0, out.stdout + out.stderr
@@ -184,11 +185,11 @@ def test_failed_stage_cancels_its_dependents_and_resubmission_completes(tiny_lm_
 def test_sbatch_the_submit_script_chains_lambda_and_mc_decoding(base_run, tmp_path):
     """`sbatch submit/submit_jobs.py --c_list=...` on the finished base run: the job itself submits
     λ → MC decoding (λ read from the λ file) → rewards → merge → assess → win rates."""
-    folder, args = base_run
+    folder, args, _ = base_run
     work = str(tmp_path / "run")
     shutil.copytree(os.path.join(folder, "run"), work, ignore=shutil.ignore_patterns("slurm_logs"))
     args = [a for a in args if not a.startswith("--workdir")] + [f"--workdir={work}", "--c_list=0,-1",
-                                                                "--MC_nsamples=2"]
+                                                                "--MC_nsamples=2", "--mc_shards=1"]
     env = dict(os.environ, PATH=VENV_BIN + os.pathsep + os.environ.get("PATH", ""), OMP_NUM_THREADS="1")
     out = subprocess.run(["sbatch", "--parsable", os.path.join(ROOT, "submit", "submit_jobs.py"), *args],
                          cwd=str(tmp_path), capture_output=True, text=True, env=env)
@@ -254,3 +255,24 @@ def test_refusal_after_some_submissions_cancels_them(tmp_path):
     job = message.split("already submitted (")[1].rstrip(")")
     state = subprocess.run(["scontrol", "show", "job", "-o", job], capture_output=True, text=True).stdout
     assert "JobState=CANCELLED" in state
+
+
+def test_status_falls_back_to_the_job_completion_log(tmp_path, monkeypatch):
+    """Once slurmctld has forgotten a job (scontrol: invalid job id), its state comes from `sacct -c`."""
+    need_slurm()
+    import pipeline
+    out = subprocess.run(["sbatch", "--parsable", "--output=/dev/null", "--wrap=exit 3"], capture_output=True,
+                         text=True)
+    assert out.returncode == 0, out.stderr
+    job = out.stdout.strip()
+    wait_for_jobs([job], timeout=60)
+    assert pipeline.job_records(job)[0]["JobState"] == "FAILED"
+    fake = tmp_path / "scontrol"
+    fake.write_text("#!/bin/sh\necho 'slurm_load_jobs error: Invalid job id specified' >&2\nexit 1\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    end = time.time() + 10
+    while time.time() < end and not pipeline.job_records(job):  # the completion log is written just after the end
+        time.sleep(0.2)
+    entries = pipeline.job_records(job)
+    assert [(e["JobId"], e["JobState"], e["ExitCode"]) for e in entries] == [(job, "FAILED", "3:0")]
