@@ -24,6 +24,7 @@ failed or missing work is submitted. `status` shows each stage's job id, state a
 
 Job ids and log paths of a submission are kept in `{log_dir}/{pipeline}/jobs.json`.
 """
+import contextlib
 import datetime
 import json
 import os
@@ -378,9 +379,21 @@ def check_inputs(pipe, plan):
             f"{path} (needed by stage {name})" for name, path in missing))
 
 
+@contextlib.contextmanager
+def _inside(folder):
+    """Markers name paths as the commands do, relative to the pipeline's working folder."""
+    before = os.getcwd()
+    os.chdir(folder)
+    try:
+        yield
+    finally:
+        os.chdir(before)
+
+
 def plan_of(pipe):
     """{stage: pending task indices} for the stages with unfinished work, in graph order."""
-    return {name: pending for name, stage in pipe.stages.items() if (pending := stage.pending())}
+    with _inside(pipe.workdir):
+        return {name: pending for name, stage in pipe.stages.items() if (pending := stage.pending())}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -513,7 +526,8 @@ def status(pipe, settings, echo=True):
     state = load_state(pipe, settings).get("stages", {})
     rows = []
     for name, stage in pipe.stages.items():
-        finished = len(stage.tasks) - len(stage.pending())
+        with _inside(pipe.workdir):
+            finished = len(stage.tasks) - len(stage.pending())
         entry = state.get(name, {})
         job = entry.get("job_id")
         jobs = job_records(job) if job and shutil.which("scontrol") else []
