@@ -364,7 +364,8 @@ def _array_spec(task_ids):
 
 def check_scripts(pipe, plan):
     """Every stage that will run must name a toolkit script of this checkout."""
-    absent = sorted({pipe.stages[n].script for n in plan if not os.path.isfile(os.path.join(ROOT, pipe.stages[n].script))})
+    scripts = {pipe.stages[name].script for name in plan}
+    absent = sorted(s for s in scripts if not os.path.isfile(os.path.join(ROOT, s)))
     if absent:
         raise PipelineError(f"script(s) {absent} are not in this checkout ({ROOT}); nothing submitted. Update "
                             "the toolkit, or use --dry_run=True to see the plan")
@@ -756,8 +757,8 @@ def add_rewards(pipe, prefix, results_path, values, after=(), basemodel_for_perp
     for value in values:
         extra = flags(basemodel_for_perplexity=basemodel_for_perplexity) if value == "perplexity" else []
         scored.append(pipe.add(f"{prefix}-reward-{value}", "rewardProcessor.py",
-                               flags(file_path=results_path, **(reward_options or {})) + ["add_reward", f"--value={value}"]
-                               + extra, done=value_done(results_path, value), kind="scoring", after=after))
+                               flags(file_path=results_path, **(reward_options or {}))
+                               + ["add_reward", f"--value={value}"] + extra, done=value_done(results_path, value), kind="scoring", after=after))
     last = pipe.add(f"{prefix}-merge-rewards", "mergeProcessor.py",
                     ["merge_added_rewards", f"--original_file_path={results_path}"],
                     done=values_merged(results_path, values), after=scored)

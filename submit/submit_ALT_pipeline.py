@@ -61,7 +61,8 @@ def main(value_list, iterations=3, model_name="smollm2-135m", data_name="builtin
         output_dir: the run's folder (D above).
         num_validation_prompts: prompts of each validation.
         seed: base seed (trainALT.py seeds iteration i with seed + i).
-        stage_options: further flags per stage as a dict, e.g. "{train: {learning_rate: 1e-5}, sample: {max_new_tokens: 64}}".
+        stage_options: further flags per stage as a dict, e.g.
+            "{train: {learning_rate: 1e-5}, sample: {max_new_tokens: 64}}".
         name: pipeline name (log folder {log_dir}/{name}, job names {name}:{stage}).
         workdir: folder the stages run in (relative paths resolve there).
         backend: "slurm" (sbatch dependency chain) or "local" (subprocesses, in order).

@@ -103,7 +103,8 @@ def main(value_list="sentiment,harmlessness", c_list=None, basemodel_name="smoll
         aligned.append(out)
     if "ppo" in aligner_list:
         import training
-        model_dir = training.sanitize_save_path(os.path.join("modelsPPO", f"{os.path.basename(base_file)[:-5]}-MAP-F_{tag}"))
+        model_dir = training.sanitize_save_path(
+            os.path.join("modelsPPO", f"{os.path.basename(base_file)[:-5]}-MAP-F_{tag}"))
         train = pipe.add("mapf-train", "trainPPO.py",
                          pipeline.flags(lam_list=f"@{lam_file}", value_list=values, model_name=basemodel_name,
                                         data_name=data_name, save_path=model_dir, seed=seed,

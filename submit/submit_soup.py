@@ -46,7 +46,8 @@ def main(value_list, alphas="0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9", beta=0.1, sam
 
     Args:
         value_list: values scored on each soup's generations (perplexity under model_name).
-        alphas: soup factors α (the original: 0.1..0.9); soups go to modelsDPO/soup/{model}-{n}sample-{β}beta-{α}soup.
+        alphas: soup factors α (the original: 0.1..0.9); soups go to
+            modelsDPO/soup/{model}-{n}sample-{β}beta-{α}soup.
         beta, sample_size, model_name, data_source_path, seed, dpo_options: the two DPO runs (as submit_DPO_job.py).
         lora: soup LoRA adapters instead of full weights (train the DPO models with "{use_lora: True}").
         data_name, num_prompts, max_new_tokens, shards: the evaluation generation.
@@ -68,10 +69,9 @@ def main(value_list, alphas="0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9", beta=0.1, sam
     trained = []
     for p in (0.0, 1.0):
         model_dir = os.path.join("modelsDPO", f"{stem}-{p}harmless")
-        trained.append(pipe.add(f"dpo-p{p}-train", "trainDPO.py",
-                                ["train_dpo"] + pipeline.flags(sample_size=int(sample_size), beta=beta, harmless_ratio=p,
-                                                               model_name=model_name, save_path=model_dir, seed=seed,
-                                                               data_source_path=data_source_path, **(dpo_options or {})),
+        args = pipeline.flags(sample_size=int(sample_size), beta=beta, harmless_ratio=p, model_name=model_name,
+                              save_path=model_dir, seed=seed, data_source_path=data_source_path, **(dpo_options or {}))
+        trained.append(pipe.add(f"dpo-p{p}-train", "trainDPO.py", ["train_dpo"] + args,
                                 done=pipeline.model_done(model_dir), kind="training",
                                 inputs=[data_source_path] if data_source_path else []))
     gen_options = {"num_prompts": num_prompts, "max_new_tokens": max_new_tokens, "seed": seed}

@@ -136,8 +136,9 @@ def test_dry_run_prints_the_chain_and_submits_nothing(tmp_path):
     assert "afterok:<base-reward-sentiment>:<base-reward-harmlessness>" in text
     assert text.count("--kill-on-invalid-dep=yes") == 23
     # λ is solved once and handed on as a file
-    assert "optimize_lambda --save_lambda=results/smollm2-135m-builtin_c=0.3,0.9_val=sentiment,harmlessness.lambda.json" in text
-    assert text.count("--lam_list=@results/smollm2-135m-builtin_c=0.3,0.9_val=sentiment,harmlessness.lambda.json") == 3
+    lam_file = "results/smollm2-135m-builtin_c=0.3,0.9_val=sentiment,harmlessness.lambda.json"
+    assert f"optimize_lambda --save_lambda={lam_file}" in text
+    assert text.count(f"--lam_list=@{lam_file}") == 3
     assert "trainPPO.py" in text and "collect_multiple_results" in text
     # GPUs for generation and training, none for merge/assess
     generate = text.split("# ---- generate\n")[1].split("# ----")[0]
