@@ -631,9 +631,13 @@ def execute(pipe, backend="slurm", dry=False, settings=None, show_status=False):
     if backend not in ("slurm", "local"):
         raise PipelineError(f"--backend must be 'slurm' or 'local'; got {backend!r}")
     plan = plan_of(pipe)
-    check_inputs(pipe, plan)
     if dry:
+        try:
+            check_inputs(pipe, plan)
+        except PipelineError as e:  # a preview still shows the plan; a submission would stop here
+            print(f"# warning: {e}")
         return dry_run(pipe, config, plan)
+    check_inputs(pipe, plan)
     check_scripts(pipe, plan)
     if not plan:
         print(f"pipeline {pipe.name}: every stage is complete; nothing to do")
