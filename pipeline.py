@@ -665,6 +665,16 @@ def check_values(values):
         raise PipelineError(e.args[0] if e.args else str(e)) from None
 
 
+# values scored without a neural model (values.py kinds): their add_reward jobs need no GPU
+MODEL_FREE_VALUE_KINDS = {"length", "diversity", "vader", "profanity"}
+
+
+def scoring_kind(value):
+    """"cpu" for a value scored without a model (length, diversity, sentiment, profanity), else "scoring"."""
+    import values as registry
+    return "cpu" if registry.get_spec(value).kind in MODEL_FREE_VALUE_KINDS else "scoring"
+
+
 def count_prompts(data_name, num_prompts=None, seed=0, **prompt_options):
     """How many prompts a generation will cover: loads the source (so a data set that is not available
     fails here, before anything is submitted) and applies num_prompts."""
@@ -754,15 +764,17 @@ def add_mc_generation(pipe, name, model, data_name, save_directory, n_prompts, l
 
 def add_rewards(pipe, prefix, results_path, values, after=(), basemodel_for_perplexity=None, assess=True,
                 evaluation_mode=True, reward_options=None):
-    """`add_reward` per value as parallel jobs → merge_added_rewards → (assess_original_value, writing
-    `{stem}_realC-levels.csv`). Returns the name of the last stage."""
+    """`add_reward` per value as parallel jobs (kind "scoring", or "cpu" for values without a model) →
+    merge_added_rewards → (assess_original_value, writing `{stem}_realC-levels.csv`). Returns the name of
+    the last stage."""
     check_values(values)
     scored = []
     for value in values:
         extra = flags(basemodel_for_perplexity=basemodel_for_perplexity) if value == "perplexity" else []
         scored.append(pipe.add(f"{prefix}-reward-{value}", "rewardProcessor.py",
                                flags(file_path=results_path, **(reward_options or {}))
-                               + ["add_reward", f"--value={value}"] + extra, done=value_done(results_path, value), kind="scoring", after=after))
+                               + ["add_reward", f"--value={value}"] + extra,
+                               done=value_done(results_path, value), kind=scoring_kind(value), after=after))
     last = pipe.add(f"{prefix}-merge-rewards", "mergeProcessor.py",
                     ["merge_added_rewards", f"--original_file_path={results_path}"],
                     done=values_merged(results_path, values), after=scored)

@@ -9,6 +9,8 @@
 #
 # Everything (config, state, spool, logs, pid files) lives in $SLURM_CI_DIR (default /tmp/map-slurm-ci),
 # wiped on start. Clients and jobs find the cluster through SLURM_CONF=$SLURM_CI_DIR/slurm.conf.
+# Authentication: auth/none where this SLURM still has it, else a private munged; SLURM_CI_AUTH=munge
+# forces munge.
 set -euo pipefail
 
 DIR=${SLURM_CI_DIR:-/tmp/map-slurm-ci}
@@ -50,7 +52,7 @@ write_config() {
     END{print c, s, k, t}')
   mem_kb=$(awk '/^MemAvailable:/{print $2}' /proc/meminfo)
   mem_mb=$((mem_kb / 1024 * 9 / 10))
-  if plugin_exists auth_none && plugin_exists cred_none; then
+  if [ "${SLURM_CI_AUTH:-auto}" != munge ] && plugin_exists auth_none && plugin_exists cred_none; then
     auth_lines="AuthType=auth/none
 CredType=cred/none"
   else  # newer SLURM dropped auth/none: a private munged on a socket in $DIR

@@ -144,6 +144,10 @@ def test_dry_run_prints_the_chain_and_submits_nothing(tmp_path):
     generate = text.split("# ---- generate\n")[1].split("# ----")[0]
     merge = text.split("# ---- generate-merge\n")[1].split("# ----")[0]
     assert "#SBATCH --gres=gpu:1" in generate and "--gres" not in merge
+    # model-free values are scored on CPUs, reward models on GPUs
+    assert "#   base-reward-sentiment [cpu] to run <- generate-merge" in text
+    assert [pipeline.scoring_kind(v) for v in ("length", "diversity", "coherence", "gpt2-helpful", "perplexity")] \
+        == ["cpu", "cpu", "scoring", "scoring", "scoring"]
     assert not os.path.exists(tmp_path / "slurm_logs")
 
 
