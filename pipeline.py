@@ -472,14 +472,17 @@ def submit_slurm(pipe, settings, plan):
     folder = log_folder(pipe, settings)
     os.makedirs(os.path.join(folder, "scripts"), exist_ok=True)
     previous = load_state(pipe, settings).get("stages", {})
-    jobs, submitted = {}, []
+    jobs, submitted, submitted_stages = {}, [], set()
     for name, pending in plan.items():
         stage = pipe.stages[name]
         old = previous.get(name, {}).get("job_id")
         if old and any(e["JobState"] in ACTIVE_STATES for e in job_records(old)):
-            jobs[name] = old
-            print(f"{name}: job {old} of the previous submission is still queued or running; keeping it")
-            continue
+            if not any(p in submitted_stages for p in stage.after):
+                jobs[name] = old
+                print(f"{name}: job {old} of the previous submission is still queued or running; keeping it")
+                continue
+            # it waits for a job that is being replaced (e.g. a failed parent it was not yet cancelled for)
+            _run(["scancel", old])
         script = batch_script(pipe, stage, settings, task_ids=pending if stage.is_array else None)
         script_path = os.path.join(folder, "scripts", f"{name}.sh")
         records.write_text_atomic(script, script_path)
@@ -504,6 +507,7 @@ def submit_slurm(pipe, settings, plan):
         job = out.stdout.strip().split(";")[0]
         jobs[name] = job
         submitted.append(job)
+        submitted_stages.add(name)
         previous[name] = {"job_id": job, "script": script_path, "tasks": pending,
                           "log": os.path.join(folder, f"{name}-{'%A_%a' if stage.is_array else '%j'}.log"),
                           "submitted": datetime.datetime.now().isoformat(timespec="seconds")}
@@ -537,6 +541,8 @@ def status(pipe, settings, echo=True):
         log = entry.get("log")
         if log and worst:
             log = _log_path(log, job, worst.get("ArrayTaskId"))
+        if worst and finished == len(stage.tasks) and worst["JobState"] not in ACTIVE_STATES | {"COMPLETED"}:
+            worst = None  # its outputs are complete now (made after that job, e.g. by hand): no failure to report
         rows.append({"stage": name, "kind": stage.kind, "done": f"{finished}/{len(stage.tasks)}", "job_id": job,
                      "state": worst["JobState"] if worst else ("complete" if finished == len(stage.tasks)
                                                                else "not submitted"),

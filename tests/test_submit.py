@@ -275,3 +275,27 @@ def test_status_falls_back_to_the_job_completion_log(tmp_path, monkeypatch):
         time.sleep(0.2)
     entries = pipeline.job_records(job)
     assert [(e["JobId"], e["JobState"], e["ExitCode"]) for e in entries] == [(job, "FAILED", "3:0")]
+
+
+def test_resubmitting_while_jobs_wait_keeps_them(tmp_path):
+    """Running the command again while its jobs are still queued submits nothing new."""
+    need_slurm()
+    from test_pipeline import scored_file
+    os.makedirs(tmp_path / "results")
+    scored_file(tmp_path / "results" / "s.json")
+    settings = settings_file(str(tmp_path), extra=["sbatch_options: [--begin=now+120]"])
+    args = ["--file_path=results/s.json", "--value_list=length,sentiment", "--dims=2,1", "--num_lambda=2",
+            f"--settings={settings}", f"--workdir={tmp_path}"]
+    first = submit("submit_MAP-DPO-PPO_comparison.py", *args, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    ids = job_ids(str(tmp_path), "map-comparison")
+    try:
+        again = submit("submit_MAP-DPO-PPO_comparison.py", *args, cwd=tmp_path)
+        assert again.returncode == 0, again.stderr
+        assert "submitted job" not in again.stdout
+        assert again.stdout.count("of the previous submission is still queued or running; keeping it") == 2
+        assert job_ids(str(tmp_path), "map-comparison") == ids
+        rows, text = status_rows("submit_MAP-DPO-PPO_comparison.py", args, tmp_path)
+        assert rows == {"rand-lambda-2D": "PENDING", "rand-lambda-1D": "PENDING"}, text
+    finally:
+        subprocess.run(["scancel", *ids])
