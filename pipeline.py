@@ -3,8 +3,9 @@
 A pipeline is an ordered graph of stages. A stage is one command line of a toolkit script (gendata.py,
 rewardProcessor.py, ...) or a job array of them (shards over --start_index/--end_index), with
 
-    kind      the resources it needs: "generation" and "training" (GPU), "scoring" (reward models; GPU
-              by default), "cpu" (merge, assess, λ, win rates, figures); sized in the settings YAML
+    kind      the resources it needs: "generation" and "training" (GPU), "scoring" (add_reward of a value
+              with a model; GPU by default), "cpu" (model-free values, merge, assess, λ, win rates,
+              figures); sized in the settings YAML
     after     the stages it waits for
     inputs    files or folders that must exist before anything is submitted (made by no stage)
     done      completion markers, one per task: how to tell from the files that the task's work is
