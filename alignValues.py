@@ -166,7 +166,7 @@ class AlignValues:
                   "samples on average)")
 
     # ---------------------------------------------------------------- the original API
-    def optimize_lambda(self, lambda_init=None, optimize_indices=None, verbose=True):
+    def optimize_lambda(self, lambda_init=None, optimize_indices=None, verbose=True, save_lambda=None):
         """Solve for λ on the palette --c_list and report it.
 
         Args:
@@ -174,6 +174,10 @@ class AlignValues:
                 optimiser starts the optimised entries at 1, as the original).
             optimize_indices: indices of the values whose λ is optimised; the others stay at lambda_init.
             verbose: print the report and append a line to results/alignValues.txt.
+            save_lambda: also write λ to this JSON file ({"lambda", "values", "c", "status", "file_path"}),
+                which other CLIs read as `--lam_list=@FILE` (the pipelines chain λ this way). When λ does not
+                reach the palette nothing is written and the command fails (exit 2), so jobs waiting for λ
+                do not start.
         Returns:
             (lambda_list, success): λ as a list of floats (["NaN"] on failure) and whether it reaches the
             palette (exact solver: KKT verified; legacy: realized levels ≥ c − 0.01, which the original
@@ -186,6 +190,16 @@ class AlignValues:
         if verbose:
             self._print_result(result)
             self.save_results_to_text(lam_list, success)
+        if save_lambda:
+            if not success:
+                raise InputError(f"no λ reaches the palette {self._require_palette().tolist()} of {self.value_list} on "
+                                 f"{self.file_path} (status {result.status}); {save_lambda} was not written. "
+                                 "Choose a feasible palette (the report above suggests one).")
+            records.save_json_atomic({"lambda": lam_list, "values": self.value_list,
+                                      "c": [float(x) for x in self._require_palette()], "status": result.status,
+                                      "file_path": self.file_path, "solver": self.solver,
+                                      "estimator": self.estimator}, save_lambda, indent=2)
+            print(f"optimize_lambda: wrote λ to {save_lambda}")
         return lam_list, success
 
     def _dual_objective(self, lambda_vals):
