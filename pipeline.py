@@ -38,6 +38,7 @@ import time
 from dataclasses import dataclass, field
 
 import records
+from errors import InputError
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_SETTINGS = os.path.join(ROOT, "submit", "cluster.yaml")
@@ -45,9 +46,9 @@ KINDS = ("generation", "scoring", "training", "cpu")
 ACTIVE_STATES = {"PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "SUSPENDED", "REQUEUED", "RESIZING"}
 
 
-class PipelineError(ValueError):
+class PipelineError(InputError):
     """A pipeline cannot be built, submitted or run; the message names the input and the fix.
-    (A ValueError, so cli.main prints it as one `error:` line.)"""
+    (An InputError, so cli.main prints it as one `error:` line.)"""
 
 
 # ---------------------------------------------------------------------------------------------

@@ -42,6 +42,7 @@ def _repo_root():
 sys.path.insert(0, _repo_root())
 import cli  # noqa: E402
 import pipeline  # noqa: E402
+from errors import InputError  # noqa: E402
 
 # what each stage leaves under {output_dir}/iter_{i}/ when it is finished
 OUTPUTS = {"sample": "samples.json", "score": "scores.json", "select": "selected.json",
@@ -75,7 +76,7 @@ def main(value_list, iterations=3, model_name="smollm2-135m", data_name="builtin
     pipeline.check_values(values)
     options = stage_options or {}
     if not isinstance(options, dict) or set(options) - set(OUTPUTS):
-        raise ValueError(f"--stage_options must map stages {list(OUTPUTS)} to flag dicts; got {stage_options!r}")
+        raise InputError(f"--stage_options must map stages {list(OUTPUTS)} to flag dicts; got {stage_options!r}")
     angles = None if directions is None else cli.float_list(directions, "directions")
     pipe = pipeline.Pipeline(name, workdir)
     os.chdir(pipe.workdir)

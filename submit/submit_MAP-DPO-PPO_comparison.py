@@ -36,6 +36,7 @@ def _repo_root():
 sys.path.insert(0, _repo_root())
 import cli  # noqa: E402
 import pipeline  # noqa: E402
+from errors import InputError  # noqa: E402
 
 
 def main(file_path, value_list="all", dims="6,5,4", num_lambda=100, scaling_MAX=6, seed=0, save_directory="results",
@@ -62,7 +63,7 @@ def main(file_path, value_list="all", dims="6,5,4", num_lambda=100, scaling_MAX=
     os.chdir(pipe.workdir)
     for k in [int(x) for x in cli.float_list(dims, "dims")]:
         if not 1 <= k <= len(values):
-            raise ValueError(f"--dims: {k} is not between 1 and the {len(values)} values of --value_list")
+            raise InputError(f"--dims: {k} is not between 1 and the {len(values)} values of --value_list")
         prefix = os.path.join(save_directory, f"rand_MAP_lambda_{k}D")
         pipe.add(f"rand-lambda-{k}D", "alignValues.py",
                  pipeline.flags(value_list=values[:k], file_path=file_path, seed=seed)

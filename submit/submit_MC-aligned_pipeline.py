@@ -36,6 +36,7 @@ def _repo_root():
 sys.path.insert(0, _repo_root())
 import cli  # noqa: E402
 import pipeline  # noqa: E402
+from errors import InputError  # noqa: E402
 
 
 def main(lam_list, value_list, basemodel_name="smollm2-135m", data_name="builtin", save_directory="results",
@@ -67,7 +68,7 @@ def main(lam_list, value_list, basemodel_name="smollm2-135m", data_name="builtin
         numbers = cli.float_list(lam_list, "lam_list")
         lam, lam_tag = ",".join(str(x) for x in numbers), ",".join(f"{x:.3f}" for x in numbers)
     if not lam.startswith("@") and len(lam.split(",")) != len(values):
-        raise ValueError(f"--lam_list has {len(lam.split(','))} entries but --value_list has {len(values)} values")
+        raise InputError(f"--lam_list has {len(lam.split(','))} entries but --value_list has {len(values)} values")
     pipe = pipeline.Pipeline(name, workdir)
     os.chdir(pipe.workdir)
     n = pipeline.count_prompts(data_name, num_prompts, seed=seed)

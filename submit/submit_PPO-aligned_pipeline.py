@@ -36,6 +36,7 @@ def _repo_root():
 sys.path.insert(0, _repo_root())
 import cli  # noqa: E402
 import pipeline  # noqa: E402
+from errors import InputError  # noqa: E402
 
 
 def main(lam_list, value_list, model_name="smollm2-135m", data_name="builtin", save_directory="results/MAP-F",
@@ -72,7 +73,7 @@ def main(lam_list, value_list, model_name="smollm2-135m", data_name="builtin", s
     if str(lam_list).startswith("@"):
         lam = str(lam_list)
         if save_path is None:
-            raise ValueError("with --lam_list=@FILE give --save_path (the default model folder's name holds λ)")
+            raise InputError("with --lam_list=@FILE give --save_path (the default model folder's name holds λ)")
     else:
         numbers = cli.float_list(lam_list, "lam_list")
         lam = ",".join(str(x) for x in numbers)

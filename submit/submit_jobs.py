@@ -40,6 +40,7 @@ def _repo_root():
 
 sys.path.insert(0, _repo_root())
 import pipeline  # noqa: E402
+from errors import InputError  # noqa: E402
 
 
 def main(value_list="sentiment,harmlessness", c_list=None, basemodel_name="smollm2-135m", data_name="builtin",
@@ -69,7 +70,7 @@ def main(value_list="sentiment,harmlessness", c_list=None, basemodel_name="smoll
     values = cli.str_list(value_list, "value_list")
     aligner_list = cli.str_list(aligners, "aligners")
     if set(aligner_list) - {"mc", "ppo"}:
-        raise ValueError(f"--aligners takes mc, ppo or mc,ppo; got {aligners!r}")
+        raise InputError(f"--aligners takes mc, ppo or mc,ppo; got {aligners!r}")
     pipe = pipeline.Pipeline(name, workdir)
     os.chdir(pipe.workdir)  # markers and prompt files resolve where the stages run
     n = pipeline.count_prompts(data_name, num_prompts, seed=seed)
@@ -86,7 +87,7 @@ def main(value_list="sentiment,harmlessness", c_list=None, basemodel_name="smoll
 
     c = cli.float_list(c_list, "c_list")
     if len(c) != len(values):
-        raise ValueError(f"--c_list has {len(c)} levels but --value_list has {len(values)} values")
+        raise InputError(f"--c_list has {len(c)} levels but --value_list has {len(values)} values")
     palette = ",".join(f"{x:g}" for x in c)
     tag = f"c={palette}_val={','.join(values)}"
     lam_file = os.path.join(save_directory, f"{os.path.basename(base_file)[:-5]}_{tag}.lambda.json")
