@@ -22,6 +22,7 @@ import cli
 import records
 import solver
 from values import expand_value_list
+from errors import InputError
 
 LEGACY_REACH_TOL = 0.01  # the original's λ count as reaching c when realized ≥ c − 0.01 (SPEC-MAP §13)
 CSV_HEADER = ["filepath", "c_Levels", "values", "optimized_lambda", "Dirichlet_lambda_ref", "status", "seed"]
@@ -43,7 +44,8 @@ class AlignValues:
             "legacy" (the original Adam optimiser, float32, kept to reproduce published λ).
         estimator: "pooled" (default; one normaliser over all records, as the original and the paper)
             or "per_prompt" (normalise within each prompt; for files with several samples per prompt).
-        tol: KKT tolerance of the exact solver, in reward units.
+        tol: KKT tolerance of the exact solver, as a fraction of each value's spread (the standard
+            deviation of its rewards), so that it means the same at every reward scale.
         legacy_steps: Adam steps of the legacy optimiser (150 in the original; the authors' six-value
             Llama notes were made with 200).
         seed: seed for the random palettes of gen_rand_MAP_lambda; recorded in every CSV row.
@@ -52,9 +54,9 @@ class AlignValues:
     def __init__(self, value_list, file_path, c_list=None, solver="exact", estimator="pooled", tol=1e-6,
                  legacy_steps=150, seed=0):
         if solver not in ("exact", "legacy"):
-            raise ValueError(f"--solver must be 'exact' or 'legacy'; got {solver!r}")
+            raise InputError(f"--solver must be 'exact' or 'legacy'; got {solver!r}")
         if estimator not in ("pooled", "per_prompt"):
-            raise ValueError(f"--estimator must be 'pooled' or 'per_prompt'; got {estimator!r}")
+            raise InputError(f"--estimator must be 'pooled' or 'per_prompt'; got {estimator!r}")
         self.value_list = expand_value_list(value_list)
         self.file_path = file_path
         self.solver, self.estimator, self.tol = solver, estimator, float(tol)
@@ -65,7 +67,7 @@ class AlignValues:
         if estimator == "per_prompt":
             self.groups = records.prompt_groups(self.records)
             if self.groups.max() + 1 == len(self.records):
-                raise ValueError(f"--estimator=per_prompt needs several samples per prompt, but every prompt in "
+                raise InputError(f"--estimator=per_prompt needs several samples per prompt, but every prompt in "
                                  f"{file_path!r} has one. Generate with --samples_per_prompt > 1, or use pooled.")
         self.c = None if c_list is None else self._palette(c_list, "c_list")
         self.result = None
@@ -74,15 +76,15 @@ class AlignValues:
     def _palette(self, c, name):
         levels = np.array(cli.float_list(c, name))
         if levels.size != len(self.value_list):
-            raise ValueError(f"{name} has {levels.size} levels but value_list {self.value_list} has "
+            raise InputError(f"{name} has {levels.size} levels but value_list {self.value_list} has "
                              f"{len(self.value_list)} values; give one level per value, in the same order.")
         if not np.all(np.isfinite(levels)):
-            raise ValueError(f"{name} must be finite numbers; got {levels.tolist()}")
+            raise InputError(f"{name} must be finite numbers; got {levels.tolist()}")
         return levels
 
     def _require_palette(self):
         if self.c is None:
-            raise ValueError("this command needs a palette: pass --c_list with one level per value "
+            raise InputError("this command needs a palette: pass --c_list with one level per value "
                              f"({', '.join(self.value_list)})")
         return self.c
 
@@ -109,9 +111,14 @@ class AlignValues:
                                         kl=np.nan, ess=np.nan, iterations=self.legacy_steps, max_violation=np.nan,
                                         message="legacy optimiser overflowed (the original reports this as "
                                         "infeasible; it proves nothing)")
+        # The original reports success whenever λ did not overflow, even when it misses c; here the
+        # status, the return value and the λ log all follow one verdict: does λ reach c (within 0.01)?
         result = solver.evaluate_lambda(self.rewards, lam, c, groups=self.groups, tol=LEGACY_REACH_TOL)
         result.iterations = self.legacy_steps
-        result.extra["legacy_success"] = True
+        result.extra["legacy_lambda"] = lam
+        if not result.success:
+            result.message += (f" (legacy λ = {_fmt(lam)} after {self.legacy_steps} Adam steps; the original "
+                               "would report it as a success)")
         return result
 
     def evaluate(self, lam, c=None):
@@ -130,26 +137,36 @@ class AlignValues:
             for i, v in enumerate(self.value_list):
                 print(f"  {v:<{width}}{result.c[i]:>10.4f}{mean[i]:>11.4f}{suggested[i]:>13.4f}"
                       f"{result.certificate[i]:>9.4f}")
-            print(f"  certificate: along d, every sample falls short of the palette: "
-                  f"mean_g max_j d.r_j - d.c = {result.certificate_gap:.4g} < 0")
+            if self.groups is None:
+                print(f"  certificate: along d, every sample falls short of the palette: "
+                      f"mean_g max_j d.r_j - d.c = {result.certificate_gap:.4g} < 0")
+            else:  # per prompt, only the average of the prompts' best samples need fall short
+                print(f"  certificate: along d, the mean over prompts of each prompt's best sample falls short of "
+                      f"the palette: mean_g max_j d.r_j - d.c = {result.certificate_gap:.4g} < 0")
             if result.suggested_palette is not None:
                 print(f"  suggested c is the nearest feasible palette on the segment from the mean levels toward c "
                       f"(rho = {result.suggested_rho:.4f}; boundary at {result.boundary_rho:.4f})")
             return
         print(f"[{title}] status: {result.status}"
-              + (f" ({result.iterations} iterations, max KKT violation {result.max_violation:.1e})"
+              + (f" ({result.iterations} iterations, max KKT violation {result.max_violation:.1e}, "
+                 f"{result.relative_violation:.1e} of the value's spread)"
                  if np.isfinite(result.max_violation) else "")
               + (f" - {result.message}" if result.message else ""))
         print(f"  {'value':<{width}}{'c':>10}{'realized':>11}{'slack':>10}{'lambda':>11}")
         for i, v in enumerate(self.value_list):
             print(f"  {v:<{width}}{result.c[i]:>10.4f}{result.realized[i]:>11.4f}{result.slack[i]:>10.4f}"
                   f"{result.lam[i]:>11.4f}")
-        if np.isfinite(result.kl):
+        if np.isfinite(result.kl) and self.groups is None:
             print(f"  KL(p_lambda || p0) = {result.kl:.4f} nats; effective sample size = {result.ess:.1f} "
                   f"of {len(self.records)} records")
+        elif np.isfinite(result.kl):  # the per-prompt estimator's ESS is a per-prompt average
+            prompts = int(self.groups.max()) + 1
+            print(f"  KL(p_lambda || p0) = {result.kl:.4f} nats (mean over prompts); effective sample size = "
+                  f"{result.ess:.1f} per prompt (mean over {prompts} prompts of {len(self.records) / prompts:.1f} "
+                  "samples on average)")
 
     # ---------------------------------------------------------------- the original API
-    def optimize_lambda(self, lambda_init=None, optimize_indices=None, verbose=True):
+    def optimize_lambda(self, lambda_init=None, optimize_indices=None, verbose=True, save_lambda=None):
         """Solve for λ on the palette --c_list and report it.
 
         Args:
@@ -157,17 +174,32 @@ class AlignValues:
                 optimiser starts the optimised entries at 1, as the original).
             optimize_indices: indices of the values whose λ is optimised; the others stay at lambda_init.
             verbose: print the report and append a line to results/alignValues.txt.
+            save_lambda: also write λ to this JSON file ({"lambda", "values", "c", "status", "file_path"}),
+                which other CLIs read as `--lam_list=@FILE` (the pipelines chain λ this way). When λ does not
+                reach the palette nothing is written and the command fails (exit 2), so jobs waiting for λ
+                do not start.
         Returns:
             (lambda_list, success): λ as a list of floats (["NaN"] on failure) and whether it reaches the
-            palette (exact solver: KKT verified; legacy: the original's no-overflow test).
+            palette (exact solver: KKT verified; legacy: realized levels ≥ c − 0.01, which the original
+            did not check). The printed status and the line in results/alignValues.txt say the same.
         """
         result = self.solve(lambda_init=lambda_init, optimize_indices=optimize_indices)
         self.result = result
-        success = bool(result.extra.get("legacy_success", result.success))
+        success = result.success
         lam_list = [float(x) for x in result.lam] if success else ["NaN"]
         if verbose:
             self._print_result(result)
-            self.save_results_to_text(lam_list if result.success else ["NaN"], result.success)
+            self.save_results_to_text(lam_list, success)
+        if save_lambda:
+            if not success:
+                raise InputError(f"no λ reaches the palette {self._require_palette().tolist()} of {self.value_list} on "
+                                 f"{self.file_path} (status {result.status}); {save_lambda} was not written. "
+                                 "Choose a feasible palette (the report above suggests one).")
+            records.save_json_atomic({"lambda": lam_list, "values": self.value_list,
+                                      "c": [float(x) for x in self._require_palette()], "status": result.status,
+                                      "file_path": self.file_path, "solver": self.solver,
+                                      "estimator": self.estimator}, save_lambda, indent=2)
+            print(f"optimize_lambda: wrote λ to {save_lambda}")
         return lam_list, success
 
     def _dual_objective(self, lambda_vals):
@@ -251,7 +283,7 @@ class AlignValues:
         the distance moved) below it so that λ stays finite. Saves the line and returns that level.
         """
         if value_to_enhance not in self.value_list:
-            raise ValueError(f"value_to_enhance={value_to_enhance!r} is not in value_list {self.value_list}")
+            raise InputError(f"value_to_enhance={value_to_enhance!r} is not in value_list {self.value_list}")
         c = self._require_palette().copy()
         d = self.value_list.index(value_to_enhance)
         top = solver.max_feasible_level(self.rewards, c, d, groups=self.groups)
@@ -329,7 +361,7 @@ class AlignValues:
             with open(path, encoding="utf-8") as f:
                 header = next(csv.reader(f), [])
             if header != CSV_HEADER:
-                raise ValueError(f"{path} has columns {header}, not {CSV_HEADER}; choose another --save_prefix")
+                raise InputError(f"{path} has columns {header}, not {CSV_HEADER}; choose another --save_prefix")
         buffer = io.StringIO()
         writer = csv.writer(buffer, quoting=csv.QUOTE_NONNUMERIC)
         if new:

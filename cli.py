@@ -1,30 +1,43 @@
-"""What the top-level fire CLIs share: one entry point (user errors print one clear line, not a
-traceback) and the normalisation of list arguments as fire passes them."""
+"""What the top-level fire CLIs share: one entry point (the project's input errors print one clear
+line, not a traceback; bugs keep theirs) and the normalisation of list arguments as fire passes them."""
 import math
 import os
 import sys
 
 import fire
 
+from errors import InputError
 
-def main(component):
-    """Run `component` under python-fire. Bad input (ValueError, KeyError) and anything missing or
-    unreachable here (OSError: a file, a model or data set not available offline, permissions) exit
-    with status 2 and the message alone; set MAP_DEBUG=1 to see the traceback."""
+
+def main(component, **fire_kwargs):
+    """Run `component` under python-fire (fire_kwargs go to fire.Fire), reporting input errors as
+    `report_input_errors` does."""
+    return report_input_errors(fire.Fire, component, **fire_kwargs)
+
+
+def report_input_errors(fn, *args, **kwargs):
+    """Call fn(*args, **kwargs) for a command line. The project's own input errors (errors.InputError
+    and its subclasses: records.RecordsError, a missing file or model, an unknown value, a bad
+    palette, ...) exit with status 2 and the message alone; set MAP_DEBUG=1 to see their traceback.
+    Any other exception (KeyError, TypeError, a library's ValueError, ...) is a bug, not bad input:
+    it keeps its traceback and exits 1."""
     try:
-        fire.Fire(component)
-    except (ValueError, KeyError, OSError) as e:
+        return fn(*args, **kwargs)
+    except InputError as e:
         if os.environ.get("MAP_DEBUG"):
             raise
-        message = e.args[0] if isinstance(e, KeyError) and e.args else e
-        print(f"error: {message}", file=sys.stderr)
+        print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
 
 
 def float_list(x, name):
     """A list of floats from what fire passes: a number (`--c=0.5`), a tuple (`--c=1,2`), a string
-    ("1, 2" or "[1,2]"), or a list/array. Raises ValueError naming `--{name}` for anything else,
+    ("1, 2" or "[1,2]"), or a list/array, or "@FILE": the "lambda" list of a JSON file written by
+    `alignValues.py ... optimize_lambda --save_lambda=FILE` (how pipelines pass a solved λ on).
+    Raises errors.InputError naming `--{name}` for anything else,
     an empty list or non-finite numbers."""
+    if isinstance(x, str) and x.startswith("@"):
+        x = _lambda_file(x[1:], name)
     if isinstance(x, str):
         items = [s for s in x.replace(" ", "").strip("[]").split(",") if s]
     elif isinstance(x, (int, float)) and not isinstance(x, bool):
@@ -32,39 +45,56 @@ def float_list(x, name):
     elif hasattr(x, "__iter__"):
         items = [v for v in (x.ravel() if hasattr(x, "ravel") else x)]
     else:
-        raise ValueError(f"--{name} must be a number or a comma-separated list of numbers; got {x!r}")
+        raise InputError(f"--{name} must be a number or a comma-separated list of numbers; got {x!r}")
     try:
         out = [float(v) for v in items]
     except (TypeError, ValueError):
-        raise ValueError(f"--{name} must hold numbers only; got {x!r}") from None
+        raise InputError(f"--{name} must hold numbers only; got {x!r}") from None
     if not out or not all(math.isfinite(v) for v in out):
-        raise ValueError(f"--{name} must be a non-empty list of finite numbers; got {x!r}")
+        raise InputError(f"--{name} must be a non-empty list of finite numbers; got {x!r}")
     return out
+
+
+def _lambda_file(path, name):
+    import json
+    if not os.path.isfile(path):
+        raise InputError(f"--{name}=@{path}: file not found; write it with python alignValues.py --c_list=... "
+                         f"--value_list=... --file_path=... optimize_lambda --save_lambda={path}")
+    with open(path, encoding="utf-8") as f:
+        try:
+            data = json.load(f)
+        except json.JSONDecodeError as e:
+            raise InputError(f"--{name}=@{path}: not valid JSON ({e.msg}); rewrite it with optimize_lambda "
+                             "--save_lambda") from None
+    if not isinstance(data, dict) or "lambda" not in data:
+        raise InputError(f"--{name}=@{path}: expected a JSON object with a \"lambda\" list (from optimize_lambda "
+                         "--save_lambda)")
+    return data["lambda"]
 
 
 def str_list(x, name):
     """A list of strings from what fire passes: a comma-separated string or a list/tuple (fire makes
-    `--x=a,b` a tuple). Items are stripped; empty ones dropped. Raises ValueError naming `--{name}`
+    `--x=a,b` a tuple). Items are stripped; empty ones dropped. Raises errors.InputError naming `--{name}`
     for other types or an empty list."""
     if isinstance(x, str):
         items = x.split(",")
     elif isinstance(x, (list, tuple)):
         items = [str(v) for v in x]
     else:
-        raise ValueError(f"--{name} must be a comma-separated string or a list; got {x!r}")
+        raise InputError(f"--{name} must be a comma-separated string or a list; got {x!r}")
     items = [s.strip() for s in items if s.strip()]
     if not items:
-        raise ValueError(f"--{name} is empty")
+        raise InputError(f"--{name} is empty")
     return items
 
 
 def values_and_lambda(value_list, lam_list):
     """The aligned values (values.expand_value_list) and their λ, one per value, as lists.
-    Raises ValueError when the counts differ."""
+    Raises errors.InputError when the counts differ."""
     from values import expand_value_list
     values = expand_value_list(value_list)
     lam = float_list(lam_list, "lam_list")
     if len(lam) != len(values):
-        raise ValueError(f"--lam_list has {len(lam)} entries but --value_list names {len(values)} values "
+        raise InputError(f"--lam_list has {len(lam)} entries but --value_list names {len(values)} values "
                          f"({values}); give one λ per value, in the same order.")
     return values, lam

@@ -26,12 +26,13 @@ import numpy as np
 
 import cli
 import records
+from errors import InputError
 import values as values_registry
 
 MC_KEYS = ("chosen_index", "mc_ess")
 
 
-class DecodingError(ValueError):
+class DecodingError(InputError):
     """Bad decoding inputs (λ, values, rewards); the message names the input and the fix."""
 
 

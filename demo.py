@@ -25,8 +25,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-import fire  # noqa: E402
-
 import cli  # noqa: E402
 import records  # noqa: E402
 from alignValues import AlignValues  # noqa: E402
@@ -156,4 +154,4 @@ def main(model=DEFAULT_MODEL, data_name="builtin", num_prompts=128, max_new_toke
 
 
 if __name__ == "__main__":
-    fire.Fire(main, serialize=lambda _: None)
+    cli.main(main, serialize=lambda _: None)

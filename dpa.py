@@ -26,13 +26,15 @@ import re
 
 import numpy as np
 
+from errors import InputError
+
 PREAMBLE = "You are a helpful, respectful and honest assistant."
 TEMPLATE = PREAMBLE + " Your response should maximize weighted rating = {terms}."
 PALETTE_TEMPLATE = PREAMBLE + " Your response should reach these expected levels: {terms}."
 MAX_TRAIN_ANGLE = 45.0
 
 
-class DPAError(ValueError):
+class DPAError(InputError):
     """Bad DPA input (direction, weights, palette, template); the message names the input."""
 
 
@@ -41,7 +43,10 @@ class DPAError(ValueError):
 
 def direction_from_angle(theta_deg):
     """v = (cos θ, sin θ) for θ in degrees; θ must lie in [−90°, 90°] (the first objective's weight ≥ 0)."""
-    theta = float(theta_deg)
+    try:
+        theta = float(theta_deg)
+    except (TypeError, ValueError):
+        raise DPAError(f"direction θ={theta_deg!r} is not a number of degrees") from None
     if not math.isfinite(theta) or abs(theta) > 90.0:
         raise DPAError(f"direction θ={theta_deg!r}° is outside [−90°, 90°]; DPA directions keep the first "
                        "objective's weight ≥ 0 (training uses [−45°, 45°])")
@@ -239,13 +244,13 @@ def system_prompt_for(direction=None, weights=None, objectives="helpfulness,verb
     if direction is not None:
         if len(names) != 2:
             raise DPAError(f"--direction=θ needs two objectives; --objectives names {len(names)}: {names}")
+        w = integer_weights(direction_from_angle(direction))
         theta = float(direction)
-        w = integer_weights(direction_from_angle(theta))
     else:
         theta = None
         try:
             w = check_weights(cli.float_list(weights, "weights"), k=len(names))
-        except ValueError as e:
+        except InputError as e:
             raise DPAError(f"--weights: {e}") from None
     system = render_system_prompt(w, names)
     return {"theta": theta, "weights": w, "system": system}, system

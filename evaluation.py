@@ -6,17 +6,22 @@ units; quantiles and win rates are shares in [0, 1].
 
 Fixes against the original plot_cal_winrate (SPEC-MAP §10, §14):
 * ties count ½, not as losses;
-* records are paired by prompt id, never silently by list position (see `paired_prompt_scores`);
-* the standard error is that of the per-prompt scores (0, ½ or 1), which equals the original
-  √(p(1−p)/n) when there are no ties.
+* records are paired by prompt id, never silently by list position (see `paired_prompt_samples`);
+* within a prompt every model sample is compared with every base sample (a U-statistic), so two
+  identical models score ½ in expectation whatever their sample counts (averaging each prompt's
+  samples first, as this module once did, does not: the mean of 8 skewed samples beats one sample
+  more than half the time);
+* the standard error is that of the per-prompt scores, which equals the original √(p(1−p)/n) for
+  one sample per prompt and no ties.
 """
 import numpy as np
 
 import records
+from errors import InputError
 import solver
 
 
-class EvaluationError(ValueError):
+class EvaluationError(InputError):
     """Inputs that cannot be compared; the message names them and the fix."""
 
 
@@ -79,15 +84,7 @@ def _has_prompt_ids(recs):
     return all(flags)
 
 
-def _group_means(matrix, keys):
-    """Per-key means of the columns of `matrix` (k, n); returns (sorted unique keys, (k, m))."""
-    unique, inverse = np.unique(np.asarray(keys), return_inverse=True)
-    counts = np.bincount(inverse, minlength=unique.size)
-    sums = np.stack([np.bincount(inverse, weights=row, minlength=unique.size) for row in matrix])
-    return unique, sums / counts
-
-
-def paired_prompt_scores(model_records, base_records, metrics, model_source="model file",
+def paired_prompt_samples(model_records, base_records, metrics, model_source="model file",
                          base_source="base file"):
     """Pair two results files prompt by prompt and return their per-prompt rewards.
 
@@ -96,11 +93,11 @@ def paired_prompt_scores(model_records, base_records, metrics, model_source="mod
       prompt ids, and a prompt id must have the same prompt text in both files.
     * otherwise (files from the original project carry no ids): pair by position, allowed only
       when both files have the same length and the same prompt at every position.
-    Several samples of one prompt (e.g. MC samples) are averaged first: the unit of a win rate is
-    the prompt, so a prompt with 16 samples weighs as much as one with a single sample.
+    A prompt may have several samples in either file (e.g. MC samples), in different numbers.
 
-    Returns (model (k, m), base (k, m), prompt_keys (m,)) float64 arrays in the order of
-    `metrics`. Raises EvaluationError naming the mismatch (nothing is paired silently).
+    Returns (model (k, n_model), base (k, n_base), model_prompt (n_model,), base_prompt (n_base,),
+    prompt_keys (G,)): the rewards in the order of `metrics` and each record's prompt as an index
+    into prompt_keys. Raises EvaluationError naming the mismatch (nothing is paired silently).
     """
     metrics = list(metrics)
     model_ids, base_ids = _has_prompt_ids(model_records), _has_prompt_ids(base_records)
@@ -129,9 +126,9 @@ def paired_prompt_scores(model_records, base_records, metrics, model_source="mod
                 raise EvaluationError(
                     f"prompt_id {pid} has different prompts in {model_source} ({text[:60]!r}) and {base_source} "
                     f"({other[:60]!r}): the files come from different prompt sources and cannot be paired.")
-        keys_m, model = _group_means(model, [r["prompt_id"] for r in model_records])
-        keys_b, base = _group_means(base, [r["prompt_id"] for r in base_records])
-        return model, base, keys_m
+        keys, model_prompt = np.unique(np.asarray([r["prompt_id"] for r in model_records]), return_inverse=True)
+        base_prompt = np.searchsorted(keys, np.asarray([r["prompt_id"] for r in base_records]))
+        return model, base, model_prompt, base_prompt, keys
 
     if len(model_records) != len(base_records):
         raise EvaluationError(
@@ -144,7 +141,8 @@ def paired_prompt_scores(model_records, base_records, metrics, model_source="mod
                 f"record {j} has different prompts in {model_source} ({str(a.get('prompt'))[:60]!r}) and "
                 f"{base_source} ({str(b.get('prompt'))[:60]!r}): position pairing needs the same prompts in the "
                 "same order. Regenerate them with this toolkit (it stores prompt ids).")
-    return model, base, np.arange(len(model_records))
+    positions = np.arange(len(model_records))
+    return model, base, positions, positions, positions
 
 
 def win_rate(model_scores, base_scores):
@@ -162,15 +160,42 @@ def win_rate(model_scores, base_scores):
     return float(scores.mean()), standard_error(scores)
 
 
+def prompt_win_scores(model_scores, base_scores, model_prompt, base_prompt, num_prompts):
+    """Per-prompt win scores over all within-prompt sample pairs (a two-sample U-statistic):
+    score_g = mean over model samples a and base samples b of prompt g of [a > b] + ½[a = b].
+
+    model_scores (n_model,), base_scores (n_base,); model_prompt, base_prompt: each sample's prompt
+    index in [0, num_prompts). Every prompt needs a sample in both. Returns (num_prompts,) in [0, 1].
+    """
+    model_scores, base_scores = np.asarray(model_scores, np.float64), np.asarray(base_scores, np.float64)
+    model_order, base_order = np.argsort(model_prompt, kind="stable"), np.argsort(base_prompt, kind="stable")
+    model_cuts = np.searchsorted(np.asarray(model_prompt)[model_order], np.arange(num_prompts + 1))
+    base_cuts = np.searchsorted(np.asarray(base_prompt)[base_order], np.arange(num_prompts + 1))
+    scores = np.empty(num_prompts)
+    for g in range(num_prompts):
+        a = model_scores[model_order[model_cuts[g]:model_cuts[g + 1]]]
+        b = np.sort(base_scores[base_order[base_cuts[g]:base_cuts[g + 1]]])
+        if a.size == 0 or b.size == 0:
+            raise EvaluationError(f"prompt {g} has no sample in one of the files; cannot compare it.")
+        below, not_above = np.searchsorted(b, a, side="left"), np.searchsorted(b, a, side="right")
+        scores[g] = (below.sum() + 0.5 * (not_above - below).sum()) / (a.size * b.size)
+    return scores
+
+
 def win_rates(model_records, base_records, metrics, model_source="model file", base_source="base file"):
     """Win rate and its standard error for each metric, model vs base, paired per prompt.
 
-    Returns {metric: rate, f"{metric}_SE": se, ..., "n_prompts": m}.
+    Each prompt scores the share of its (model sample, base sample) pairs the model wins, ties ½
+    (prompt_win_scores); prompts weigh equally, so a prompt with 16 samples counts as much as one
+    with a single sample. The SE is that of the per-prompt scores (standard_error).
+    Returns {metric: rate, f"{metric}_SE": se, ..., "n_prompts": G}.
     """
-    model, base, keys = paired_prompt_scores(model_records, base_records, metrics, model_source, base_source)
+    model, base, model_prompt, base_prompt, keys = paired_prompt_samples(
+        model_records, base_records, metrics, model_source, base_source)
     out = {}
     for i, metric in enumerate(metrics):
-        out[metric], out[f"{metric}_SE"] = win_rate(model[i], base[i])
+        scores = prompt_win_scores(model[i], base[i], model_prompt, base_prompt, len(keys))
+        out[metric], out[f"{metric}_SE"] = float(scores.mean()), standard_error(scores)
     out["n_prompts"] = int(len(keys))
     return out
 

@@ -19,13 +19,14 @@ import os
 
 import cli
 import records
+from errors import InputError, NotFoundError
 
 HUB_DATASET = "Anthropic/hh-rlhf"
 SHUFFLE_SEED = 6  # the original's seed, for both the per-source and the final shuffle
 HUMAN, ASSISTANT = "Human:", "Assistant:"
 
 
-class DataNotAvailableError(OSError):
+class DataNotAvailableError(NotFoundError):
     """Preference data cannot be loaded here; the message names the source and the fix."""
 
 
@@ -75,7 +76,7 @@ def source_counts(data_source, sample_size):
     weights = {k: float(v) for k, v in data_source.items()}
     bad = {k: v for k, v in weights.items() if not (v >= 0 and math.isfinite(v))}
     if bad:
-        raise ValueError(f"data_source weights must be finite and >= 0; got {bad}")
+        raise InputError(f"data_source weights must be finite and >= 0; got {bad}")
     raw = {k: w * int(sample_size) for k, w in weights.items() if w > 0}
     counts = {k: int(math.floor(v + 1e-9)) for k, v in raw.items()}
     total = int(round(sum(raw.values())))
@@ -157,14 +158,14 @@ def gen_mixed_preference_data(data_source, sample_size, split, data_source_path=
         data_source = json.loads(data_source)
     counts = source_counts(data_source, sample_size)
     if not counts:
-        raise ValueError(f"data_source {data_source!r} has no source with positive weight")
+        raise InputError(f"data_source {data_source!r} has no source with positive weight")
     if isinstance(data_source_path, str) and os.path.isfile(data_source_path) and len(counts) > 1:
         _local_file(data_source_path, next(iter(counts)), split, len(counts))  # raises the clear error
     parts = []
     for source, n in counts.items():
         rows = load_source(source, split, data_source_path).shuffle(seed=seed)
         if n > len(rows):
-            raise ValueError(f"source {source!r} ({split}) has {len(rows)} rows; {n} requested. Lower sample_size.")
+            raise InputError(f"source {source!r} ({split}) has {len(rows)} rows; {n} requested. Lower sample_size.")
         rows = rows.select(range(n))
         part = rows.map(preprocess_data, batched=True, batch_size=100, remove_columns=rows.column_names,
                         fn_kwargs={"max_words": max_words})
@@ -185,7 +186,7 @@ def main(harmless_ratio=0.5, sample_size=2000, split="train", save_path=None, da
     """
     p = float(harmless_ratio)
     if not 0.0 <= p <= 1.0:
-        raise ValueError(f"--harmless_ratio must lie in [0, 1]; got {harmless_ratio!r}")
+        raise InputError(f"--harmless_ratio must lie in [0, 1]; got {harmless_ratio!r}")
     data = gen_mixed_preference_data({"harmless": p, "helpful": 1.0 - p}, sample_size, split,
                                      data_source_path=data_source_path, max_words=max_words, seed=seed)
     save_path = save_path or os.path.join("results", f"hh-mixture-{sample_size}sample-{p}harmless-{split}.json")

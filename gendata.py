@@ -39,6 +39,7 @@ import records
 from models import (DEFAULT_MODEL, format_prompts, load_model_and_tokenizer, model_fingerprint, model_info,
                     model_short_name)
 from prompts import data_tag, load_prompts
+from errors import InputError
 
 
 def block_seed(seed, key, chunk=0):
@@ -58,7 +59,7 @@ def parse_chat_flag(use_chat_template):
             return True
         if low in ("false", "0", "no"):
             return False
-        raise ValueError(f"use_chat_template must be auto, True or False; got {use_chat_template!r}")
+        raise InputError(f"use_chat_template must be auto, True or False; got {use_chat_template!r}")
     return bool(use_chat_template)
 
 
@@ -154,9 +155,9 @@ class TextGeneration:
                          "max_new_tokens": int(max_new_tokens), "do_sample": bool(do_sample)}
         self.samples_per_prompt = int(samples_per_prompt)
         if self.samples_per_prompt < 1:
-            raise ValueError(f"samples_per_prompt must be ≥ 1; got {samples_per_prompt}")
+            raise InputError(f"samples_per_prompt must be ≥ 1; got {samples_per_prompt}")
         if self.num_prompts is not None and self.num_prompts < 1:
-            raise ValueError(f"num_prompts must be ≥ 1; got {num_prompts}")
+            raise InputError(f"num_prompts must be ≥ 1; got {num_prompts}")
         self.checkpoint_every = max(1, int(checkpoint_every))
         self.overwrite, self.progress = bool(overwrite), bool(progress)
         self.conditioning = check_conditioning(conditioning)
@@ -258,7 +259,7 @@ class TextGeneration:
         start = int(start_index)
         end = n if end_index is None else min(int(end_index), n)
         if start < 0 or start >= n or end <= start:
-            raise ValueError(f"invalid prompt range start_index={start_index}, end_index={end_index}: the source "
+            raise InputError(f"invalid prompt range start_index={start_index}, end_index={end_index}: the source "
                              f"has {n} prompts; need 0 ≤ start_index < end_index (≤ {n}).")
         return start, end
 
@@ -292,7 +293,7 @@ class TextGeneration:
         from tqdm.auto import tqdm
         batch_size = int(batch_size)
         if batch_size < 1:
-            raise ValueError(f"batch_size must be ≥ 1; got {batch_size}")
+            raise InputError(f"batch_size must be ≥ 1; got {batch_size}")
         prompts = self.prompts
         start, end = self._range(start_index, end_index, len(prompts))
         path = self.output_path(start_index, end_index)

@@ -101,8 +101,14 @@ class PaletteSession:
             lines.append(f"| {values_registry.display_name(v)} (`{v}`) | {c[i]:.4g} | {result.lam[i]:.4g} | "
                          f"{result.realized[i]:.4g} | {self.mean[i]:.4g} |")
         lines.append("")
-        lines.append(f"KL(p_λ‖p0) = {result.kl:.4g} nats, effective sample size {result.ess:.1f} of "
-                     f"{self.R.shape[1]} reference samples.")
+        if self.groups is None:
+            lines.append(f"KL(p_λ‖p0) = {result.kl:.4g} nats, effective sample size {result.ess:.1f} of "
+                         f"{self.R.shape[1]} reference samples.")
+        else:  # the per-prompt estimator: both are averages over prompts
+            prompts = int(self.groups.max()) + 1
+            lines.append(f"KL(p_λ‖p0) = {result.kl:.4g} nats (mean over prompts), effective sample size "
+                         f"{result.ess:.1f} per prompt (mean over {prompts} prompts of "
+                         f"{self.R.shape[1] / prompts:.1f} samples on average).")
         if result.status == solver.INFEASIBLE and result.suggested_palette is not None:
             lines.append("")
             lines.append("Suggested feasible palette: " + ", ".join(

@@ -27,6 +27,7 @@ import cli
 import models
 import records
 import training
+from errors import ExistsError, InputError
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
 SKIP_FILES = {"model.safetensors.index.json", "pytorch_model.bin.index.json", training.METADATA_FILE,
@@ -34,7 +35,7 @@ SKIP_FILES = {"model.safetensors.index.json", "pytorch_model.bin.index.json", tr
 ADAPTER_FILE = "adapter_model.safetensors"
 
 
-class SoupError(ValueError):
+class SoupError(InputError):
     """The models cannot be souped; the message names the mismatch and the fix."""
 
 
@@ -149,8 +150,8 @@ def _copy_side_files(src, dst):
 
 def _prepare_output(save_path, overwrite):
     if os.path.exists(save_path) and not overwrite:
-        raise FileExistsError(f"{save_path!r} exists; pass --overwrite=True to replace it or choose another "
-                              "--save_path")
+        raise ExistsError(f"{save_path!r} exists; pass --overwrite=True to replace it or choose another "
+                          "--save_path")
     parent = os.path.dirname(os.path.abspath(save_path))
     os.makedirs(parent, exist_ok=True)
     return tempfile.mkdtemp(dir=parent, prefix=f".tmp-{os.path.basename(os.path.normpath(save_path))}-")

@@ -25,9 +25,10 @@ import urllib.parse
 
 import cli
 import records
+from errors import ExistsError
 from records import RecordsError
 
-class OutputExistsError(FileExistsError, ValueError):
+class OutputExistsError(ExistsError):
     """An output file already exists and would be replaced; the message names it and the override flag.
     (A ValueError too, so the CLIs report it as one line, like other bad inputs.)"""
 
@@ -216,7 +217,7 @@ class MergeProcessor:
         print(f"merge: added {sorted(columns)} to {len(recs)} records of {target}{note}")
         return target
 
-    def merge_gendata_bypattern(self, json_file_pattern, keep_shards=False, overwrite=False):
+    def merge_gendata_bypattern(self, json_file_pattern, keep_shards=False, overwrite=False, output_path=None):
         """Join generation shards `{dir}/temp/{prefix}_{start}to{end}.json` into `{dir}/{prefix}.json`.
 
         Args:
@@ -225,6 +226,8 @@ class MergeProcessor:
                 sidecars, checkpoints) are ignored.
             keep_shards: keep the shard files after merging (default: delete them, as the original).
             overwrite: replace an existing merged file (default: refuse).
+            output_path: write the merged file here instead (pipelines use it when the shard names hold a λ
+                that is only solved while the pipeline runs).
         Returns:
             the merged file's path (one folder above `temp/`, or the shards' folder when it is not `temp`).
         Raises:
@@ -281,7 +284,7 @@ class MergeProcessor:
 
         folder = folders[0]
         out_dir = os.path.dirname(folder) if os.path.basename(os.path.normpath(folder)) == "temp" else folder
-        target = os.path.join(out_dir, prefixes[0] + extensions[0])  # the shards' format
+        target = output_path or os.path.join(out_dir, prefixes[0] + extensions[0])  # the shards' format
         if os.path.exists(target) and not overwrite:
             raise OutputExistsError(f"{target} already exists; pass --overwrite=True to replace it with the merged "
                                   "shards (nothing was changed).")

@@ -23,6 +23,8 @@ import shutil
 import sys
 import tempfile
 
+from errors import InputError, NotFoundError
+
 DEFAULT_MODEL = "smollm2-135m"
 
 # Original MAP short names -> hub ids (SPEC-MAP §3).
@@ -45,7 +47,7 @@ CONVERSION_VERSION = 1
 DTYPES = ("float32", "bfloat16", "float16", "auto")
 
 
-class ModelNotAvailableError(OSError):
+class ModelNotAvailableError(NotFoundError):
     """A model cannot be loaded here (missing folder, uncached hub id, missing wheel); the message
     names the model and the fix."""
 
@@ -117,7 +119,7 @@ def resolve_model_name(model_name):
     loaded the given path).
     """
     if not isinstance(model_name, str) or not model_name.strip():
-        raise ValueError(f"model_name must be a non-empty string; got {model_name!r}. "
+        raise InputError(f"model_name must be a non-empty string; got {model_name!r}. "
                          f"Use '{DEFAULT_MODEL}' (embedded), a short name {sorted(SHORT_NAMES)}, a folder or a hub id.")
     model_name = model_name.strip()
     if model_name == DEFAULT_MODEL:
@@ -234,7 +236,7 @@ def torch_dtype(dtype):
     if dtype == "auto":
         return "auto"
     if dtype not in DTYPES:
-        raise ValueError(f"dtype must be one of {DTYPES} (or None = float32); got {dtype!r}")
+        raise InputError(f"dtype must be one of {DTYPES} (or None = float32); got {dtype!r}")
     return getattr(torch, dtype)
 
 
@@ -303,7 +305,7 @@ def format_prompts(tokenizer, prompts, use_chat_template=None, systems=None):
     if not use_chat_template:
         return [p if s is None else f"{s}\n\n{p}" for p, s in zip(prompts, systems)]
     if not has_chat_template(tokenizer):
-        raise ValueError(f"use_chat_template=True but the tokenizer of {tokenizer.name_or_path!r} has no chat "
+        raise InputError(f"use_chat_template=True but the tokenizer of {tokenizer.name_or_path!r} has no chat "
                          "template; pass use_chat_template=False (raw prompts) or use a chat/instruct model.")
     return [tokenizer.apply_chat_template(([] if s is None else [{"role": "system", "content": s}]) +
                                           [{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)

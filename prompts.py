@@ -30,6 +30,8 @@ import os
 import random
 import re
 
+from errors import InputError
+
 BUILTIN_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "builtin_prompts.json")
 ANTHROPIC_REPO, ANTHROPIC_DIR, ANTHROPIC_SPLIT = "Anthropic/hh-rlhf", "harmless-base", "test"
 IMDB_REPO, IMDB_SPLIT, IMDB_COUNT = "imdb", "train", 1000
@@ -37,7 +39,7 @@ IMDB_MIN_CHARS, IMDB_CUT = 30, (20, 30)
 LOCAL_SUFFIXES = (".json", ".jsonl", ".csv", ".txt")
 
 
-class PromptsError(ValueError):
+class PromptsError(InputError):
     """A prompt source cannot be read; the message names the source and the fix."""
 
 

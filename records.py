@@ -36,8 +36,10 @@ try:
 except ImportError:  # not POSIX: journals are then not locked against a second writer
     fcntl = None
 
+from errors import InputError
 
-class RecordsError(ValueError):
+
+class RecordsError(InputError):
     """A results file or its contents cannot be used; the message names the input and the fix."""
 
 

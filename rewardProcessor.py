@@ -32,6 +32,7 @@ import records
 import values as values_module
 from mergeProcessor import temp_reward_path
 from records import RecordsError
+from errors import InputError
 
 QUANTILE_ROWS = (50, 60, 70, 80, 90, 99)
 
@@ -100,13 +101,13 @@ class RewardProcessor:
         self.file_path = file_path
         self.batch_size = int(batch_size)
         if self.batch_size < 1:
-            raise ValueError(f"batch_size must be ≥ 1; got {batch_size}")
+            raise InputError(f"batch_size must be ≥ 1; got {batch_size}")
         self.device, self.dtype = device, dtype
         self.progress = bool(progress)
 
     def _records(self):
         if not self.file_path:
-            raise ValueError("--file_path is required: the results JSON file to work on.")
+            raise InputError("--file_path is required: the results JSON file to work on.")
         return records.load_records(self.file_path)
 
     def _evaluated(self, recs):
@@ -143,7 +144,7 @@ class RewardProcessor:
         if spec.needs_basemodel and basemodel_for_perplexity is None:
             basemodel_for_perplexity = records.load_metadata(self.file_path).get("model")
             if basemodel_for_perplexity is None:
-                raise ValueError(
+                raise InputError(
                     f"perplexity needs the model that generated {self.file_path}, and the file has no metadata sidecar "
                     f"naming it ({records.metadata_path(self.file_path)}). Pass --basemodel_for_perplexity=<model>, "
                     "e.g. smollm2-135m, opt1.3b or a model folder.")
@@ -221,10 +222,10 @@ class RewardProcessor:
         recs = self._records()
         names = self.values_to_evaluate or self.values_to_align
         if not names:
-            raise ValueError("name the values the levels belong to: --values_to_evaluate=v1,v2 (same order as c_list).")
+            raise InputError("name the values the levels belong to: --values_to_evaluate=v1,v2 (same order as c_list).")
         c = cli.float_list(c_list, "c_list")
         if len(c) != len(names):
-            raise ValueError(f"c_list has {len(c)} levels but {len(names)} values are named ({names}).")
+            raise InputError(f"c_list has {len(c)} levels but {len(names)} values are named ({names}).")
         matrix = records.reward_matrix(recs, names, source=self.file_path)
         quant = [float(quantile_of(matrix[i], c[i])) for i in range(len(names))]
         print(f"quant: {quant}")
@@ -248,7 +249,7 @@ class RewardProcessor:
         import solver
         recs = self._records()
         if not self.values_to_align:
-            raise ValueError("--values_to_align is required: the values whose λ tilts the samples.")
+            raise InputError("--values_to_align is required: the values whose λ tilts the samples.")
         evaluated = self._evaluated(recs)
         R_align = records.reward_matrix(recs, self.values_to_align, source=self.file_path)
         R_eval = records.reward_matrix(recs, evaluated, source=self.file_path)
@@ -258,17 +259,17 @@ class RewardProcessor:
         if lam is not None:
             lam_values = cli.float_list(lam, "lam")
             if len(lam_values) != n_align:
-                raise ValueError(f"lam has {len(lam_values)} entries but {n_align} values are aligned "
+                raise InputError(f"lam has {len(lam_values)} entries but {n_align} values are aligned "
                                  f"({self.values_to_align}); give one λ per value.")
             if any(x < 0 for x in lam_values):
-                raise ValueError(f"λ must be ≥ 0; got {lam_values}")
+                raise InputError(f"λ must be ≥ 0; got {lam_values}")
             lams = np.array([lam_values])
             path = (f"{stem}_lam={','.join(f'{x:.3f}' for x in lam_values)}_val={self.values_to_align_str}"
                     "_numericC-levels.csv")
         else:
             k = int(k)
             if k < 1:
-                raise ValueError(f"k must be ≥ 1; got {k}")
+                raise InputError(f"k must be ≥ 1; got {k}")
             rng = np.random.default_rng(seed)
             lams = np.empty((k, n_align))
             for i in range(k):

@@ -51,6 +51,7 @@ import cli
 import records
 import rewardmodels
 import training
+from errors import InputError, NotFoundError
 from rewardmodels import DEFAULT_TEMPLATE, RM_FILE
 CPU_SAFE = {"bf16": "False", "gradient_checkpointing": "False", "report_to": "none"}
 
@@ -89,10 +90,11 @@ def load_rows(path, split=None):
     if os.path.isdir(path):
         return datasets.load_from_disk(path)
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"data file not found: {path!r}")
+        raise NotFoundError(f"data file not found: {path!r}")
     kind = "csv" if path.endswith(".csv") else "parquet" if path.endswith(".parquet") else "json"
     if kind == "json" and path.endswith(".json"):  # MAP results files: one JSON array
-        return datasets.Dataset.from_list(records.load_records(path))
+        # the prompt may sit in another column (--prompt_column), so no key is required here
+        return datasets.Dataset.from_list(records.load_records(path, required=()))
     return datasets.load_dataset(kind, data_files=path, split="train")
 
 
@@ -107,15 +109,15 @@ def load_pairwise_data(script_args):
         try:
             data = datasets.load_dataset(script_args.dataset_name, data_dir=script_args.dataset_config)
         except Exception as e:
-            raise OSError(f"could not load {script_args.dataset_name!r}: {type(e).__name__}: {str(e)[:200]}. It is "
-                          "not cached and the hub is unreachable; pass --data_source_path=<local file with chosen/"
-                          "rejected columns> (and --eval_data_path).") from None
+            raise NotFoundError(f"could not load {script_args.dataset_name!r}: {type(e).__name__}: {str(e)[:200]}. It is "
+                                "not cached and the hub is unreachable; pass --data_source_path=<local file with chosen/"
+                                "rejected columns> (and --eval_data_path).") from None
         train = data[script_args.dataset_train_split]
         evaluation = data[script_args.dataset_test_split] if script_args.dataset_test_split in data else None
         where = script_args.dataset_name
     for name, ds in (("training", train), ("evaluation", evaluation)):
         if ds is not None and not {"chosen", "rejected"} <= set(ds.column_names):
-            raise ValueError(f"{name} data from {where!r} needs `chosen` and `rejected` columns; "
+            raise InputError(f"{name} data from {where!r} needs `chosen` and `rejected` columns; "
                              f"it has {ds.column_names}")
     if script_args.max_train_samples:
         train = train.select(range(min(len(train), int(script_args.max_train_samples))))
@@ -129,14 +131,14 @@ def regression_targets(rows, attributes, source="data"):
     y = np.full((len(rows), len(attributes)), np.nan, dtype=np.float64)
     for j, attribute in enumerate(attributes):
         if not any(attribute in r for r in rows[:1000]):
-            raise ValueError(f"attribute {attribute!r} is not a column of {source}; columns: {sorted(rows[0])}")
+            raise InputError(f"attribute {attribute!r} is not a column of {source}; columns: {sorted(rows[0])}")
         for i, r in enumerate(rows):
             x = r.get(attribute)
             if isinstance(x, (int, float)) and not isinstance(x, bool) and np.isfinite(x):
                 y[i, j] = float(x)
     empty = [a for j, a in enumerate(attributes) if not np.isfinite(y[:, j]).any()]
     if empty:
-        raise ValueError(f"attributes {empty} have no finite value in {source}")
+        raise InputError(f"attributes {empty} have no finite value in {source}")
     return y
 
 
@@ -228,16 +230,16 @@ def train_regression_reward_model(model_name_or_path, data, attributes, output_d
         data = load_rows(data)
     rows = data.to_list() if hasattr(data, "to_list") else list(data)
     if not rows:
-        raise ValueError("regression reward model: no training rows")
+        raise InputError("regression reward model: no training rows")
     if response_column not in rows[0]:
         if response_column == "continuation" and "generated" in rows[0]:
             for r in rows:
                 r["continuation"] = records.continuation_of(r)
         else:
-            raise ValueError(f"response column {response_column!r} not in the data; columns: {sorted(rows[0])}")
+            raise InputError(f"response column {response_column!r} not in the data; columns: {sorted(rows[0])}")
     uses_prompt = "{prompt}" in template
     if uses_prompt and prompt_column not in rows[0]:
-        raise ValueError(f"template uses {{prompt}} but the data has no {prompt_column!r} column")
+        raise InputError(f"template uses {{prompt}} but the data has no {prompt_column!r} column")
     y = regression_targets(rows, attributes, source=source if isinstance(source, str) else "the training data")
     mean = np.nanmean(y, axis=0) if standardize else np.zeros(len(attributes))
     std = np.nanstd(y, axis=0) if standardize else np.ones(len(attributes))
@@ -288,8 +290,8 @@ class RegressionRewardScorer(rewardmodels.RewardModel):
 
     def __init__(self, model_dir, device=None, batch_size=16):
         if not os.path.isfile(os.path.join(model_dir, RM_FILE)):
-            raise FileNotFoundError(f"{model_dir!r} is not a regression reward model folder (no {RM_FILE}); train one "
-                                    "with python rewardTrainer.py --objective=regression ...")
+            raise NotFoundError(f"{model_dir!r} is not a regression reward model folder (no {RM_FILE}); train one "
+                                "with python rewardTrainer.py --objective=regression ...")
         super().__init__(model_dir, device=device, batch_size=batch_size)
 
 
@@ -303,7 +305,7 @@ def register_regression_values(model_dir, names=None, device=None, batch_size=16
     scorer = RegressionRewardScorer(model_dir, device=device, batch_size=batch_size)
     names = cli.str_list(names, "names") if names is not None else list(scorer.attributes)
     if len(names) != len(scorer.attributes):
-        raise ValueError(f"{len(names)} names for {len(scorer.attributes)} outputs {scorer.attributes}")
+        raise InputError(f"{len(names)} names for {len(scorer.attributes)} outputs {scorer.attributes}")
     for index, name in enumerate(names):
         def fn(prompts, continuations, _index=index):
             return scorer(prompts, continuations)[:, _index]
@@ -377,4 +379,4 @@ def train_ridge_from_file(backbone, data_path, attributes, output_dir, script_ar
 
 if __name__ == "__main__":
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
-    main()
+    cli.report_input_errors(main)

@@ -23,13 +23,15 @@ import os
 
 import numpy as np
 
+from errors import InputError, NotFoundError
+
 RM_FILE = "map_reward_model.json"
 RIDGE_FILE = "ridge_probes.npz"
 DEFAULT_TEMPLATE = "User: {prompt}\nAssistant: {response}"
 DEFAULT_ALPHAS = tuple(10.0 ** np.arange(-4, 5))
 
 
-class RewardModelError(ValueError):
+class RewardModelError(InputError):
     """A reward-model folder or its training input cannot be used; the message names it."""
 
 
@@ -155,7 +157,7 @@ def read_info(folder):
     """The folder's map_reward_model.json, checked: it must name its attributes."""
     path = os.path.join(str(folder), RM_FILE)
     if not os.path.isdir(str(folder)):
-        raise RewardModelError(f"reward-model folder not found: {folder!r}")
+        raise NotFoundError(f"reward-model folder not found: {folder!r}")
     if not os.path.isfile(path):
         raise RewardModelError(f"{folder!r} is not a reward-model folder: it has no {RM_FILE} (its attribute "
                                "list). Train one with python rewardTrainer.py --objective=ridge|regression ...")

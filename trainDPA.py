@@ -22,6 +22,7 @@ import json
 import os
 
 import cli
+from errors import NotFoundError
 import dpatrainer
 from dpatrainer import DPAConfig
 
@@ -130,7 +131,7 @@ class TrainDPA:
                       + f"  words={p['words']:.1f}")
             t += 1
         if t == 0:
-            raise FileNotFoundError(f"no evaluation in {self.trainer.output_dir}/eval; run evaluate first")
+            raise NotFoundError(f"no evaluation in {self.trainer.output_dir}/eval; run evaluate first")
 
     def generate_palette(self, c_list, model=None, reference_file=None, use_suggested=False):
         """Check a palette with the solver on the reference samples (default iter1/scored.json) and generate

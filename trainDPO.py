@@ -36,6 +36,7 @@ import genDPOdata
 import models
 import records
 import training
+from errors import InputError
 
 DPO_LOSSES = ("sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot",
               "aot_unpaired", "apo_zero", "apo_down", "discopop", "sft", "sigmoid_norm")
@@ -48,11 +49,11 @@ def parse_loss_type(loss_type):
     losses = cli.str_list(loss_type, "loss_type")
     unknown = [x for x in losses if x not in DPO_LOSSES + KTO_LOSSES]
     if unknown:
-        raise ValueError(f"unknown --loss_type {unknown}; DPO losses: {', '.join(DPO_LOSSES)}; "
+        raise InputError(f"unknown --loss_type {unknown}; DPO losses: {', '.join(DPO_LOSSES)}; "
                          f"KTO losses (KTOTrainer, one at a time): {', '.join(KTO_LOSSES)}")
     if any(x in KTO_LOSSES for x in losses):
         if len(losses) > 1:
-            raise ValueError(f"--loss_type={losses}: a KTO loss cannot be combined with others")
+            raise InputError(f"--loss_type={losses}: a KTO loss cannot be combined with others")
         return "kto", losses
     return "dpo", losses
 
@@ -83,7 +84,7 @@ def map_preference_pairs(recs, values, lam, pairing="bradley_terry", margin=0.0,
         Pairs whose two continuations are identical are skipped (they carry no gradient).
     """
     if pairing not in PAIRINGS:
-        raise ValueError(f"--pairing must be one of {PAIRINGS}; got {pairing!r}")
+        raise InputError(f"--pairing must be one of {PAIRINGS}; got {pairing!r}")
     _, score, groups = map_scores(recs, values, lam, source=source)
     rng = np.random.default_rng(seed)
     texts = [records.continuation_of(r) for r in recs]
@@ -91,7 +92,7 @@ def map_preference_pairs(recs, values, lam, pairing="bradley_terry", margin=0.0,
     for j, g in enumerate(groups):
         members.setdefault(int(g), []).append(j)
     if all(len(m) < 2 for m in members.values()):
-        raise ValueError(f"{source} has one sample per prompt; MAP-DPO needs several (generate with gendata's "
+        raise InputError(f"{source} has one sample per prompt; MAP-DPO needs several (generate with gendata's "
                          "samples-per-prompt option, e.g. 4 or more).")
     pairs = []
     for idx in members.values():
@@ -120,7 +121,7 @@ def map_preference_pairs(recs, values, lam, pairing="bradley_terry", margin=0.0,
             pairs.append({"prompt": recs[c]["prompt"], "chosen": texts[c], "rejected": texts[r],
                           "prompt_id": int(records.prompt_id(recs[c], c)), "gap": float(score[c] - score[r])})
     if not pairs:
-        raise ValueError(f"no preference pair left from {source} (pairing={pairing!r}, margin={margin}); "
+        raise InputError(f"no preference pair left from {source} (pairing={pairing!r}, margin={margin}); "
                          "lower --margin or generate more samples per prompt.")
     return pairs
 
@@ -141,7 +142,7 @@ def map_kto_examples(recs, values, lam, margin=0.0, source="records"):
                         "prompt_id": int(records.prompt_id(r, j))})
     labels = {e["label"] for e in out}
     if labels != {True, False}:
-        raise ValueError(f"KTO needs desirable and undesirable samples; {source} gave labels {labels} "
+        raise InputError(f"KTO needs desirable and undesirable samples; {source} gave labels {labels} "
                          "(need several samples per prompt and a --margin below the reward spread).")
     return out
 
@@ -175,7 +176,7 @@ def build_preference_trainer(model, tokenizer, examples, output_dir, loss_type="
     prompts = models.format_prompts(tokenizer, [e["prompt"] for e in examples], use_chat_template=use_chat_template)
     if kind == "dpo":
         if any("chosen" not in e for e in examples):
-            raise ValueError("DPO losses need preference pairs (prompt, chosen, rejected)")
+            raise InputError("DPO losses need preference pairs (prompt, chosen, rejected)")
         data = {"prompt": prompts, "chosen": [e["chosen"] for e in examples],
                 "rejected": [e["rejected"] for e in examples]}
     else:
@@ -307,7 +308,7 @@ def train_map_dpo(file_path, lam_list, value_list, model_name=None, save_path=No
     if model_name is None:
         model_name = meta.get("model_name") or meta.get("model")
         if not model_name:
-            raise ValueError(f"{file_path!r} has no metadata naming its model; pass --model_name (the model that "
+            raise InputError(f"{file_path!r} has no metadata naming its model; pass --model_name (the model that "
                              "generated the samples: it is p0 and the starting policy).")
     if use_chat_template is None:  # train on the prompts formatted as the samples were generated
         use_chat_template = meta.get("use_chat_template", (meta.get("sampling") or {}).get("use_chat_template"))

@@ -31,6 +31,7 @@ import cli
 import models
 import training
 import values as value_registry
+from errors import InputError
 
 TRAINERS = ("rloo", "grpo")
 
@@ -65,11 +66,11 @@ def map_reward_functions(values, lam, scorers):
     """The MAP reward as TRL wants it: one reward function per value and reward_weights = λ, so the
     trainer's reward is Σ_i λ_i r_i over every listed value (TRL sums weighted rewards)."""
     if len(values) != len(lam):
-        raise ValueError(f"--lam_list has {len(lam)} entries but --value_list names {len(values)} values "
+        raise InputError(f"--lam_list has {len(lam)} entries but --value_list names {len(values)} values "
                          f"({values}); give one λ per value, in the same order.")
     missing = [v for v in values if v not in scorers]
     if missing:
-        raise ValueError(f"no scorer for values {missing}")
+        raise InputError(f"no scorer for values {missing}")
     return [ValueReward(v, scorers[v]) for v in values], [float(x) for x in lam]
 
 
@@ -88,7 +89,7 @@ def load_training_prompts(data_name, seed=0, max_prompts=None):
     if max_prompts is not None:
         texts = texts[:int(max_prompts)]
     if not texts:
-        raise ValueError(f"prompt source {data_name!r} gave no prompts")
+        raise InputError(f"prompt source {data_name!r} gave no prompts")
     return texts
 
 
@@ -122,21 +123,21 @@ def build_trainer(model, tokenizer, prompts, values, lam, scorers, output_dir, t
     full fine-tuning (None with a PEFT adapter: the adapter-disabled base is p0).
     """
     if trainer not in TRAINERS:
-        raise ValueError(f"--trainer must be one of {TRAINERS}; got {trainer!r}")
+        raise InputError(f"--trainer must be one of {TRAINERS}; got {trainer!r}")
     batch_size, mini_batch_size, num_generations = int(batch_size), int(mini_batch_size), int(num_generations)
     if num_generations < 2:
-        raise ValueError("--num_generations must be >= 2: RLOO/GRPO compare samples of the same prompt")
+        raise InputError("--num_generations must be >= 2: RLOO/GRPO compare samples of the same prompt")
     if batch_size % mini_batch_size:
-        raise ValueError(f"--batch_size={batch_size} must be divisible by --mini_batch_size={mini_batch_size} "
+        raise InputError(f"--batch_size={batch_size} must be divisible by --mini_batch_size={mini_batch_size} "
                          "(as in the original: gradient accumulation = batch / mini-batch)")
     if batch_size % num_generations:
-        raise ValueError(f"--batch_size={batch_size} (completions per step) must be divisible by "
+        raise InputError(f"--batch_size={batch_size} (completions per step) must be divisible by "
                          f"--num_generations={num_generations}")
     if batch_size % (mini_batch_size * _world_size()):
-        raise ValueError(f"--batch_size={batch_size} must be divisible by --mini_batch_size × processes "
+        raise InputError(f"--batch_size={batch_size} must be divisible by --mini_batch_size × processes "
                          f"({mini_batch_size} × {_world_size()})")
     if float(beta) != 0.0 and peft_config is None and ref_model is None:
-        raise ValueError("full fine-tuning with beta > 0 needs the explicit reference p0: pass "
+        raise InputError("full fine-tuning with beta > 0 needs the explicit reference p0: pass "
                          "ref_model=training.frozen_copy(model) (taken before training)")
     funcs, weights = map_reward_functions(values, lam, scorers)
     dataset = prompt_dataset(tokenizer, prompts, use_chat_template=use_chat_template)

@@ -15,6 +15,7 @@ import time
 
 import cli
 import records
+from errors import NotFoundError
 
 METADATA_FILE = "map_training.json"
 
@@ -154,11 +155,11 @@ def resume_checkpoint(output_dir, resume_from_checkpoint=None):
         return last
     if resume_from_checkpoint is True:
         if last is None:
-            raise FileNotFoundError(f"--resume_from_checkpoint=True but {output_dir!r} holds no checkpoint-* folder; "
-                                    "drop the flag to start fresh.")
+            raise NotFoundError(f"--resume_from_checkpoint=True but {output_dir!r} holds no checkpoint-* folder; "
+                                "drop the flag to start fresh.")
         return last
     if not os.path.isdir(str(resume_from_checkpoint)):
-        raise FileNotFoundError(f"--resume_from_checkpoint={resume_from_checkpoint!r} is not a folder")
+        raise NotFoundError(f"--resume_from_checkpoint={resume_from_checkpoint!r} is not a folder")
     return str(resume_from_checkpoint)
 
 

@@ -24,6 +24,8 @@ from diversity import diversity_of
 
 import numpy as np
 
+from errors import InputError, NotFoundError, UnknownNameError
+
 # The original MAP task lists (SPEC-MAP §4). "all" expands to the list of TASK_NAME.
 TASK_VALUES = {
     "conversation": ["humor", "gpt2-helpful", "gpt2-harmless", "diversity", "coherence", "perplexity"],
@@ -67,13 +69,13 @@ def expand_value_list(value_list):
     elif isinstance(value_list, (list, tuple)):
         names = [str(v) for v in value_list]
     else:
-        raise ValueError(f"value_list must be 'all', a comma-separated string or a list; got {value_list!r}")
+        raise InputError(f"value_list must be 'all', a comma-separated string or a list; got {value_list!r}")
     names = [n.strip() for n in names if n.strip()]
     names = [head for n in names for head in (rm_heads(n) if n.startswith(RM_PREFIX) else [n])]
     if not names:
-        raise ValueError("value_list is empty: name at least one value, e.g. --value_list=humor")
+        raise InputError("value_list is empty: name at least one value, e.g. --value_list=humor")
     if len(set(names)) != len(names):
-        raise ValueError(f"value_list names a value twice: {names}")
+        raise InputError(f"value_list names a value twice: {names}")
     return names
 
 
@@ -239,8 +241,8 @@ def get_spec(value):
     if isinstance(value, str) and value.startswith(RM_PREFIX) and value not in REGISTRY:
         _register_rm_head(value)
     if value not in REGISTRY:
-        raise KeyError(f"unknown value {value!r}. Registered values: {', '.join(REGISTRY)}. "
-                       "Add your own with values.register_value / register_reward_model or --plugin=FILE.py.")
+        raise UnknownNameError(f"unknown value {value!r}. Registered values: {', '.join(REGISTRY)}. "
+                               "Add your own with values.register_value / register_reward_model or --plugin=FILE.py.")
     return REGISTRY[value]
 
 
@@ -263,7 +265,7 @@ def _rm_split(name):
         return folder, attribute
     if os.path.isdir(path):
         rewardmodels.read_info(path)  # raises: folder without its attribute list
-    raise ValueError(f"value {name!r}: no reward-model folder {path!r} (rm:FOLDER or rm:FOLDER/attribute; "
+    raise NotFoundError(f"value {name!r}: no reward-model folder {path!r} (rm:FOLDER or rm:FOLDER/attribute; "
                      "train one with python rewardTrainer.py --objective=ridge ...)")
 
 
@@ -275,7 +277,7 @@ def rm_heads(name):
     if attribute is None:
         return [f"{RM_PREFIX}{folder}/{a}" for a in attributes]
     if attribute not in attributes:
-        raise ValueError(f"value {name!r}: reward model {folder!r} has no attribute {attribute!r}; "
+        raise UnknownNameError(f"value {name!r}: reward model {folder!r} has no attribute {attribute!r}; "
                          f"its attributes: {attributes}")
     return [f"{RM_PREFIX}{folder}/{attribute}"]
 
@@ -285,7 +287,7 @@ def _register_rm_head(name):
     folder, attribute = _rm_split(name)
     (canonical,) = rm_heads(name) if attribute else [None]
     if canonical is None:
-        raise ValueError(f"value {name!r} names a whole reward model; a value is one head: "
+        raise InputError(f"value {name!r} names a whole reward model; a value is one head: "
                          f"{', '.join(rm_heads(name))}")
     info = rewardmodels.read_info(folder)
     index = info["attributes"].index(attribute)
@@ -402,7 +404,7 @@ def load_plugins(paths):
             continue
         if path.endswith(".py"):
             if not os.path.isfile(path):
-                raise FileNotFoundError(f"value plugin file not found: {path!r} (from --plugin / MAP_PLUGINS)")
+                raise NotFoundError(f"value plugin file not found: {path!r} (from --plugin / MAP_PLUGINS)")
             module_name = "map_plugin_" + re.sub(r"\W", "_", os.path.splitext(os.path.basename(path))[0])
             spec = importlib.util.spec_from_file_location(module_name, path)
             module = importlib.util.module_from_spec(spec)
@@ -515,7 +517,7 @@ def load_scorer(value, device=None, batch_size=None, basemodel_for_perplexity=No
     spec = get_spec(value)
     batch_size = int(batch_size or spec.batch_size)
     if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1; got {batch_size}")
+        raise InputError(f"batch_size must be >= 1; got {batch_size}")
     base = basemodel_for_perplexity
     base_key = (id(base[0]) if isinstance(base, (tuple, list)) else base) if spec.needs_basemodel else None
     location = model_path_for(spec.name, model_path)
@@ -658,7 +660,7 @@ def _classifier(spec, location, device, batch_size, dtype=None, **_):
                                                 what=f"model of value {spec.name!r}", hint=_override_hint(spec))
     n_out = model.config.num_labels
     if spec.label_index >= n_out:
-        raise ValueError(f"value {spec.name!r}: label_index {spec.label_index} but model {source!r} has "
+        raise InputError(f"value {spec.name!r}: label_index {spec.label_index} but model {source!r} has "
                          f"{n_out} output(s)")
     max_length = _max_length(tokenizer, model.config)
     dev = model.device
@@ -688,7 +690,7 @@ def _classifier(spec, location, device, batch_size, dtype=None, **_):
                 vals = torch.nn.functional.logsigmoid(logits[:, 0]) if n_out == 1 else \
                     torch.log_softmax(logits, -1)[:, spec.label_index]
             else:
-                raise ValueError(f"value {spec.name!r}: score_type {spec.score_type!r} is not a classifier score")
+                raise InputError(f"value {spec.name!r}: score_type {spec.score_type!r} is not a classifier score")
             out[idx] = vals.double().cpu().numpy()
         return out
     return run, source

@@ -52,9 +52,10 @@ import pandas as pd
 
 import records
 import solver
+from errors import InputError
 
 
-class ArtefactError(ValueError):
+class ArtefactError(InputError):
     """A stored artefact is missing or malformed; the message names the file and the fix."""
 
 

@@ -20,8 +20,10 @@ one entry per model file:
      "metrics": ["gpt2-helpful", ...], "gpt2-helpful": 0.62, "gpt2-helpful_SE": 0.01, ..., "n_pairs": 2312}
 
 A win is a strictly higher reward for the model's sample than for the base model's sample on the
-same prompt; a tie counts ½ (the original counted ties as losses); SE is the standard error of the
-per-prompt scores. Records are paired by prompt id (evaluation.paired_prompt_scores). Entries may
+same prompt; a tie counts ½ (the original counted ties as losses). With several samples per prompt,
+every model sample meets every base sample of its prompt and the prompt scores the share won
+(evaluation.win_rates); prompts weigh equally, and SE is the standard error of the per-prompt scores.
+Records are paired by prompt id (evaluation.paired_prompt_samples). Entries may
 carry a "group" (method name) used by plot_winrate. The summary of the original project (rates as
 "%.2f" strings) is read too.
 """

@@ -19,6 +19,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 
 from plot import figstyle  # noqa: E402  (headless backend first)
 import cli  # noqa: E402
+from errors import NotFoundError  # noqa: E402
 import dpatrainer  # noqa: E402
 import records  # noqa: E402
 
@@ -29,7 +30,7 @@ def load_run(run_dir):
     """(values, names, {iteration: front points}) of a trainDPA run folder."""
     path = os.path.join(run_dir, dpatrainer.CONFIG_FILE)
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"{run_dir!r} is not a trainDPA run folder (no {dpatrainer.CONFIG_FILE})")
+        raise NotFoundError(f"{run_dir!r} is not a trainDPA run folder (no {dpatrainer.CONFIG_FILE})")
     with open(path, encoding="utf-8") as f:
         config = json.load(f)["config"]
     fronts, t = {}, 0
@@ -38,7 +39,7 @@ def load_run(run_dir):
         fronts[t] = dpatrainer.front(recs, config["values"])
         t += 1
     if not fronts:
-        raise FileNotFoundError(f"{run_dir!r} has no eval/iter0.json; run python trainDPA.py ... evaluate first")
+        raise NotFoundError(f"{run_dir!r} has no eval/iter0.json; run python trainDPA.py ... evaluate first")
     return config["values"], config["names"], fronts
 
 

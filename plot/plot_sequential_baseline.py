@@ -36,6 +36,7 @@ from plot import figstyle  # noqa: E402  (selects the headless backend before py
 from plot import artefacts  # noqa: E402
 from alignValues import AlignValues  # noqa: E402
 import cli  # noqa: E402
+from errors import InputError  # noqa: E402
 import evaluation  # noqa: E402
 import records  # noqa: E402
 import rewardProcessor  # noqa: E402
@@ -71,13 +72,13 @@ def compute_sequential_baseline(file_path, value_list="all", levels=(50, 60, 70)
     """
     rounds = int(rounds)
     if rounds < 1:
-        raise ValueError(f"--rounds must be ≥ 1; got {rounds}")
+        raise InputError(f"--rounds must be ≥ 1; got {rounds}")
     level_names = [_level_name(x) for x in artefacts.as_list(levels, "levels")]
     av = AlignValues(value_list, file_path, solver=solver, estimator=estimator)
     table = rewardProcessor.level_table(av.records, av.value_list).round(3).set_index("Statistic")
     unknown = [name for name in level_names if name not in table.index]
     if unknown:
-        raise ValueError(f"--levels {unknown} are not palette rows; choose among "
+        raise InputError(f"--levels {unknown} are not palette rows; choose among "
                          f"{[r for r in table.index if r.endswith('%')]}.")
     out = {"file_path": file_path, "values": av.value_list, "solver": solver, "estimator": estimator,
            "rounds": rounds, "levels": []}

@@ -46,6 +46,25 @@ def needs(condition, reason):
     return wrap
 
 
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    """Under MAP_STRICT=1 a skipped test fails the run: CI must not pass while a feature went
+    untested (pytest.skip called directly, skipif, importorskip, ...)."""
+    skipped = terminalreporter.stats.get("skipped", [])
+    if STRICT and skipped:
+        terminalreporter.write_line(f"MAP_STRICT=1: {len(skipped)} test(s) skipped; in CI every test must run:",
+                                    red=True)
+        for report in skipped:
+            reason = report.longrepr[-1] if isinstance(report.longrepr, tuple) else report.longrepr
+            terminalreporter.write_line(f"  {report.nodeid}: {reason}")
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """... and the exit status says so (1, "tests failed") even when every test that ran passed."""
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if STRICT and reporter is not None and reporter.stats.get("skipped") and session.exitstatus == 0:
+        session.exitstatus = 1
+
+
 needs_reference = needs(lambda: os.path.isfile(LLAMA_FILE),
                         "../shared/reference/map is absent (only CI and developers have it)")
 
@@ -66,3 +85,17 @@ def tiny_lm_dir(tmp_path_factory):
     """A tiny random Llama causal LM + ChatML tokenizer saved to a folder (built once per session)."""
     import tiny
     return tiny.tiny_causal_lm(str(tmp_path_factory.mktemp("tiny_lm")))
+
+
+@pytest.fixture
+def empty_hub_cache(tmp_path, monkeypatch):
+    """Empty Hugging Face and toolkit caches for one test, so that it checks the same thing whatever
+    this machine has cached (HF_HOME, HF_HUB_CACHE, huggingface_hub's resolved constant, MAP_CACHE_DIR)."""
+    import huggingface_hub.constants as hub_constants
+    hub = tmp_path / "hf_home" / "hub"
+    hub.mkdir(parents=True)
+    monkeypatch.setenv("HF_HOME", str(hub.parent))
+    monkeypatch.setenv("HF_HUB_CACHE", str(hub))
+    monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(hub))
+    monkeypatch.setenv("MAP_CACHE_DIR", str(tmp_path / "map_cache"))
+    return hub

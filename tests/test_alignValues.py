@@ -192,6 +192,23 @@ def test_cli_bad_input_gives_one_clear_error(in_tmp, small_file):
     assert "Traceback" not in out.stderr and not os.path.exists("results/alignValues.txt")
 
 
+def test_legacy_status_return_value_and_log_agree(in_tmp, small_file, capsys):
+    # 3 Adam steps leave λ ≈ 1.35, far short of the 90% level: the original returned success=True
+    # here while the log said NaN. Now all three say "not reached".
+    c = float(np.quantile(AlignValues("a", small_file).rewards[0], 0.9))
+    aligner = AlignValues("a", small_file, c, solver="legacy", legacy_steps=3)
+    lam, success = aligner.optimize_lambda()
+    assert (lam, success) == (["NaN"], False) and aligner.result.status == "not_converged"
+    assert log_lines()[-1].endswith("optimized lambda: NaN")
+    assert "status: not_converged" in capsys.readouterr().out
+    assert aligner.result.extra["legacy_lambda"][0] > 0  # the legacy iterate is kept for inspection
+    # a legacy λ that reaches its palette: success, status and log all carry it
+    aligner = AlignValues("a", small_file, 0.2, solver="legacy")
+    lam, success = aligner.optimize_lambda()
+    assert success and aligner.result.status == "feasible"
+    assert log_lines()[-1].endswith(f"optimized lambda: {lam[0]:.3f}")
+
+
 def test_pareto_by_interpolation_saves_its_own_c(in_tmp, small_file):
     aligner = AlignValues("a,b", small_file, [0.0, 0.0])
     mean = aligner.mean_levels()
@@ -243,6 +260,24 @@ def test_per_prompt_estimator_needs_several_samples(tmp_path, small_file):
     aligner = AlignValues("a", write_records(tmp_path / "multi.json", rows), 2.0, estimator="per_prompt")
     lam, success = aligner.optimize_lambda(verbose=False)
     assert success and aligner.result.realized[0] == pytest.approx(2.0, abs=1e-6)
+
+
+def test_per_prompt_wording_of_certificate_and_ess(tmp_path, capsys):
+    # Per prompt, only the mean of the prompts' best samples (2.5 and 3.5) falls short of 3.2 (the odd
+    # prompts' best sample reaches it), and the ESS is a per-prompt average, not "of 40 records".
+    rows = [{"prompt": f"p{i // 4}", "prompt_id": i // 4, "generated": "x", "a": float(i % 4 + (i // 4) % 2 - 0.5)}
+            for i in range(40)]
+    path = write_records(tmp_path / "multi.json", rows)
+    aligner = AlignValues("a", path, 3.2, estimator="per_prompt")
+    assert aligner.optimize_lambda(verbose=False)[1] is False and aligner.result.status == "infeasible"
+    aligner._print_result(aligner.result)
+    out = capsys.readouterr().out
+    assert "every sample falls short" not in out and "every sample" not in aligner.result.message
+    assert "mean over prompts of each prompt's best sample falls short" in out
+    aligner = AlignValues("a", path, 1.5, estimator="per_prompt")
+    aligner._print_result(aligner.solve())
+    out = capsys.readouterr().out
+    assert "per prompt (mean over 10 prompts of 4.0 samples on average)" in out and "of 40 records" not in out
 
 
 @pytest.mark.parametrize("content,pattern", [

@@ -1,4 +1,5 @@
 """cli.py: list arguments as fire passes them, and one-line errors."""
+import os
 import subprocess
 import sys
 
@@ -28,7 +29,72 @@ def test_values_and_lambda():
         cli.values_and_lambda(("a", "b"), 1.0)
 
 
-def test_user_errors_print_one_line():
-    code = "import cli\ndef f():\n    raise FileNotFoundError('no such results file: x.json')\ncli.main(f)\n"
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
-    assert out.returncode == 2 and out.stderr.strip() == "error: no such results file: x.json"
+def run_main(body):
+    """Run cli.main over a function whose body is `body`; returns the finished process."""
+    code = f"import cli, errors\ndef f():\n    {body}\ncli.main(f)\n"
+    return subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                          env={k: v for k, v in os.environ.items() if k != "MAP_DEBUG"})
+
+
+@pytest.mark.parametrize("body,message", [
+    ("raise errors.NotFoundError('no such results file: x.json')", "no such results file: x.json"),
+    ("raise errors.InputError('--c_list has 3 levels')", "--c_list has 3 levels"),
+    ("raise errors.UnknownNameError('unknown value \\'x\\'')", "unknown value 'x'"),
+    ("import records; raise records.RecordsError('bad.json: record 3 has no prompt')", "bad.json: record 3 has no prompt"),
+])
+def test_input_errors_print_one_line(body, message):
+    out = run_main(body)
+    assert out.returncode == 2 and out.stderr.strip() == f"error: {message}"
+
+
+@pytest.mark.parametrize("body", [
+    "return {}['missing_key']",                    # a programming bug, not bad input
+    "raise ValueError('a library complained')",
+    "raise OSError('disk full')",
+    "raise TypeError('bad call')",
+])
+def test_other_errors_keep_their_traceback(body):
+    out = run_main(body)
+    assert out.returncode == 1 and "Traceback" in out.stderr and "error: " not in out.stderr.splitlines()[-1][:7]
+
+
+def test_every_module_error_class_is_an_input_error():
+    import decoding
+    import evaluation
+    import genDPOdata
+    import getDPOsoup
+    import mergeProcessor
+    import models
+    import prompts
+    import records
+    from errors import InputError
+    from plot import artefacts
+    for cls in (records.RecordsError, decoding.DecodingError, evaluation.EvaluationError, prompts.PromptsError,
+                getDPOsoup.SoupError, artefacts.ArtefactError, models.ModelNotAvailableError,
+                genDPOdata.DataNotAvailableError, mergeProcessor.OutputExistsError):
+        assert issubclass(cls, InputError), cls
+    with pytest.raises(InputError, match="--x must hold numbers"):
+        cli.float_list("a,b", "x")
+
+
+def test_unknown_value_is_an_input_error_and_still_a_key_error():
+    import values
+    from errors import InputError
+    with pytest.raises(InputError, match="unknown value 'nope'") as info:
+        values.get_spec("nope")
+    assert isinstance(info.value, KeyError)
+
+
+def test_report_input_errors_for_scripts_without_fire(capsys, monkeypatch):
+    # rewardTrainer parses its own arguments (HfArgumentParser) and uses this directly.
+    from errors import NotFoundError
+    monkeypatch.delenv("MAP_DEBUG", raising=False)
+
+    def missing():
+        raise NotFoundError("data file not found: 'x.json'")
+    with pytest.raises(SystemExit) as info:
+        cli.report_input_errors(missing)
+    assert info.value.code == 2 and capsys.readouterr().err == "error: data file not found: 'x.json'\n"
+    assert cli.report_input_errors(lambda a, b=0: a + b, 1, b=2) == 3
+    with pytest.raises(KeyError):
+        cli.report_input_errors(lambda: {}["bug"])

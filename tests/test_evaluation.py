@@ -60,12 +60,35 @@ def test_pairing_by_prompt_id_ignores_order():
     assert got["m"] == pytest.approx(expected["m"]) and got["m_SE"] == pytest.approx(expected["m_SE"])
 
 
-def test_several_samples_per_prompt_are_averaged():
-    # prompt 0: samples 1 and 3 (mean 2) vs base 2 -> tie; prompt 1: 5 vs 4 -> win
+def test_several_samples_per_prompt_compare_all_pairs():
+    # prompt 0: model 1, 3 vs base 2 -> pairs lose, win -> 1/2; prompt 1: 5 vs 4 -> win
     model = _recs([1, 5, 3], prompt_ids=[0, 1, 0])
     base = _recs([2, 4], prompt_ids=[0, 1])
     got = evaluation.win_rates(model, base, ["m"])
     assert got["m"] == pytest.approx(0.75) and got["n_prompts"] == 2
+    # prompt 0: model 1, 3 vs base 2, 2, 3 -> (0 + 0 + 0 + 1 + 1 + 1/2) / 6; prompt 1: 5 vs 4, 6 -> 1/2
+    model = _recs([1, 5, 3], prompt_ids=[0, 1, 0])
+    base = _recs([2, 4, 2, 3, 6], prompt_ids=[0, 1, 0, 0, 1])
+    got = evaluation.win_rates(model, base, ["m"])
+    scores = np.array([2.5 / 6, 0.5])
+    assert got["m"] == pytest.approx(scores.mean()) and got["m_SE"] == pytest.approx(np.std(scores) / np.sqrt(2))
+
+
+@pytest.mark.parametrize("model_samples,base_samples", [(1, 8), (8, 1), (3, 5)])
+def test_identical_models_score_one_half_whatever_the_sample_counts(model_samples, base_samples):
+    # Both "models" draw from the same skewed distribution (exponential, shifted per prompt). Comparing
+    # per-prompt means instead scores P(X > mean of 8) = (1 + 1/8)^-8 = 0.39 for (1, 8).
+    rng = np.random.default_rng(0)
+    prompts = 3000
+    shift = rng.normal(size=prompts)
+    model = _recs((np.repeat(shift, model_samples) + rng.exponential(size=prompts * model_samples)).tolist(),
+                  prompt_ids=np.repeat(np.arange(prompts), model_samples).tolist())
+    base = _recs((np.repeat(shift, base_samples) + rng.exponential(size=prompts * base_samples)).tolist(),
+                 prompt_ids=np.repeat(np.arange(prompts), base_samples).tolist())
+    got = evaluation.win_rates(model, base, ["m"])
+    assert abs(got["m"] - 0.5) < 4 * got["m_SE"] and got["m_SE"] < 0.01
+    # a file against itself: exactly one half (every pair and its mirror image)
+    assert evaluation.win_rates(model, model, ["m"])["m"] == pytest.approx(0.5, abs=1e-12)
 
 
 def test_mismatched_prompt_sets_are_refused():

@@ -95,11 +95,10 @@ def test_unknown_value_lists_registered_values():
         values.load_scorer("funny")
 
 
-def test_uncached_hub_value_names_model_and_override(monkeypatch):
+def test_uncached_hub_value_names_model_and_override(monkeypatch, empty_hub_cache):
     monkeypatch.delenv("MAP_MODEL_HUMOR", raising=False)
     import models
-    if models.hub_snapshot("mohameddhiab/humor-no-humor") is not None:
-        pytest.skip("humor model cached on this machine")
+    assert models.hub_snapshot("mohameddhiab/humor-no-humor") is None
     with pytest.raises(models.ModelNotAvailableError) as err:
         values.load_scorer("humor")
     assert "mohameddhiab/humor-no-humor" in str(err.value) and "MAP_MODEL_HUMOR" in str(err.value)

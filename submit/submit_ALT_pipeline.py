@@ -1,0 +1,104 @@
+#!/usr/bin/env python3
+#SBATCH --job-name=submit_ALT
+#SBATCH --output=submit_ALT-%j.log
+#SBATCH --time=00:30:00
+#SBATCH --ntasks=1
+#SBATCH --cpus-per-task=1
+#SBATCH --mem=2G
+"""ALT (alignment with textual feedback) as SLURM chains, one job per stage and iteration:
+
+    sample(1) → feedback(1) → train(1) → validate(1)
+                                 └→ sample(2) → feedback(2) → train(2) → validate(2) → ...
+
+Each stage is `python trainALT.py <stage> --output_dir=D --iteration=i ...`; iteration i ≥ 2 samples from
+iteration i-1's model (trainALT.py finds it under D). The files each stage leaves (its completion markers)
+are OUTPUTS below, under D/iter_{i}/.
+
+    python submit/submit_ALT_pipeline.py --settings=my.yaml --value_list=sentiment --iterations=3 --output_dir=models/ALT
+"""
+import os
+import sys
+
+
+def _repo_root():
+    # under `sbatch submit/x.py` this file runs from a copy in SLURM's spool folder: the job's Command= names
+    # the original; else look from the folder sbatch was called in
+    places = [os.path.abspath(__file__)]
+    if os.environ.get("SLURM_JOB_ID"):
+        import re
+        import subprocess
+        job = subprocess.run(["scontrol", "show", "job", os.environ["SLURM_JOB_ID"]], capture_output=True, text=True)
+        places += re.findall(r"Command=(\S+)", job.stdout)
+    places += [os.environ.get("SLURM_SUBMIT_DIR", ""), os.getcwd()]
+    for place in filter(None, places):
+        folder = os.path.dirname(place) if place.endswith(".py") else place
+        for candidate in (folder, os.path.dirname(folder)):
+            if os.path.isfile(os.path.join(candidate, "pipeline.py")):
+                return candidate
+    sys.exit("error: cannot find the toolkit (pipeline.py); run from the repository or its submit/ folder")
+
+
+sys.path.insert(0, _repo_root())
+import cli  # noqa: E402
+import pipeline  # noqa: E402
+from errors import InputError  # noqa: E402
+
+# what each stage leaves under {output_dir}/iter_{i}/ when it is finished
+OUTPUTS = {"sample": "samples.jsonl", "feedback": "feedback.jsonl", "train": "model/map_training.json",
+           "validate": "validation.json"}
+KINDS = {"sample": "generation", "feedback": "scoring", "train": "training", "validate": "generation"}
+
+
+def main(value_list, iterations=3, model_name="smollm2-135m", data_name="builtin", output_dir="models/ALT",
+         num_prompts=None, samples_per_prompt=None, num_validation_prompts=None, seed=0, stage_options=None,
+         name="alt", workdir=".", backend="slurm", dry_run=False, settings=None, status=False):
+    """Build the ALT iterations and submit them (or run them locally, print them, or show their status).
+
+    Args:
+        value_list: the values whose rewards become textual feedback (comma-separated).
+        iterations: number of sample → feedback → train → validate rounds.
+        model_name: the initial policy (iteration 1 samples from it; later ones from the previous model).
+        data_name: prompt source; num_prompts and samples_per_prompt size each round's sampling.
+        output_dir: the run's folder (D above).
+        num_validation_prompts: prompts of each validation.
+        seed: base seed (trainALT.py seeds iteration i with seed + i).
+        stage_options: further flags per stage as a dict, e.g.
+            "{train: {learning_rate: 1e-5}, sample: {max_new_tokens: 64}}".
+        name: pipeline name (log folder {log_dir}/{name}, job names {name}:{stage}).
+        workdir: folder the stages run in (relative paths resolve there).
+        backend: "slurm" (sbatch dependency chain) or "local" (subprocesses, in order).
+        dry_run: print the graph and every batch script; submit nothing.
+        settings: cluster YAML (default submit/cluster.yaml; copy and edit it).
+        status: show each stage's job, state and log instead of submitting (also: `<script> status ...`).
+    """
+    values = cli.str_list(value_list, "value_list")
+    pipeline.check_values(values)
+    options = stage_options or {}
+    if not isinstance(options, dict) or set(options) - set(OUTPUTS):
+        raise InputError(f"--stage_options must map stages {list(OUTPUTS)} to flag dicts; got {stage_options!r}")
+    pipe = pipeline.Pipeline(name, workdir)
+    os.chdir(pipe.workdir)
+    pipeline.count_prompts(data_name, num_prompts, seed=seed)  # the prompt source must load here
+    common = {"output_dir": output_dir, "model_name": model_name, "seed": seed}
+    per_stage = {
+        "sample": {"data_name": data_name, "num_prompts": num_prompts, "samples_per_prompt": samples_per_prompt},
+        "feedback": {"value_list": values},
+        "train": {},
+        "validate": {"data_name": data_name, "num_prompts": num_validation_prompts, "value_list": values},
+    }
+    previous_train = None
+    for i in range(1, int(iterations) + 1):
+        after = [previous_train]
+        for stage in ("sample", "feedback", "train", "validate"):
+            args = [stage] + pipeline.flags(iteration=i, **common, **per_stage[stage], **(options.get(stage) or {}))
+            marker = pipeline.file_done(os.path.join(output_dir, f"iter_{i}", OUTPUTS[stage]))
+            name_i = pipe.add(f"{stage}-{i}", "trainALT.py", args, done=marker, kind=KINDS[stage], after=after)
+            if stage == "train":
+                previous_train = name_i
+            if stage != "validate":
+                after = [name_i]
+    pipeline.execute(pipe, backend, dry_run, settings, status)
+
+
+if __name__ == "__main__":
+    pipeline.main(main)

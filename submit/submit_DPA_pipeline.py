@@ -1,0 +1,108 @@
+#!/usr/bin/env python3
+#SBATCH --job-name=submit_DPA
+#SBATCH --output=submit_DPA-%j.log
+#SBATCH --time=00:30:00
+#SBATCH --ntasks=1
+#SBATCH --cpus-per-task=1
+#SBATCH --mem=2G
+"""DPA (directional preference alignment, rejection-sampling fine-tuning) as SLURM chains, one job per
+stage and iteration:
+
+    sample(1) → score(1) → select(1) → train(1) → evaluate(1)
+                                          └→ sample(2) → score(2) → select(2) → train(2) → evaluate(2) → ...
+
+Each stage is `python trainDPA.py <stage> --output_dir=D --iteration=i ...`; iteration i ≥ 2 samples from
+iteration i-1's model (trainDPA.py finds it under D). The files each stage leaves (its completion markers)
+are OUTPUTS below, under D/iter_{i}/.
+
+    python submit/submit_DPA_pipeline.py --settings=my.yaml --value_list=sentiment,length --iterations=3 --output_dir=models/DPA
+"""
+import os
+import sys
+
+
+def _repo_root():
+    # under `sbatch submit/x.py` this file runs from a copy in SLURM's spool folder: the job's Command= names
+    # the original; else look from the folder sbatch was called in
+    places = [os.path.abspath(__file__)]
+    if os.environ.get("SLURM_JOB_ID"):
+        import re
+        import subprocess
+        job = subprocess.run(["scontrol", "show", "job", os.environ["SLURM_JOB_ID"]], capture_output=True, text=True)
+        places += re.findall(r"Command=(\S+)", job.stdout)
+    places += [os.environ.get("SLURM_SUBMIT_DIR", ""), os.getcwd()]
+    for place in filter(None, places):
+        folder = os.path.dirname(place) if place.endswith(".py") else place
+        for candidate in (folder, os.path.dirname(folder)):
+            if os.path.isfile(os.path.join(candidate, "pipeline.py")):
+                return candidate
+    sys.exit("error: cannot find the toolkit (pipeline.py); run from the repository or its submit/ folder")
+
+
+sys.path.insert(0, _repo_root())
+import cli  # noqa: E402
+import pipeline  # noqa: E402
+from errors import InputError  # noqa: E402
+
+# what each stage leaves under {output_dir}/iter_{i}/ when it is finished
+OUTPUTS = {"sample": "samples.json", "score": "scores.json", "select": "selected.json",
+           "train": "model/map_training.json", "evaluate": "evaluation.json"}
+KINDS = {"sample": "generation", "score": "scoring", "select": "cpu", "train": "training", "evaluate": "generation"}
+
+
+def main(value_list, iterations=3, model_name="smollm2-135m", data_name="builtin", output_dir="models/DPA",
+         num_prompts=None, samples_per_prompt=None, directions=None, num_eval_prompts=None, seed=0,
+         stage_options=None, name="dpa", workdir=".", backend="slurm", dry_run=False, settings=None, status=False):
+    """Build the DPA iterations and submit them (or run them locally, print them, or show their status).
+
+    Args:
+        value_list: the reward attributes of the direction vector, in order (e.g. helpfulness,verbosity).
+        iterations: number of sample → score → select → train → evaluate rounds.
+        model_name: the initial policy (iteration 1 samples from it; later ones from the previous model).
+        data_name: prompt source; num_prompts and samples_per_prompt (K) size each round's sampling.
+        directions: evaluation directions as angles in degrees (comma-separated), passed to evaluate.
+        num_eval_prompts: prompts of each evaluation.
+        output_dir: the run's folder (D above).
+        seed: base seed.
+        stage_options: further flags per stage as a dict, e.g. "{train: {learning_rate: 1e-5}}".
+        name: pipeline name (log folder {log_dir}/{name}, job names {name}:{stage}).
+        workdir: folder the stages run in (relative paths resolve there).
+        backend: "slurm" (sbatch dependency chain) or "local" (subprocesses, in order).
+        dry_run: print the graph and every batch script; submit nothing.
+        settings: cluster YAML (default submit/cluster.yaml; copy and edit it).
+        status: show each stage's job, state and log instead of submitting (also: `<script> status ...`).
+    """
+    values = cli.str_list(value_list, "value_list")
+    pipeline.check_values(values)
+    options = stage_options or {}
+    if not isinstance(options, dict) or set(options) - set(OUTPUTS):
+        raise InputError(f"--stage_options must map stages {list(OUTPUTS)} to flag dicts; got {stage_options!r}")
+    angles = None if directions is None else cli.float_list(directions, "directions")
+    pipe = pipeline.Pipeline(name, workdir)
+    os.chdir(pipe.workdir)
+    pipeline.count_prompts(data_name, num_prompts, seed=seed)  # the prompt source must load here
+    common = {"output_dir": output_dir, "model_name": model_name, "seed": seed}
+    per_stage = {
+        "sample": {"data_name": data_name, "num_prompts": num_prompts, "samples_per_prompt": samples_per_prompt},
+        "score": {"value_list": values},
+        "select": {},
+        "train": {},
+        "evaluate": {"data_name": data_name, "num_prompts": num_eval_prompts, "value_list": values,
+                     "directions": angles},
+    }
+    previous_train = None
+    for i in range(1, int(iterations) + 1):
+        after = [previous_train]
+        for stage in ("sample", "score", "select", "train", "evaluate"):
+            args = [stage] + pipeline.flags(iteration=i, **common, **per_stage[stage], **(options.get(stage) or {}))
+            marker = pipeline.file_done(os.path.join(output_dir, f"iter_{i}", OUTPUTS[stage]))
+            name_i = pipe.add(f"{stage}-{i}", "trainDPA.py", args, done=marker, kind=KINDS[stage], after=after)
+            if stage == "train":
+                previous_train = name_i
+            if stage != "evaluate":
+                after = [name_i]
+    pipeline.execute(pipe, backend, dry_run, settings, status)
+
+
+if __name__ == "__main__":
+    pipeline.main(main)

@@ -1,0 +1,88 @@
+#!/usr/bin/env python3
+#SBATCH --job-name=submit_MC
+#SBATCH --output=submit_MC-%j.log
+#SBATCH --time=00:30:00
+#SBATCH --ntasks=1
+#SBATCH --cpus-per-task=1
+#SBATCH --mem=2G
+"""MAP-D for a given λ as a SLURM chain: MC-aligned generation (a job array over prompt shards) → merge
+shards → add_reward per value (parallel jobs) → merge → assess (evaluation mode).
+
+    python submit/submit_MC-aligned_pipeline.py --settings=my.yaml --value_list=sentiment,harmlessness --lam_list=2.09,8.61
+    python submit/submit_MC-aligned_pipeline.py ... --lam_list=@results/x.lambda.json   # from alignValues --save_lambda
+"""
+import os
+import sys
+
+
+def _repo_root():
+    # under `sbatch submit/x.py` this file runs from a copy in SLURM's spool folder: the job's Command= names
+    # the original; else look from the folder sbatch was called in
+    places = [os.path.abspath(__file__)]
+    if os.environ.get("SLURM_JOB_ID"):
+        import re
+        import subprocess
+        job = subprocess.run(["scontrol", "show", "job", os.environ["SLURM_JOB_ID"]], capture_output=True, text=True)
+        places += re.findall(r"Command=(\S+)", job.stdout)
+    places += [os.environ.get("SLURM_SUBMIT_DIR", ""), os.getcwd()]
+    for place in filter(None, places):
+        folder = os.path.dirname(place) if place.endswith(".py") else place
+        for candidate in (folder, os.path.dirname(folder)):
+            if os.path.isfile(os.path.join(candidate, "pipeline.py")):
+                return candidate
+    sys.exit("error: cannot find the toolkit (pipeline.py); run from the repository or its submit/ folder")
+
+
+sys.path.insert(0, _repo_root())
+import cli  # noqa: E402
+import pipeline  # noqa: E402
+from errors import InputError  # noqa: E402
+
+
+def main(lam_list, value_list, basemodel_name="smollm2-135m", data_name="builtin", save_directory="results",
+         num_prompts=None, shards=4, MC_nsamples=16, max_new_tokens=None, seed=0, evaluate_values=None,
+         name="mapd", workdir=".", backend="slurm", dry_run=False, settings=None, status=False):
+    """Build the MAP-D pipeline and submit it (or run it locally, print it, or show its status).
+
+    Args:
+        lam_list: λ, one per value (numbers), or "@FILE" written by alignValues.py optimize_lambda --save_lambda.
+        value_list: the aligned values (comma-separated).
+        basemodel_name, data_name, num_prompts, max_new_tokens, seed: as gendata.py.
+        save_directory: results folder; the merged file is {base}_lam={λ}_val={values}.json there (the original
+            name; with "@FILE" the λ part is the file's stem).
+        shards: MC-decoding jobs (array over --start_index/--end_index).
+        MC_nsamples: samples per prompt (16, as the original pipeline).
+        evaluate_values: values to score on the aligned file (default: value_list).
+        name: pipeline name (log folder {log_dir}/{name}, job names {name}:{stage}).
+        workdir: folder the stages run in (relative paths resolve there).
+        backend: "slurm" (sbatch dependency chain) or "local" (subprocesses, in order).
+        dry_run: print the graph and every batch script; submit nothing.
+        settings: cluster YAML (default submit/cluster.yaml; copy and edit it).
+        status: show each stage's job, state and log instead of submitting (also: `<script> status ...`).
+    """
+    values = cli.str_list(value_list, "value_list")
+    evaluated = cli.str_list(evaluate_values, "evaluate_values") if evaluate_values else values
+    if str(lam_list).startswith("@"):
+        lam, lam_tag = str(lam_list), os.path.basename(str(lam_list)[1:]).replace(".json", "")
+    else:
+        numbers = cli.float_list(lam_list, "lam_list")
+        lam, lam_tag = ",".join(str(x) for x in numbers), ",".join(f"{x:.3f}" for x in numbers)
+    if not lam.startswith("@") and len(lam.split(",")) != len(values):
+        raise InputError(f"--lam_list has {len(lam.split(','))} entries but --value_list has {len(values)} values")
+    pipe = pipeline.Pipeline(name, workdir)
+    os.chdir(pipe.workdir)
+    n = pipeline.count_prompts(data_name, num_prompts, seed=seed)
+    base = pipeline.base_name(basemodel_name, data_name)
+    out = os.path.join(save_directory, f"{base}_lam={lam_tag}_val={','.join(values)}.json")
+    # shards of a λ file in their own folder: its λ (in the shard names) is known only when the jobs run
+    shard_directory = os.path.join(save_directory, f"mc_{lam_tag}") if lam.startswith("@") else save_directory
+    merged, _ = pipeline.add_mc_generation(
+        pipe, "mc-generate", basemodel_name, data_name, shard_directory, n, lam, values, out, shards=shards,
+        mc_options={"MC_nsamples": MC_nsamples},
+        gen_options={"num_prompts": num_prompts, "max_new_tokens": max_new_tokens, "seed": seed})
+    pipeline.add_rewards(pipe, "mc", out, evaluated, after=[merged], basemodel_for_perplexity=basemodel_name)
+    pipeline.execute(pipe, backend, dry_run, settings, status)
+
+
+if __name__ == "__main__":
+    pipeline.main(main)

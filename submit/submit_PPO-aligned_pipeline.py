@@ -1,0 +1,96 @@
+#!/usr/bin/env python3
+#SBATCH --job-name=submit_PPO
+#SBATCH --output=submit_PPO-%j.log
+#SBATCH --time=00:30:00
+#SBATCH --ntasks=1
+#SBATCH --cpus-per-task=1
+#SBATCH --mem=2G
+"""MAP-F for a given λ as a SLURM chain: trainPPO.py → generation from the trained model (job array) →
+merge shards → add_reward per value (parallel jobs; perplexity under the base model) → merge → assess
+(evaluation mode).
+
+    python submit/submit_PPO-aligned_pipeline.py --settings=my.yaml --value_list=sentiment,harmlessness --lam_list=0.8,1.5
+"""
+import os
+import sys
+
+
+def _repo_root():
+    # under `sbatch submit/x.py` this file runs from a copy in SLURM's spool folder: the job's Command= names
+    # the original; else look from the folder sbatch was called in
+    places = [os.path.abspath(__file__)]
+    if os.environ.get("SLURM_JOB_ID"):
+        import re
+        import subprocess
+        job = subprocess.run(["scontrol", "show", "job", os.environ["SLURM_JOB_ID"]], capture_output=True, text=True)
+        places += re.findall(r"Command=(\S+)", job.stdout)
+    places += [os.environ.get("SLURM_SUBMIT_DIR", ""), os.getcwd()]
+    for place in filter(None, places):
+        folder = os.path.dirname(place) if place.endswith(".py") else place
+        for candidate in (folder, os.path.dirname(folder)):
+            if os.path.isfile(os.path.join(candidate, "pipeline.py")):
+                return candidate
+    sys.exit("error: cannot find the toolkit (pipeline.py); run from the repository or its submit/ folder")
+
+
+sys.path.insert(0, _repo_root())
+import cli  # noqa: E402
+import pipeline  # noqa: E402
+from errors import InputError  # noqa: E402
+
+
+def main(lam_list, value_list, model_name="smollm2-135m", data_name="builtin", save_directory="results/MAP-F",
+         save_path=None, num_prompts=None, shards=1, max_new_tokens=None, seed=0, evaluate_values=None,
+         ppo_options=None, name="mapf", workdir=".", backend="slurm", dry_run=False, settings=None, status=False):
+    """Build the MAP-F pipeline and submit it (or run it locally, print it, or show its status).
+
+    Args:
+        lam_list: λ, one per value (numbers), or "@FILE" from alignValues.py optimize_lambda --save_lambda.
+        value_list: the aligned values (comma-separated).
+        model_name, data_name, seed: as trainPPO.py (the policy p0 and its prompts).
+        save_path: the trained model's folder (default modelsPPO/{model}-{data}-lam_{λ}-val_{values}).
+        save_directory: where the trained model's generations go.
+        num_prompts, max_new_tokens, shards: evaluation generation (prompt count, length, job-array shards).
+        evaluate_values: values scored on the generations (default value_list; "perplexity" is scored
+            under model_name, the base model).
+        ppo_options: further trainPPO.py flags as a dict, e.g. "{use_lora: True, learning_rate: 1e-5}".
+        name: pipeline name (log folder {log_dir}/{name}, job names {name}:{stage}).
+        workdir: folder the stages run in (relative paths resolve there).
+        backend: "slurm" (sbatch dependency chain) or "local" (subprocesses, in order).
+        dry_run: print the graph and every batch script; submit nothing.
+        settings: cluster YAML (default submit/cluster.yaml; copy and edit it).
+        status: show each stage's job, state and log instead of submitting (also: `<script> status ...`).
+    """
+    import training
+    from models import model_short_name
+    from prompts import data_tag
+    values = cli.str_list(value_list, "value_list")
+    evaluated = cli.str_list(evaluate_values, "evaluate_values") if evaluate_values else values
+    pipeline.check_values(values)
+    pipe = pipeline.Pipeline(name, workdir)
+    os.chdir(pipe.workdir)
+    n = pipeline.count_prompts(data_name, num_prompts, seed=seed)
+    if str(lam_list).startswith("@"):
+        lam = str(lam_list)
+        if save_path is None:
+            raise InputError("with --lam_list=@FILE give --save_path (the default model folder's name holds λ)")
+    else:
+        numbers = cli.float_list(lam_list, "lam_list")
+        lam = ",".join(str(x) for x in numbers)
+        if save_path is None:
+            save_path = os.path.join("modelsPPO", training.map_model_name(
+                model_short_name(model_name), data_tag(data_name), numbers, values))
+    save_path = training.sanitize_save_path(save_path)
+    train = pipe.add("train", "trainPPO.py",
+                     pipeline.flags(lam_list=lam, value_list=values, model_name=model_name, data_name=data_name,
+                                    save_path=save_path, seed=seed, **(ppo_options or {})),
+                     done=pipeline.model_done(save_path), kind="training")
+    gen, out = pipeline.add_generation(pipe, "generate", save_path, data_name, save_directory, n, shards,
+                                       {"num_prompts": num_prompts, "max_new_tokens": max_new_tokens, "seed": seed},
+                                       after=[train])
+    pipeline.add_rewards(pipe, "ppo", out, evaluated, after=[gen], basemodel_for_perplexity=model_name)
+    pipeline.execute(pipe, backend, dry_run, settings, status)
+
+
+if __name__ == "__main__":
+    pipeline.main(main)
