@@ -106,9 +106,11 @@ class TrainDPA:
         """SFT of π_{t−1} on the selections (assistant turn only, LoRA) -> iter{t}/model."""
         return self.trainer.train(iteration)
 
-    def evaluate(self, iteration=0):
-        """π_t on the held-out prompts over the θ grid, scored -> eval/iter{t}.json (0 = the starting model)."""
-        return self.trainer.evaluate(iteration)
+    def evaluate(self, iteration=0, directions=None):
+        """π_t on the held-out prompts over the θ grid (or the given --directions, degrees), scored ->
+        eval/iter{t}.json (0 = the starting model)."""
+        angles = None if directions is None else cli.float_list(directions, "directions")
+        return self.trainer.evaluate(iteration, angles=angles)
 
     def run(self, evaluate=True):
         """All stages for t = 1..T (and the grid evaluation of π_0..π_T in direction mode)."""

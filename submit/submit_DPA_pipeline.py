@@ -11,9 +11,10 @@ stage and iteration:
     sample(1) → score(1) → select(1) → train(1) → evaluate(1)
                                           └→ sample(2) → score(2) → select(2) → train(2) → evaluate(2) → ...
 
-Each stage is `python trainDPA.py <stage> --output_dir=D --iteration=i ...`; iteration i ≥ 2 samples from
-iteration i-1's model (trainDPA.py finds it under D). The files each stage leaves (its completion markers)
-are OUTPUTS below, under D/iter_{i}/.
+Each stage is `python trainDPA.py <stage> --output_dir=D --iteration=i ...` with the run's settings on every
+stage (trainDPA.py records them in D/dpa_config.json and refuses a stage with other settings); iteration
+i ≥ 2 samples from iteration i-1's model (trainDPA.py finds it under D). The files each stage leaves (its
+completion markers, written last) are OUTPUTS below, under D.
 
     python submit/submit_DPA_pipeline.py --settings=my.yaml --value_list=sentiment,length --iterations=3 --output_dir=models/DPA
 """
@@ -44,9 +45,9 @@ import cli  # noqa: E402
 import pipeline  # noqa: E402
 from errors import InputError  # noqa: E402
 
-# what each stage leaves under {output_dir}/iter_{i}/ when it is finished
-OUTPUTS = {"sample": "samples.json", "score": "scores.json", "select": "selected.json",
-           "train": "model/map_training.json", "evaluate": "evaluation.json"}
+# what each stage leaves under {output_dir} when it is finished (trainDPA.py's layout)
+OUTPUTS = {"sample": "iter{i}/samples.json", "score": "iter{i}/scored.json", "select": "iter{i}/selected.json",
+           "train": "iter{i}/model/map_training.json", "evaluate": "eval/iter{i}.json"}
 KINDS = {"sample": "generation", "score": "scoring", "select": "cpu", "train": "training", "evaluate": "generation"}
 
 
@@ -81,21 +82,16 @@ def main(value_list, iterations=3, model_name="smollm2-135m", data_name="builtin
     pipe = pipeline.Pipeline(name, workdir)
     os.chdir(pipe.workdir)
     pipeline.count_prompts(data_name, num_prompts, seed=seed)  # the prompt source must load here
-    common = {"output_dir": output_dir, "model_name": model_name, "seed": seed}
-    per_stage = {
-        "sample": {"data_name": data_name, "num_prompts": num_prompts, "samples_per_prompt": samples_per_prompt},
-        "score": {"value_list": values},
-        "select": {},
-        "train": {},
-        "evaluate": {"data_name": data_name, "num_prompts": num_eval_prompts, "value_list": values,
-                     "directions": angles},
-    }
+    common = {"output_dir": output_dir, "model_name": model_name, "seed": seed, "objectives": values,
+              "data_name": data_name, "num_train_prompts": num_prompts, "samples_per_prompt": samples_per_prompt,
+              "num_eval_prompts": num_eval_prompts, "iterations": iterations}
+    per_stage = {"sample": {}, "score": {}, "select": {}, "train": {}, "evaluate": {"directions": angles}}
     previous_train = None
     for i in range(1, int(iterations) + 1):
         after = [previous_train]
         for stage in ("sample", "score", "select", "train", "evaluate"):
             args = [stage] + pipeline.flags(iteration=i, **common, **per_stage[stage], **(options.get(stage) or {}))
-            marker = pipeline.file_done(os.path.join(output_dir, f"iter_{i}", OUTPUTS[stage]))
+            marker = pipeline.file_done(os.path.join(output_dir, OUTPUTS[stage].format(i=i)))
             name_i = pipe.add(f"{stage}-{i}", "trainDPA.py", args, done=marker, kind=KINDS[stage], after=after)
             if stage == "train":
                 previous_train = name_i
