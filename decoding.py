@@ -299,11 +299,12 @@ def write_mc_shard(gen, lam_list, value_list, MC_nsamples=32, start_index=0, end
     """MC-aligned generation for prompts [start_index, end_index) of a gendata.TextGeneration `gen`,
     written to the original's shard name (see shard_path) and resumable.
 
-    The shard is rewritten atomically every `gen.checkpoint_every` prompts (the original: every 50)
-    and at the end; its sidecar `{shard}.meta.json` holds the settings fingerprint, seeds and
-    `complete`. Re-running the same command after a kill continues after the last saved prompt and
-    gives the records of an uninterrupted run. A shard made with other settings is never mixed
-    in: the run refuses (naming the differences) unless gen.overwrite.
+    Progress is journaled (records.Checkpoint) to `{shard}.journal.jsonl` every `gen.checkpoint_every`
+    prompts (on batch boundaries); the shard and its sidecar `{shard}.meta.json` (settings
+    fingerprint, seeds, counts) are written atomically at the end. Re-running the same command after
+    a kill continues after the last journaled batch and gives the records of an uninterrupted run. A
+    journal or shard made with other settings is never mixed in: the run refuses (naming the first
+    differing setting) unless gen.overwrite.
     Returns the shard path.
     """
     from tqdm.auto import tqdm
@@ -322,88 +323,72 @@ def write_mc_shard(gen, lam_list, value_list, MC_nsamples=32, start_index=0, end
     path = shard_path(gen.save_directory, gen.base_name, lam, value_list, start, end)
     model, tokenizer = gen.load_model()
     chat = gen.chat_template_used()
+    given = set(scorers or {})
+    # perplexity is scored under the generating model itself (its identity is gen's model_identity)
+    scorer_ids = [{"value": v, "custom_scorer": True} if v in given else
+                  values_registry.scorer_fingerprint(v, basemodel_for_perplexity="<the generating model>",
+                                                     dtype=gen.dtype) for v in names]
     fingerprint = dict(gen.fingerprint(start, end), kind="mc_aligned", lam=lam.tolist(), values=names,
-                       MC_nsamples=M, best_of_n=bool(best_of_n))
+                       MC_nsamples=M, best_of_n=bool(best_of_n), scorers=scorer_ids)
 
-    recs = _resume_records(path, fingerprint, gen.overwrite, start)
-    old_meta = records.load_metadata(path) if recs else {}
-    done = start + len(recs)
-    if done >= end and old_meta.get("complete"):
-        print(f"gendata: {path} is already complete with these settings; nothing to do.")
-        return path
-    if recs:
-        print(f"gendata: resuming {path} at prompt {done} of [{start}, {end})")
-        if old_meta.get("batch_size") != int(batch_size):
-            print(f"gendata: note: the interrupted run used batch_size={old_meta.get('batch_size')}; resuming with "
-                  f"{batch_size} samples differently from an uninterrupted run (still valid samples).")
-    tokens_before = (old_meta.get("counts") or {}).get("new_tokens", 0)
-    meta = {"kind": "mc_aligned_generation", "complete": False, "file": os.path.basename(path),
-            "model": gen.basemodel_name, "seed": gen.seed, "batch_size": int(batch_size), "fingerprint": fingerprint,
-            "counts": {"new_tokens": tokens_before},
-            "seeding": "per batch: gendata.block_seed(seed, first prompt index, 0) for sampling, (..., 1) for "
-                       "resampling", "record_keys": {"chosen_index": "which of the M samples was kept",
-                                                     "mc_ess": "effective sample size 1/Σw² of the weights"}}
-    records.save_metadata(path, meta)
+    with records.Checkpoint(path, fingerprint, overwrite=gen.overwrite) as ckpt:
+        if ckpt.complete:
+            print(f"gendata: {path} is already complete with these settings; nothing to do.")
+            return path
+        state = ckpt.state or {}
+        done = start + len(ckpt.done)
+        if ckpt.done and [r.get("prompt_id") for r in ckpt.done] != list(range(start, done)):
+            raise records.RecordsError(f"journal {ckpt.journal_path!r} does not hold consecutive prompts from "
+                                       f"{start}; delete it or pass --overwrite=True.")
+        if ckpt.resumed:
+            print(f"gendata: resuming {path} at prompt {done} of [{start}, {end}) from {ckpt.journal_path}")
+            if state.get("batch_size") != int(batch_size):
+                print(f"gendata: note: the interrupted run used batch_size={state.get('batch_size')}; resuming "
+                      f"with {batch_size} samples differently from an uninterrupted run (still valid samples).")
+        tokens_before = state.get("new_tokens", 0)
 
-    # perplexity under the generating model itself, already in memory (the original's pipeline
-    # passed no base model here, so its perplexity step always failed)
-    scorers = load_scorers(names, device=str(model.device), scorers=scorers,
-                           basemodel_for_perplexity=(model, tokenizer))
-    engine = gen.engine(end - start) if gen.resolved_engine(end - start) != "hf" else None
-    if engine is not None:
-        meta["engine"] = dict(engine.info(), **fingerprint["engine"])
-    per_call = max(1, int(batch_size) // M)
-    # checkpoints fall on batch boundaries, so a resumed run re-creates the same batches and seeds
-    every = max(per_call, (gen.checkpoint_every // per_call) * per_call)
-    t0, tokens, last_saved = time.time(), 0, done
-    bar = tqdm(total=end - start, initial=done - start, desc=f"MC-aligned {gen.base_name}", unit="prompt",
-               disable=not gen.progress, dynamic_ncols=True)
-    for lo in range(done, end, per_call):
-        hi = min(lo + per_call, end)
-        results, n_new = mc_decode(model, tokenizer, prompts[lo:hi], lam, names, M, scorers=scorers,
-                                   batch_size=batch_size, max_new_tokens=gen.sampling["max_new_tokens"],
-                                   temperature=gen.sampling["temperature"], top_k=gen.sampling["top_k"],
-                                   best_of_n=best_of_n, use_chat_template=chat, seed=gen.seed,
-                                   first_prompt_index=lo, share_prefix=share_prefix, engine=engine)
-        tokens += n_new
-        for i, res in zip(range(lo, hi), results):
-            rec = gen.make_record(prompts[i], res["continuation"], i, 0, chat)
-            rec.update(res["rewards"])
-            rec.update(chosen_index=res["chosen_index"], mc_ess=res["mc_ess"])
-            recs.append(rec)
-        bar.update(hi - lo)
-        bar.set_postfix(tok_s=f"{tokens / max(time.time() - t0, 1e-9):.1f}")
-        if hi - last_saved >= every and hi < end:
-            records.save_json_atomic(recs, path)
-            records.save_metadata(path, dict(meta, counts={"new_tokens": tokens_before + tokens}))
-            last_saved = hi
-    bar.close()
-    gen.close_engine()
-    records.save_json_atomic(recs, path)
-    elapsed = time.time() - t0
-    meta.update(complete=True, counts={"prompts": end - start, "records": len(recs),
-                                       "new_tokens": tokens_before + tokens},
-                timing={"seconds_last_run": round(elapsed, 3),
-                        "tokens_per_second_last_run": round(tokens / max(elapsed, 1e-9), 2)})
-    records.save_metadata(path, meta)
+        # perplexity under the generating model itself, already in memory (the original's pipeline
+        # passed no base model here, so its perplexity step always failed)
+        scorers = load_scorers(names, device=str(model.device), scorers=scorers,
+                               basemodel_for_perplexity=(model, tokenizer))
+        engine = gen.engine(end - start) if gen.resolved_engine(end - start) != "hf" else None
+        per_call = max(1, int(batch_size) // M)
+        # journal on batch boundaries, so a resumed run re-creates the same batches and seeds
+        every = max(per_call, (gen.checkpoint_every // per_call) * per_call)
+        t0, tokens, last_saved, pending = time.time(), 0, done, []
+        bar = tqdm(total=end - start, initial=done - start, desc=f"MC-aligned {gen.base_name}", unit="prompt",
+                   disable=not gen.progress, dynamic_ncols=True)
+        for lo in range(done, end, per_call):
+            hi = min(lo + per_call, end)
+            results, n_new = mc_decode(model, tokenizer, prompts[lo:hi], lam, names, M, scorers=scorers,
+                                       batch_size=batch_size, max_new_tokens=gen.sampling["max_new_tokens"],
+                                       temperature=gen.sampling["temperature"], top_k=gen.sampling["top_k"],
+                                       best_of_n=best_of_n, use_chat_template=chat, seed=gen.seed,
+                                       first_prompt_index=lo, share_prefix=share_prefix, engine=engine)
+            tokens += n_new
+            for i, res in zip(range(lo, hi), results):
+                rec = gen.make_record(prompts[i], res["continuation"], i, 0, chat)
+                rec.update(res["rewards"])
+                rec.update(chosen_index=res["chosen_index"], mc_ess=res["mc_ess"])
+                pending.append(rec)
+            bar.update(hi - lo)
+            bar.set_postfix(tok_s=f"{tokens / max(time.time() - t0, 1e-9):.1f}")
+            if hi - last_saved >= every and hi < end:
+                ckpt.append(pending, state={"batch_size": int(batch_size), "new_tokens": tokens_before + tokens})
+                pending, last_saved = [], hi
+        bar.close()
+        engine_info = dict(engine.info() if engine else {}, **fingerprint["engine"])
+        gen.close_engine()
+        recs = ckpt.records + pending
+        elapsed = time.time() - t0
+        meta = {"kind": "mc_aligned_generation", "complete": True, "file": os.path.basename(path),
+                "model": gen.basemodel_name, "seed": gen.seed, "batch_size": int(batch_size), "engine": engine_info,
+                "counts": {"prompts": end - start, "records": len(recs), "new_tokens": tokens_before + tokens},
+                "timing": {"seconds_last_run": round(elapsed, 3),
+                           "tokens_per_second_last_run": round(tokens / max(elapsed, 1e-9), 2)},
+                "seeding": "per batch: gendata.block_seed(seed, first prompt index, 0) for sampling, (..., 1) for "
+                           "resampling", "record_keys": {"chosen_index": "which of the M samples was kept",
+                                                         "mc_ess": "effective sample size 1/Σw² of the weights"}}
+        ckpt.finalize(recs, metadata=meta)
     print(f"gendata: wrote {len(recs)} MC-aligned records to {path}")
     return path
-
-
-def _resume_records(path, fingerprint, overwrite, start):
-    """Records already in a shard of this exact run ([] when none); refuses a foreign shard."""
-    if not os.path.exists(path) or overwrite:
-        return []
-    meta = records.load_metadata(path)
-    if meta.get("fingerprint") != fingerprint:
-        from mergeProcessor import OutputExistsError
-        old = meta.get("fingerprint") or {}
-        diff = ", ".join(f"{k}: {old.get(k)!r} -> {v!r}" for k, v in fingerprint.items() if old.get(k) != v)
-        raise OutputExistsError(f"{path} exists but was made with other settings "
-                              f"({diff or 'no metadata sidecar records its settings'}). Re-run with those "
-                              "settings to resume it, or pass --overwrite=True to replace it.")
-    recs = records.load_records(path)
-    expected = list(range(start, start + len(recs)))
-    if [r.get("prompt_id") for r in recs] != expected:
-        raise records.RecordsError(f"{path} does not hold consecutive prompts from {start}; delete it to start over.")
-    return recs

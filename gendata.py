@@ -12,8 +12,9 @@ naming); `python mergeProcessor.py merge_gendata_bypattern 'results/temp/{base}_
 Sampling follows the original (temperature 1, top_k 50, num_beams 1, do_sample, max_new_tokens 50), now
 seeded: the RNG is re-seeded for every batch from (seed, index of the batch's first prompt), so a run that
 was killed and restarted produces exactly the records of an uninterrupted run with the same batch size.
-Progress is checkpointed atomically to `{save_directory}/temp/{output name}.partial` every
-`checkpoint_every` prompts; re-running the same command resumes from there.
+Progress is journaled (records.Checkpoint) to `{output}.journal.jsonl` every `checkpoint_every` prompts, one
+appended line per batch; re-running the same command resumes from there, and the output is written
+atomically from the journal at the end.
 
 Perplexity is not written at generation time (the original computed it here, with a second pass per
 sample): add it with `python rewardProcessor.py --file_path=... add_reward --value=perplexity`, which
@@ -25,7 +26,6 @@ Records always store the raw prompt; `generated` is prompt + decoded continuatio
 original) or prompt + " " + continuation (chat mode, where the template text is not part of the record).
 """
 import datetime
-import json
 import os
 import platform
 import sys
@@ -35,8 +35,8 @@ import numpy as np
 
 import cli
 import records
-from mergeProcessor import OutputExistsError
-from models import DEFAULT_MODEL, format_prompts, load_model_and_tokenizer, model_info, model_short_name
+from models import (DEFAULT_MODEL, format_prompts, load_model_and_tokenizer, model_fingerprint, model_info,
+                    model_short_name)
 from prompts import data_tag, load_prompts
 
 
@@ -114,8 +114,8 @@ class TextGeneration:
         max_new_tokens: new tokens per continuation (default 50).
         do_sample: sample (default True); False = greedy.
         samples_per_prompt: continuations per prompt (records get sample_id 0..M-1).
-        checkpoint_every: save progress every this many prompts (resume point after a kill).
-        overwrite: replace an existing output made with other settings (default: refuse).
+        checkpoint_every: journal progress every this many prompts (resume point after a kill).
+        overwrite: discard a journal and replace an existing output made with other settings (default: refuse).
         progress: show a tqdm bar.
         engine: what samples: "hf" (default: batched transformers in this process, the reference), "vllm"
             (in-process vllm.LLM when importable, else `vllm serve` from .venv-vllm built by `make vllm`,
@@ -284,12 +284,15 @@ class TextGeneration:
         return start, end
 
     def fingerprint(self, start, end):
-        """Everything that determines the records; a resumed or existing output must match it."""
+        """Everything that determines the records (records.Checkpoint fingerprint); a resumed or existing output
+        must match it. The batch size is not part of it: a run resumed with another batch size (say after
+        running out of memory) is allowed, with a note, and gives valid but different samples."""
         return {"model": self.basemodel_name, "data_name": self.data_name, "prompt_column": self.prompt_column,
                 "split": self.split, "dataset_path": self.dataset_path, "num_prompts": self.num_prompts,
                 "start_index": start, "end_index": end, "seed": self.seed, "sampling": self.sampling,
                 "samples_per_prompt": self.samples_per_prompt, "use_chat_template": self.chat_template_used(),
-                "dtype": None if self.dtype is None else str(self.dtype), "engine": self.engine_identity(end - start)}
+                "dtype": None if self.dtype is None else str(self.dtype),
+                "model_identity": model_fingerprint(self.basemodel_name), "engine": self.engine_identity(end - start)}
 
     def engine_identity(self, num_prompts):
         """{"engine", "version"} of the engine this job uses (part of the fingerprint: samples differ by engine)."""
@@ -306,9 +309,10 @@ class TextGeneration:
                 `{save_directory}/temp/{base}_{start}to{end}.json`.
         Returns:
             the path of the written (or already complete) results file.
-        Resumes from `{save_directory}/temp/{name}.partial` when a previous run with the same settings was
-        interrupted; returns at once when the output already exists with the same settings; refuses
-        (names the differences) when it exists with other settings, unless --overwrite=True.
+        Progress is journaled to `{output}.journal.jsonl` (records.Checkpoint) every checkpoint_every prompts;
+        re-running the same command resumes from it. Returns at once when the output already exists with the
+        same settings; refuses (naming the first differing setting) a journal or output made with other
+        settings, unless --overwrite=True.
         """
         from tqdm.auto import tqdm
         batch_size = int(batch_size)
@@ -317,66 +321,57 @@ class TextGeneration:
         prompts = self.prompts
         start, end = self._range(start_index, end_index, len(prompts))
         path = self.output_path(start_index, end_index)
-        partial_path = os.path.join(self.save_directory, "temp", os.path.basename(path) + ".partial")
         hf = self.resolved_engine(end - start) == "hf"
         self.load_model() if hf else self.load_tokenizer()
         fingerprint = self.fingerprint(start, end)
-
-        existing = records.load_metadata(path) if os.path.exists(path) else None
-        if existing is not None and not self.overwrite:
-            if existing.get("complete") and existing.get("fingerprint") == fingerprint:
+        with records.Checkpoint(path, fingerprint, overwrite=self.overwrite) as ckpt:
+            if ckpt.complete:
                 print(f"gendata: {path} is already complete with these settings; nothing to do.")
                 return path
-            if not self._partial_matches(partial_path, fingerprint, complete=True):
-                raise OutputExistsError(
-                    f"{path} already exists but was made with other settings ({self._diff(existing, fingerprint)}). "
-                    "Pass --overwrite=True to replace it, or choose another --save_directory.")
+            state = ckpt.state or {}
+            done = state.get("next_prompt", start)
+            if len(ckpt.done) != (done - start) * self.samples_per_prompt:
+                raise records.RecordsError(f"journal {ckpt.journal_path!r} holds {len(ckpt.done)} records but says "
+                                           f"prompts {start}..{done - 1} are done; delete it or pass --overwrite=True.")
+            if ckpt.resumed:
+                print(f"gendata: resuming {path} at prompt {done} of [{start}, {end}) from {ckpt.journal_path}")
+                if state.get("batch_size") != batch_size:
+                    print(f"gendata: note: the interrupted run used batch_size={state.get('batch_size')}; resuming "
+                          f"with {batch_size} samples differently from an uninterrupted run (still valid samples).")
+            started = state.get("started", now())
+            elapsed_before, tokens_before = state.get("elapsed_s", 0.0), state.get("tokens", 0)
 
-        state = self._load_partial(partial_path, fingerprint)
-        recs = state["records"] if state else []
-        done = state["next_prompt"] if state else start
-        if state:
-            print(f"gendata: resuming {path} at prompt {done} of [{start}, {end}) from {partial_path}")
-        started = state["started"] if state else now()
-        elapsed_before = state["elapsed_s"] if state else 0.0
-        tokens_before = state["tokens"] if state else 0
-        if state and state.get("batch_size") != batch_size:
-            print(f"gendata: note: the interrupted run used batch_size={state.get('batch_size')}; resuming with "
-                  f"{batch_size} samples differently from an uninterrupted run (still valid samples).")
-
-        chat = fingerprint["use_chat_template"]
-        per_block = max(1, batch_size // self.samples_per_prompt)
-        self.tokens_generated = 0
-        t0 = time.time()
-        last_checkpoint = done
-        if not hf:
-            self.engine(end - start)
-        bar = tqdm(total=end - start, initial=done - start, desc=f"generate {self.base_name}", unit="prompt",
-                   disable=not self.progress, dynamic_ncols=True)
-        for lo in range(done, end, per_block):
-            block = list(range(lo, min(lo + per_block, end)))
-            outs = self.sample_continuations([prompts[i] for i in block], self.samples_per_prompt, batch_size,
-                                             seed_key=lo)
-            for i, samples in zip(block, outs):
-                for s, text in enumerate(samples):
-                    recs.append(self.make_record(prompts[i], text, i, s, chat))
-            done = block[-1] + 1
-            bar.update(len(block))
-            bar.set_postfix(tok_s=f"{self.tokens_generated / max(time.time() - t0, 1e-9):.1f}")
-            if done - last_checkpoint >= self.checkpoint_every and done < end:
-                self._save_partial(partial_path, fingerprint, recs, done, started,
-                                   elapsed_before + time.time() - t0, tokens_before + self.tokens_generated,
-                                   batch_size)
-                last_checkpoint = done
-        bar.close()
-        self.close_engine()
-        elapsed = elapsed_before + time.time() - t0
-        tokens = tokens_before + self.tokens_generated
-        # the finished partial first: a kill between the two writes below is resumed from it
-        self._save_partial(partial_path, fingerprint, recs, end, started, elapsed, tokens, batch_size)
-        records.save_json_atomic(recs, path)
-        records.save_metadata(path, self._metadata(fingerprint, recs, started, elapsed, tokens, batch_size, path))
-        os.remove(partial_path)
+            chat = fingerprint["use_chat_template"]
+            per_block = max(1, batch_size // self.samples_per_prompt)
+            self.tokens_generated = 0
+            t0 = time.time()
+            pending, last_checkpoint = [], done
+            if not hf:
+                self.engine(end - start)
+            bar = tqdm(total=end - start, initial=done - start, desc=f"generate {self.base_name}", unit="prompt",
+                       disable=not self.progress, dynamic_ncols=True)
+            for lo in range(done, end, per_block):
+                block = list(range(lo, min(lo + per_block, end)))
+                outs = self.sample_continuations([prompts[i] for i in block], self.samples_per_prompt, batch_size,
+                                                 seed_key=lo)
+                for i, samples in zip(block, outs):
+                    for s, text in enumerate(samples):
+                        pending.append(self.make_record(prompts[i], text, i, s, chat))
+                done = block[-1] + 1
+                bar.update(len(block))
+                bar.set_postfix(tok_s=f"{self.tokens_generated / max(time.time() - t0, 1e-9):.1f}")
+                if done - last_checkpoint >= self.checkpoint_every and done < end:
+                    # journal on batch boundaries only: a resumed run re-creates the same batches and seeds
+                    ckpt.append(pending, state={"next_prompt": done, "started": started, "batch_size": batch_size,
+                                                "elapsed_s": elapsed_before + time.time() - t0,
+                                                "tokens": tokens_before + self.tokens_generated})
+                    pending, last_checkpoint = [], done
+            bar.close()
+            self.close_engine()
+            elapsed = elapsed_before + time.time() - t0
+            tokens = tokens_before + self.tokens_generated
+            recs = ckpt.records + pending
+            ckpt.finalize(recs, metadata=self._metadata(fingerprint, recs, started, elapsed, tokens, batch_size, path))
         print(f"gendata: wrote {len(recs)} records to {path} ({tokens} new tokens in {elapsed:.1f} s, "
               f"{tokens / max(elapsed, 1e-9):.1f} tok/s)")
         return path
@@ -406,44 +401,6 @@ class TextGeneration:
     # ----------------------------------------------------------------------------------------
     # checkpoints and metadata
 
-    def _save_partial(self, partial_path, fingerprint, recs, next_prompt, started, elapsed, tokens, batch_size):
-        records.save_json_atomic({"fingerprint": fingerprint, "next_prompt": next_prompt, "records": recs,
-                                  "started": started, "elapsed_s": elapsed, "tokens": tokens,
-                                  "batch_size": batch_size}, partial_path, indent=None)
-
-    def _load_partial(self, partial_path, fingerprint):
-        if not os.path.isfile(partial_path):
-            return None
-        try:
-            with open(partial_path, encoding="utf-8") as f:
-                state = json.load(f)
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise records.RecordsError(f"checkpoint {partial_path} is unreadable; delete it to start over.") from None
-        if state.get("fingerprint") != fingerprint:
-            if self.overwrite:
-                return None
-            raise OutputExistsError(
-                f"checkpoint {partial_path} belongs to a run with other settings "
-                f"({self._diff(state, fingerprint)}). Re-run with those settings to resume it, or pass "
-                "--overwrite=True to discard it.")
-        return state
-
-    def _partial_matches(self, partial_path, fingerprint, complete):
-        """True when a finished checkpoint of this exact run exists (a kill hit between the final writes)."""
-        try:
-            state = self._load_partial(partial_path, fingerprint)
-        except (OutputExistsError, records.RecordsError):
-            return False
-        return bool(state) and (not complete or state["next_prompt"] == fingerprint["end_index"])
-
-    @staticmethod
-    def _diff(saved, fingerprint):
-        old = saved.get("fingerprint") or {}
-        if not old:
-            return "no metadata sidecar records its settings"
-        keys = [k for k in fingerprint if old.get(k) != fingerprint[k]]
-        return ", ".join(f"{k}: {old.get(k)!r} -> {fingerprint[k]!r}" for k in keys) or "incomplete"
-
     def _metadata(self, fingerprint, recs, started, elapsed, tokens, batch_size, path):
         try:
             info = model_info(self.basemodel_name)
@@ -455,7 +412,9 @@ class TextGeneration:
             "model": self.basemodel_name, "model_info": info, "seed": self.seed,
             "sampling": dict(self.sampling, samples_per_prompt=self.samples_per_prompt, batch_size=batch_size,
                              use_chat_template=fingerprint["use_chat_template"], seeding="per batch: "
-                             "block_seed(seed, first prompt index of the batch, chunk)"),
+                             "block_seed(seed, first prompt index of the batch, chunk)"
+                             if fingerprint["engine"]["engine"] == "hf" else "per request: "
+                             "engines.request_seed(seed, prompt index) + sample index"),
             "prompt_source": {"data_name": self.data_name, "prompt_column": self.prompt_column, "split": self.split,
                               "dataset_path": self.dataset_path, "num_prompts_limit": self.num_prompts,
                               "num_prompts_loaded": len(self.prompts)},

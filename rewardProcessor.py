@@ -7,9 +7,10 @@
         --values_to_evaluate=all assess_postalignment_multivalue --k=100
 
 add_reward is non-invasive: the results file is never touched; the scores go to
-`{dir}/temp/{base}_temp_{value}.json` (a JSON array of {id, prompt, <value>}), rewritten atomically after
-every batch, so several values can be scored by parallel processes on one file and a killed run resumes
-from the scored part. mergeProcessor.py then adds the columns to the file.
+`{dir}/temp/{base}_temp_{value}.json` ({id, prompt, <value>} per record; `.jsonl` for a .jsonl results
+file), journaled batch by batch (records.Checkpoint) and written atomically at the end, so several values
+can be scored by parallel processes on one file and a killed run resumes from the scored part (only with
+the same scorer). mergeProcessor.py then adds the columns to the file.
 
 Outputs (formats of the original, SPEC-MAP §2.3):
 * `{file}_realC-levels.csv`: rows avg, avg_std (standard error, ddof 0), 50%..99% quantiles per value;
@@ -114,17 +115,22 @@ class RewardProcessor:
     # ----------------------------------------------------------------------------------------
 
     def add_reward(self, value, basemodel_for_perplexity=None, overwrite=False):
-        """Score every record of the file with `value` into `{dir}/temp/{base}_temp_{value}.json`.
+        """Score every record of the file with `value` into `{dir}/temp/{base}_temp_{value}.json` (`.jsonl` for a
+        .jsonl results file).
 
         Args:
             value: a registered value name (see values.py), e.g. sentiment, harmlessness, coherence-minilm,
                 perplexity, diversity, length, humor, gpt2-helpful.
             basemodel_for_perplexity: the model whose perplexity is scored (value "perplexity"); default:
                 the model named in the file's metadata sidecar (the model that generated it).
-            overwrite: rescore even when the file already holds `value` for every record.
+            overwrite: rescore even when the file already holds `value` for every record; discard a journal or
+                temp file made with another scorer.
         Returns:
             the temp file path (merge it with mergeProcessor.py), or None when nothing needed scoring.
-        Resumes a matching temp file left by a killed run; the results file itself is never modified.
+        Scores are journaled batch by batch (records.Checkpoint: `{temp}.journal.jsonl`, fingerprint = the
+        records' ids and texts + the scorer's spec, model identity, base model and dtype), so a killed run
+        resumes where it stopped, and a resume with another scorer is refused, never mixed. The results file
+        itself is never modified.
         """
         from tqdm.auto import tqdm
         recs = self._records()
@@ -133,7 +139,8 @@ class RewardProcessor:
             print(f"add_reward: {self.file_path} already holds {value!r} for all {len(recs)} records; nothing to do "
                   "(pass --overwrite=True to rescore).")
             return None
-        if value == "perplexity" and basemodel_for_perplexity is None:
+        spec = values_module.get_spec(value)
+        if spec.needs_basemodel and basemodel_for_perplexity is None:
             basemodel_for_perplexity = records.load_metadata(self.file_path).get("model")
             if basemodel_for_perplexity is None:
                 raise ValueError(
@@ -141,66 +148,49 @@ class RewardProcessor:
                     f"naming it ({records.metadata_path(self.file_path)}). Pass --basemodel_for_perplexity=<model>, "
                     "e.g. smollm2-135m, opt1.3b or a model folder.")
         temp = temp_reward_path(self.file_path, value)
-        entries = self._resume_entries(temp, recs, value)
-        if len(entries) == len(recs):
-            print(f"add_reward: {temp} already holds {value!r} for all {len(recs)} records; merge it.")
-            return temp
-        scorer = values_module.load_scorer(value, device=self.device, batch_size=self.batch_size,
-                                           basemodel_for_perplexity=basemodel_for_perplexity, dtype=self.dtype)
-        started, t0, first = timestamp(), time.time(), len(entries)
-        bar = tqdm(total=len(recs), initial=first, desc=f"score {value}", unit="rec", disable=not self.progress,
-                   dynamic_ncols=True)
-        for lo in range(first, len(recs), self.batch_size):
-            batch = recs[lo:lo + self.batch_size]
-            full = [r.get("generated") for r in batch]
-            # full-text values score the stored `generated` (exactly what the original scored)
-            scores = np.asarray(scorer([r["prompt"] for r in batch], [records.continuation_of(r) for r in batch],
-                                       full_texts=full if all(isinstance(t, str) for t in full) else None),
-                                dtype=np.float64).reshape(-1)
-            if scores.shape[0] != len(batch):
-                raise RuntimeError(f"scorer for {value!r} returned {scores.shape[0]} scores for {len(batch)} texts")
-            for j, (r, x) in enumerate(zip(batch, scores)):
-                entries.append({"id": records.record_id(r, lo + j), "prompt": r.get("prompt"),
-                                value: float(x) if math.isfinite(x) else None})
-            records.save_json_atomic(entries, temp)
-            bar.update(len(batch))
-        bar.close()
-        records.save_metadata(temp, {
-            "value": value, "scorer": _spec_dict(values_module.get_spec(value)),
-            "scorer_model": None if getattr(scorer, "model_location", None) is None else str(scorer.model_location),
-            "basemodel_for_perplexity": basemodel_for_perplexity,
-            "batch_size": self.batch_size, "device": self.device, "dtype": self.dtype, "records": len(recs),
-            "started": started, "finished": timestamp(), "seconds": round(time.time() - t0, 3),
-            "resumed_at": first or None})
+        fingerprint = {"kind": "reward", "records": len(recs), "input_sha256": records.content_sha256(recs),
+                       "scorer": values_module.scorer_fingerprint(value, basemodel_for_perplexity, self.dtype)}
+        with records.Checkpoint(temp, fingerprint, overwrite=overwrite) as ckpt:
+            if ckpt.complete:
+                print(f"add_reward: {temp} already holds {value!r} for all {len(recs)} records; merge it.")
+                return temp
+            first = len(ckpt.done)
+            if first:
+                print(f"add_reward: resuming {value!r} at record {first} of {len(recs)} from {ckpt.journal_path}")
+            started = (ckpt.state or {}).get("started") or timestamp()
+            scorer = values_module.load_scorer(value, device=self.device, batch_size=self.batch_size,
+                                               basemodel_for_perplexity=basemodel_for_perplexity, dtype=self.dtype)
+            t0 = time.time()
+            bar = tqdm(total=len(recs), initial=first, desc=f"score {value}", unit="rec", disable=not self.progress,
+                       dynamic_ncols=True)
+            for lo in range(first, len(recs), self.batch_size):
+                batch = recs[lo:lo + self.batch_size]
+                full = [r.get("generated") for r in batch]
+                # full-text values score the stored `generated` (exactly what the original scored)
+                scores = np.asarray(scorer([r["prompt"] for r in batch], [records.continuation_of(r) for r in batch],
+                                           full_texts=full if all(isinstance(t, str) for t in full) else None),
+                                    dtype=np.float64).reshape(-1)
+                if scores.shape[0] != len(batch):
+                    raise RuntimeError(f"scorer for {value!r} returned {scores.shape[0]} scores for {len(batch)} texts")
+                ckpt.append([{"id": records.record_id(r, lo + j), "prompt": r.get("prompt"),
+                              value: float(x) if math.isfinite(x) else None}
+                             for j, (r, x) in enumerate(zip(batch, scores))], state={"started": started})
+                bar.update(len(batch))
+            bar.close()
+            entries = ckpt.records
+            ckpt.finalize(entries, metadata={
+                "value": value, "scorer": values_module.spec_dict(spec),
+                "scorer_model": None if getattr(scorer, "model_location", None) is None else str(scorer.model_location),
+                "basemodel_for_perplexity": basemodel_for_perplexity,
+                "batch_size": self.batch_size, "device": self.device, "dtype": self.dtype, "records": len(recs),
+                "started": started, "finished": timestamp(), "seconds_last_run": round(time.time() - t0, 3),
+                "resumed_at": first or None})
         missing = [e["id"] for e in entries if e[value] is None]
         if missing:
             print(f"add_reward: warning: the {value!r} scorer gave no finite score for {len(missing)} records "
                   f"(first ids {missing[:5]}); the merge will refuse them.")
         print(f"add_reward: scored {len(recs) - first} records with {value!r} into {temp}")
         return temp
-
-    def _resume_entries(self, temp, recs, value):
-        """The scored prefix in an existing temp file, checked against the records (ids and prompts)."""
-        if not os.path.exists(temp):
-            return []
-        try:
-            entries = records.load_records(temp)
-        except RecordsError as e:
-            raise RecordsError(f"cannot resume from {temp}: {e} Delete it to rescore {value!r} "
-                               "from the start.") from None
-        for j, e in enumerate(entries[:len(recs)]):
-            if str(e.get("id")) != records.record_id(recs[j], j) or e.get("prompt") != recs[j].get("prompt") \
-                    or value not in e:
-                raise RecordsError(
-                    f"cannot resume from {temp}: its entry {j} (id {e.get('id')!r}) does not match record "
-                    f"{records.record_id(recs[j], j)!r} of {self.file_path} (the file changed since). Delete the temp "
-                    f"file to rescore {value!r} from the start.")
-        if len(entries) > len(recs):
-            raise RecordsError(f"cannot resume from {temp}: it has {len(entries)} entries but {self.file_path} has "
-                               f"{len(recs)} records. Delete it to rescore {value!r}.")
-        if entries:
-            print(f"add_reward: resuming {value!r} at record {len(entries)} of {len(recs)} from {temp}")
-        return entries
 
     # ----------------------------------------------------------------------------------------
 
@@ -304,16 +294,6 @@ class RewardProcessor:
 def timestamp():
     import datetime
     return datetime.datetime.now().astimezone().isoformat(timespec="seconds")
-
-
-def _spec_dict(spec):
-    """A value spec as JSON-friendly provenance (dataclass fields that are plain data)."""
-    if spec is None:
-        return None
-    import dataclasses
-    fields = {f.name: getattr(spec, f.name) for f in dataclasses.fields(spec)} if dataclasses.is_dataclass(spec) \
-        else (getattr(spec, "__dict__", {}) or {})
-    return {k: v for k, v in fields.items() if isinstance(v, (str, int, float, bool, type(None), list, tuple))}
 
 
 if __name__ == "__main__":

@@ -476,6 +476,36 @@ def score(value, prompts, continuations, full_texts=None, progress=False, **kw):
     return load_scorer(value, **kw)(prompts, continuations, full_texts=full_texts, progress=progress)
 
 
+def spec_dict(spec):
+    """A value spec as JSON-friendly provenance: its plain-data fields, plus `fn` (module.qualname) for
+    Python values."""
+    import dataclasses
+    out = {f.name: getattr(spec, f.name) for f in dataclasses.fields(spec) if f.name != "fn"}
+    out = {k: v for k, v in out.items() if isinstance(v, (str, int, float, bool, type(None), list, tuple))}
+    if spec.fn is not None:
+        out["fn"] = f"{getattr(spec.fn, '__module__', '?')}.{getattr(spec.fn, '__qualname__', repr(spec.fn))}"
+    return out
+
+
+def scorer_fingerprint(value, basemodel_for_perplexity=None, dtype=None):
+    """What determines the scores of `value` (for records.Checkpoint fingerprints): its spec, the model it
+    loads (name and models.model_fingerprint identity; for perplexity the base model) and the dtype.
+    basemodel_for_perplexity: a model name, or a description string for an in-memory model."""
+    import models
+    spec = get_spec(value)
+    location = model_path_for(spec.name)
+    if spec.needs_basemodel:  # as _causal_lm_nll: an explicit base model wins
+        location = basemodel_for_perplexity or location or models.DEFAULT_MODEL
+    out = {"value": spec.name, "spec": spec_dict(spec), "model": location, "model_identity": None,
+           "dtype": None if dtype is None else str(dtype)}
+    if location:
+        try:
+            out["model_identity"] = models.model_fingerprint(location)
+        except Exception:  # not available here: loading the scorer will say so, naming the fix
+            pass
+    return out
+
+
 def clear_cache():
     """Forget loaded scorers and models (frees memory; the next load_scorer reloads)."""
     _SCORERS.clear()

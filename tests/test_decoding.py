@@ -7,7 +7,6 @@ import pytest
 
 import decoding
 import records
-from mergeProcessor import OutputExistsError
 
 
 # --------------------------------------------------------------------------------------------
@@ -257,8 +256,9 @@ def test_write_mc_shard_resumes_after_kill(tiny_lm_dir, tmp_path):
     with pytest.raises(KeyboardInterrupt):
         decoding.write_mc_shard(gen, scorers=dict(SCORERS, letters=dying), **kw)
     path = decoding.shard_path(gen.save_directory, gen.base_name, [0.4, 0.1], "letters,spaces", 0, 9)
-    partial = records.load_records(path)
-    assert len(partial) == 4 and not records.load_metadata(path)["complete"]
+    assert not os.path.exists(path)  # only the journal exists until the end
+    with open(records.journal_path(path), encoding="utf-8") as f:
+        assert sum(len(json.loads(line)["records"]) for line in f.read().splitlines()[1:]) == 4
     resumed = records.load_records(decoding.write_mc_shard(make_gen(tiny_lm_dir, tmp_path / "b", checkpoint_every=2),
                                                            scorers=SCORERS, **kw))
     assert resumed == whole
@@ -269,7 +269,7 @@ def test_write_mc_shard_refuses_other_settings(tiny_lm_dir, tmp_path):
     gen = make_gen(tiny_lm_dir, tmp_path)
     path = decoding.write_mc_shard(gen, 1.0, "letters", MC_nsamples=2, end_index=3, scorers=SCORERS)
     before = open(path).read()
-    with pytest.raises(OutputExistsError, match="MC_nsamples: 2 -> 3"):
+    with pytest.raises(records.CheckpointMismatch, match="made with MC_nsamples=2; this run has MC_nsamples=3"):
         decoding.write_mc_shard(gen, 1.0, "letters", MC_nsamples=3, end_index=3, scorers=SCORERS)
     assert open(path).read() == before
     with pytest.raises(decoding.DecodingError, match="num_beams=1"):

@@ -98,11 +98,12 @@ def test_injected_failure_then_resume_equals_uninterrupted(tmp_path, tiny_lm_dir
     with pytest.raises(KeyboardInterrupt):
         tg.generate_from_original_model(batch_size=2)
     out = tg.output_path()
-    partial = os.path.join(folder, "temp", os.path.basename(out) + ".partial")
-    assert not os.path.exists(out) and _read(partial)["next_prompt"] == 3
+    journal = records.journal_path(out)
+    with records.Checkpoint(out, tg.fingerprint(0, 6)) as ckpt:
+        assert not os.path.exists(out) and ckpt.state["next_prompt"] == 3 and len(ckpt.done) == 6
     monkeypatch.setattr(TextGeneration, "sample_continuations", real)
     assert _gen(tiny_lm_dir, folder, checkpoint_every=1).generate_from_original_model(batch_size=2) == out
-    assert _read(out) == reference and not os.path.exists(partial)
+    assert _read(out) == reference and not os.path.exists(journal)
 
 
 def test_sigkill_mid_run_then_restart_equals_uninterrupted(tmp_path, tiny_lm_dir):
@@ -114,16 +115,18 @@ def test_sigkill_mid_run_then_restart_equals_uninterrupted(tmp_path, tiny_lm_dir
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     tg = _gen(tiny_lm_dir, folder, **settings)
-    partial = os.path.join(folder, "temp", os.path.basename(tg.output_path()) + ".partial")
+    journal = records.journal_path(tg.output_path())
     deadline = time.time() + 120
-    while not os.path.exists(partial) and proc.poll() is None and time.time() < deadline:
+    while not (os.path.exists(journal) and os.path.getsize(journal) > 0) and proc.poll() is None \
+            and time.time() < deadline:
         time.sleep(0.01)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL
     assert not os.path.exists(tg.output_path()), "the run finished before it could be killed"
-    done = _read(partial)["next_prompt"]
-    assert 0 < done < 150
+    with records.Checkpoint(tg.output_path(), tg.fingerprint(0, 150)) as ckpt:
+        done = len(ckpt.done)
+    assert 0 <= done < 150
     out = tg.generate_from_original_model(batch_size=1)
     reference = _gen(tiny_lm_dir, tmp_path / "ref", **settings).generate_from_original_model(batch_size=1)
     assert _read(out) == _read(reference)
@@ -132,7 +135,7 @@ def test_sigkill_mid_run_then_restart_equals_uninterrupted(tmp_path, tiny_lm_dir
 def test_existing_output_with_other_settings_is_refused(tmp_path, tiny_lm_dir):
     path = _gen(tiny_lm_dir, tmp_path).generate_from_original_model(batch_size=4)
     before = open(path).read()
-    with pytest.raises(FileExistsError, match=r"max_new_tokens.*--overwrite=True"):
+    with pytest.raises(records.CheckpointMismatch, match=r"sampling\.max_new_tokens=5.*=6.*--overwrite=True"):
         _gen(tiny_lm_dir, tmp_path, max_new_tokens=6).generate_from_original_model(batch_size=4)
     assert open(path).read() == before
     _gen(tiny_lm_dir, tmp_path, max_new_tokens=6, overwrite=True).generate_from_original_model(batch_size=4)

@@ -153,3 +153,17 @@ def test_converted_smollm2_folder_is_reused(tmp_path, monkeypatch, tiny_lm_dir):
     assert model.config.num_hidden_layers == 2 and tokenizer.padding_side == "left"
     info = models.model_info(models.DEFAULT_MODEL)
     assert info["kind"] == "embedded" and info["gguf_sha256"] == "feed"
+
+
+def test_model_fingerprint_of_a_folder_changes_with_its_files(tmp_path):
+    import time
+    from models import model_fingerprint
+    folder = tmp_path / "m"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    (folder / "model.safetensors").write_bytes(b"1234")
+    first = model_fingerprint(str(folder))
+    assert first["kind"] == "local" and model_fingerprint(str(folder)) == first
+    time.sleep(0.01)
+    (folder / "model.safetensors").write_bytes(b"12345")  # retrained into the same folder
+    assert model_fingerprint(str(folder)) != first

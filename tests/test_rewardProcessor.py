@@ -2,6 +2,7 @@
 injected failure, parallel processes on one file, the CSV summaries (known answers and the original's
 published numbers), and clear errors."""
 import csv
+import json
 import os
 import shutil
 import subprocess
@@ -109,9 +110,11 @@ def test_killed_scoring_resumes_from_the_scored_part(tmp_path, plugin_value):
     with pytest.raises(RuntimeError, match="killed"):
         rp.add_reward("test_chars")
     temp = temp_reward_path(path, "test_chars")
-    assert [e["id"] for e in records.load_records(temp)] == ["0-0", "1-0", "2-0", "3-0"]  # two batches saved
-    with pytest.raises(RecordsError, match="2 of 6 records have no score"):
-        MergeProcessor().merge_added_rewards(path)
+    assert not os.path.exists(temp)  # only the journal, two batches long
+    with records.Checkpoint(temp, _fingerprint_of(temp)) as ckpt:
+        assert [e["id"] for e in ckpt.done] == ["0-0", "1-0", "2-0", "3-0"]
+    with pytest.raises(RecordsError, match=r"add_reward of \['test_chars'\] .* has not finished"):
+        MergeProcessor().merge_added_rewards(path, values="test_chars")
     fail[0] = False
     calls.clear()
     rp.add_reward("test_chars")
@@ -119,10 +122,55 @@ def test_killed_scoring_resumes_from_the_scored_part(tmp_path, plugin_value):
     MergeProcessor().merge_added_rewards(path)
     assert [r["test_chars"] for r in records.load_records(path)] == [float(len(c)) for _, c in TEXTS]
 
-    # a temp file that no longer matches the records is refused, not silently extended
-    records.save_json_atomic([{"id": "9-0", "prompt": "other", "test_chars": 1.0}], temp)
-    with pytest.raises(RecordsError, match="does not match record"):
-        rp.add_reward("test_chars", overwrite=True)
+    # a temp file this run cannot check (no fingerprint) is refused, not silently taken or extended
+    plugin_value("test_chars2", flaky)
+    foreign = temp_reward_path(path, "test_chars2")
+    records.save_records([{"id": "9-0", "prompt": "other", "test_chars2": 1.0}], foreign)
+    with pytest.raises(records.CheckpointMismatch, match="records no settings fingerprint.*--overwrite=True"):
+        rp.add_reward("test_chars2")
+    assert rp.add_reward("test_chars2", overwrite=True) == foreign
+    assert len(records.load_records(foreign)) == 6
+
+
+def _fingerprint_of(temp):
+    with open(records.journal_path(temp), encoding="utf-8") as f:
+        return json.loads(f.readline())["fingerprint"]
+
+
+def test_resume_with_another_perplexity_base_model_is_refused(tmp_path, tiny_lm_dir, monkeypatch):
+    """Defect 1: a killed perplexity run resumed with another base model must not mix two scorers."""
+    import tiny
+    other = tiny.tiny_causal_lm(str(tmp_path / "other_lm"), seed=1)
+    path = str(tmp_path / "m-data.json")
+    _write(path, with_meta_model=tiny_lm_dir)
+    real, calls = records.Checkpoint.append, []
+
+    def dying(self, *a, **kw):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt("killed")
+        return real(self, *a, **kw)
+
+    monkeypatch.setattr(records.Checkpoint, "append", dying)
+    with pytest.raises(KeyboardInterrupt):
+        RewardProcessor(file_path=path, batch_size=2, progress=False).add_reward("perplexity")
+    monkeypatch.setattr(records.Checkpoint, "append", real)
+    temp = temp_reward_path(path, "perplexity")
+    journal = open(records.journal_path(temp), "rb").read()
+    with pytest.raises(records.CheckpointMismatch, match=r"scorer\.model=.*tiny_lm.*this run has scorer\.model=.*"
+                                                          r"other_lm.*--overwrite=True"):
+        RewardProcessor(file_path=path, batch_size=2, progress=False).add_reward("perplexity",
+                                                                                 basemodel_for_perplexity=other)
+    assert open(records.journal_path(temp), "rb").read() == journal and not os.path.exists(temp)
+    # the same scorer resumes; the finished temp file then refuses the other scorer too
+    RewardProcessor(file_path=path, batch_size=2, progress=False).add_reward("perplexity")
+    with pytest.raises(records.CheckpointMismatch, match=r"already exists, made with scorer\.model="):
+        RewardProcessor(file_path=path, progress=False).add_reward("perplexity", basemodel_for_perplexity=other)
+    scores = [e["perplexity"] for e in records.load_records(temp)]
+    fresh = RewardProcessor(file_path=path, batch_size=2, progress=False)
+    shutil.rmtree(tmp_path / "temp")
+    np.testing.assert_allclose([e["perplexity"] for e in records.load_records(fresh.add_reward("perplexity"))],
+                               scores, rtol=1e-6)
 
 
 def test_parallel_processes_score_different_values_of_one_file(tmp_path):
