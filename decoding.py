@@ -186,7 +186,7 @@ def _prefill_shared(model, input_ids, attention_mask, num_samples):
 
 
 def sample_continuations(model, tokenizer, inputs, num_samples, max_new_tokens=50, temperature=1.0, top_k=50,
-                         seed=None, add_special_tokens=False, share_prefix=True):
+                         seed=None, add_special_tokens=False, share_prefix=True, return_token_ids=False):
     """Draw `num_samples` continuations of each input text in ONE generate call (top-k sampling).
 
     inputs: P model-ready strings (chat-formatted already when the template is used).
@@ -195,6 +195,7 @@ def sample_continuations(model, tokenizer, inputs, num_samples, max_new_tokens=5
     share_prefix: compute each prompt's KV cache once and share it among its samples.
     Returns (continuations, new_tokens): P lists of num_samples raw decoded continuations (special
     tokens skipped, not stripped), and the number of tokens generated (up to EOS, inclusive).
+    return_token_ids: give each continuation as its new token ids (up to and including EOS) instead.
     """
     import torch
     if seed is not None:
@@ -214,8 +215,12 @@ def sample_continuations(model, tokenizer, inputs, num_samples, max_new_tokens=5
                              max_new_tokens=int(max_new_tokens), pad_token_id=tokenizer.pad_token_id,
                              eos_token_id=eos, **kwargs)
     new = out[:, ids.shape[1]:]
-    new_tokens = int(count_new_tokens(new, [eos]).sum())
-    texts = tokenizer.batch_decode(new, skip_special_tokens=True)
+    counts = count_new_tokens(new, [eos])
+    new_tokens = int(counts.sum())
+    if return_token_ids:
+        texts = [row[:n] for row, n in zip(new.tolist(), counts.tolist())]
+    else:
+        texts = tokenizer.batch_decode(new, skip_special_tokens=True)
     return [texts[i * num_samples:(i + 1) * num_samples] for i in range(len(inputs))], new_tokens
 
 

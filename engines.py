@@ -176,9 +176,16 @@ class HFEngine:
         import transformers
         return {"engine": "hf", "version": f"transformers {transformers.__version__}"}
 
-    def sample(self, inputs, num_samples, sampling, seed=0, first_prompt_index=0, add_special_tokens=False):
-        """num_samples continuations of each input. Returns (P lists of num_samples texts, new tokens up to
-        and including EOS). torch is re-seeded from (seed, first_prompt_index) (decoding.chunk_seeds)."""
+    def sample(self, inputs, num_samples, sampling, seed=0, first_prompt_index=0, add_special_tokens=False,
+               return_token_ids=False):
+        """num_samples continuations of each input.
+
+        inputs: P model-ready strings; sampling: a Sampling; seed, first_prompt_index: the run seed and the
+        absolute index of inputs[0] (torch is re-seeded from both: decoding.chunk_seeds); add_special_tokens:
+        True for raw prompts (BOS), False for chat-formatted text.
+        Returns (P lists of num_samples decoded texts, new tokens generated up to and including EOS); with
+        return_token_ids the texts are lists of new token ids (up to and including EOS).
+        """
         import decoding
         if not sampling.do_sample or sampling.temperature == 0 or sampling.top_p != 1.0:
             raise ValueError("the hf engine's batched sampler samples with top-k only (do_sample, temperature > 0, "
@@ -186,7 +193,8 @@ class HFEngine:
         torch_seed, _ = decoding.chunk_seeds(seed, first_prompt_index)
         return decoding.sample_continuations(self.model, self.tokenizer, inputs, num_samples, sampling.max_new_tokens,
                                              sampling.temperature, sampling.top_k or 0, seed=torch_seed,
-                                             add_special_tokens=add_special_tokens, share_prefix=self.share_prefix)
+                                             add_special_tokens=add_special_tokens, share_prefix=self.share_prefix,
+                                             return_token_ids=return_token_ids)
 
     def close(self):
         pass
@@ -212,8 +220,12 @@ class _TokenIdEngine:
         counts = [ids.index(eos) + 1 if eos in ids else len(ids) for ids in token_lists]
         return texts, sum(counts)
 
-    def _split(self, outs):
-        """(P lists of decoded texts, new tokens) from P lists of token-id lists."""
+    def _split(self, outs, return_token_ids=False):
+        """(P lists of decoded texts, new tokens) from P lists of token-id lists (cut after the first EOS)."""
+        eos = self.tokenizer.eos_token_id
+        if return_token_ids:
+            cut = [[ids[:ids.index(eos) + 1] if eos in ids else ids for ids in row] for row in outs]
+            return cut, sum(len(ids) for row in cut for ids in row)
         texts, tokens = self._decode([t for row in outs for t in row])
         pos, grouped = 0, []
         for row in outs:
@@ -259,7 +271,8 @@ class VLLMEngine(_TokenIdEngine):
     def info(self):
         return {"engine": "vllm", "version": self.version, "mode": "in-process"}
 
-    def sample(self, inputs, num_samples, sampling, seed=0, first_prompt_index=0, add_special_tokens=False):
+    def sample(self, inputs, num_samples, sampling, seed=0, first_prompt_index=0, add_special_tokens=False,
+               return_token_ids=False):
         """As HFEngine.sample; one request per prompt with n = num_samples and its own seed."""
         from vllm import SamplingParams
         ids = self._encode(inputs, add_special_tokens)
@@ -274,7 +287,7 @@ class VLLMEngine(_TokenIdEngine):
                 pos, _, _, j0 = reqs[k]
                 for c in out.outputs:
                     outs[pos][j0 + c.index] = list(c.token_ids)
-        return self._split(outs)
+        return self._split(outs, return_token_ids)
 
     def close(self):
         self.llm = None
@@ -325,7 +338,8 @@ class ServerEngine(_TokenIdEngine):
             out["mode"] = "server from .venv-vllm"
         return out
 
-    def sample(self, inputs, num_samples, sampling, seed=0, first_prompt_index=0, add_special_tokens=False):
+    def sample(self, inputs, num_samples, sampling, seed=0, first_prompt_index=0, add_special_tokens=False,
+               return_token_ids=False):
         """As HFEngine.sample; one request per prompt with n = num_samples and its own seed, `concurrency`
         in flight. Raises openai_compat.EndpointError (naming the URL) when the server fails."""
         import openai_compat
@@ -352,7 +366,7 @@ class ServerEngine(_TokenIdEngine):
         outs = [[None] * int(num_samples) for _ in ids]
         for (pos, _, _, j0), toks in zip(reqs, answers):
             outs[pos][j0:j0 + len(toks)] = toks
-        return self._split(outs)
+        return self._split(outs, return_token_ids)
 
     def close(self):
         if self.managed is not None:
@@ -413,11 +427,12 @@ class ManagedServer:
     Settings (measured best on CPU): dtype bf16 where native, eager (torch.compile: +20% speed, +60 s
     start-up), VLLM_ENABLE_V1_MULTIPROCESSING=0 (start 9 s instead of 18-25 s), all cores bound to the
     OpenMP pool (VLLM_CPU_OMP_THREADS_BIND), tcmalloc preloaded, max_num_batched_tokens 16384 (the seed
-    crash above). The log goes to `log_path`.
+    crash above). The log goes to `log_path`. stop_at_exit: also stop it when this Python process exits
+    (a job that fails half-way leaves no server behind); False for a server meant to outlive the command.
     """
 
     def __init__(self, model_name=DEFAULT_MODEL, port=None, dtype=None, threads=None, max_model_len=2048,
-                 kv_cache_gb=4, log_path=None, served_model=None, extra_args=()):
+                 kv_cache_gb=4, log_path=None, served_model=None, extra_args=(), stop_at_exit=True):
         from models import resolve_model_name
         if not vllm_venv_ready():
             raise EngineError(f"--engine=vllm: vLLM is not importable here and {vllm_venv()} is not built; "
@@ -452,6 +467,9 @@ class ManagedServer:
         self.proc = subprocess.Popen(self.command, stdout=self.log, stderr=subprocess.STDOUT, env=env,
                                      start_new_session=True, cwd=REPO)
         self.pid = self.proc.pid
+        if stop_at_exit:
+            import atexit
+            atexit.register(self.stop)
 
     def wait_ready(self, timeout=300.0):
         """Block until /v1/models answers. EngineError (naming the model, suggesting --engine=hf) when the
@@ -486,7 +504,10 @@ class ManagedServer:
         """Terminate the server's process group (SIGTERM, then SIGKILL after `grace` seconds)."""
         stop_process_group(self.pid, grace)
         if self.proc.poll() is None:
-            self.proc.wait(timeout=grace)
+            try:
+                self.proc.wait(timeout=grace)
+            except subprocess.TimeoutExpired:
+                pass
         if not self.log.closed:
             self.log.close()
 
