@@ -56,6 +56,10 @@ PREFILL_BUDGET = MAX_NUM_BATCHED_TOKENS // 2
 # Break-even against hf on our 2-core CPU was a job of about 40 s, roughly 12k new tokens (vLLM start-up
 # ~10-25 s against a 2-3x faster generation).
 AUTO_MIN_TOKENS = 12000
+# KV-cache block size on CPU: vLLM's default there is 128 tokens, and prefix caching only reuses full
+# blocks, so prompts of our jobs (30-100 tokens) were never reused (e.g. by later calls on the same
+# prompts); 32 is the smallest size its CPU kernels handle at full speed.
+CPU_BLOCK_SIZE = 32
 TCMALLOC = "/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4"
 REPO = os.path.dirname(os.path.abspath(__file__))
 
@@ -94,25 +98,28 @@ def server_version(url):
 @dataclasses.dataclass(frozen=True)
 class Sampling:
     """What every engine maps exactly: temperature (0 or do_sample=False: greedy), top_k (0 or None:
-    no top-k), top_p (1: none), max_new_tokens; generation stops at the tokenizer's EOS."""
+    no top-k), top_p (1: none), max_new_tokens; generation stops at the tokenizer's EOS, not before
+    min_new_tokens (0 by default; benchmarks set it to max_new_tokens for equal work)."""
     max_new_tokens: int = 50
     temperature: float = 1.0
     top_k: int = 50
     top_p: float = 1.0
     do_sample: bool = True
+    min_new_tokens: int = 0
 
     @classmethod
     def from_kwargs(cls, kwargs):
         """From gendata's `sampling` dict (temperature, top_k, num_beams, max_new_tokens, do_sample); a
         setting an engine cannot honour (beams, min_new_tokens) raises ValueError naming it."""
         extra = {k: v for k, v in kwargs.items() if k not in ("max_new_tokens", "temperature", "top_k", "top_p",
-                                                               "do_sample", "num_beams")}
+                                                               "do_sample", "num_beams", "min_new_tokens")}
         if int(kwargs.get("num_beams", 1)) != 1 or extra:
             raise ValueError(f"the vllm/server engines sample (num_beams=1) and support temperature, top_k, top_p, "
-                             f"max_new_tokens and do_sample only; got {dict(kwargs)}. Use --engine=hf.")
+                             f"max_new_tokens, min_new_tokens and do_sample only; got {dict(kwargs)}. Use --engine=hf.")
         return cls(max_new_tokens=int(kwargs.get("max_new_tokens", 50)),
                    temperature=float(kwargs.get("temperature", 1.0)), top_k=int(kwargs.get("top_k") or 0),
-                   top_p=float(kwargs.get("top_p", 1.0)), do_sample=bool(kwargs.get("do_sample", True)))
+                   top_p=float(kwargs.get("top_p", 1.0)), do_sample=bool(kwargs.get("do_sample", True)),
+                   min_new_tokens=int(kwargs.get("min_new_tokens", 0)))
 
     def vllm_params(self):
         """The same settings as vLLM SamplingParams / completions-request fields (all set explicitly, so
@@ -120,7 +127,7 @@ class Sampling:
         greedy = not self.do_sample or self.temperature == 0
         return {"temperature": 0.0 if greedy else float(self.temperature), "top_k": max(0, int(self.top_k or 0)),
                 "top_p": float(self.top_p), "min_p": 0.0, "repetition_penalty": 1.0, "presence_penalty": 0.0,
-                "frequency_penalty": 0.0, "max_tokens": int(self.max_new_tokens)}
+                "frequency_penalty": 0.0, "max_tokens": int(self.max_new_tokens), "min_tokens": int(self.min_new_tokens)}
 
 
 def request_seed(seed, prompt_index):
@@ -187,9 +194,9 @@ class HFEngine:
         return_token_ids the texts are lists of new token ids (up to and including EOS).
         """
         import decoding
-        if not sampling.do_sample or sampling.temperature == 0 or sampling.top_p != 1.0:
+        if not sampling.do_sample or sampling.temperature == 0 or sampling.top_p != 1.0 or sampling.min_new_tokens:
             raise ValueError("the hf engine's batched sampler samples with top-k only (do_sample, temperature > 0, "
-                             f"top_p=1); got {sampling}")
+                             f"top_p=1, no min_new_tokens); got {sampling}")
         torch_seed, _ = decoding.chunk_seeds(seed, first_prompt_index)
         return decoding.sample_continuations(self.model, self.tokenizer, inputs, num_samples, sampling.max_new_tokens,
                                              sampling.temperature, sampling.top_k or 0, seed=torch_seed,
@@ -260,7 +267,8 @@ class VLLMEngine(_TokenIdEngine):
         self.tokenizer = load_tokenizer(location)
         self.version = vllm.__version__
         kwargs = dict(model=location, dtype=_vllm_dtype(dtype), max_model_len=int(max_model_len),
-                      max_num_batched_tokens=MAX_NUM_BATCHED_TOKENS, seed=0, enforce_eager=cpu)
+                      max_num_batched_tokens=MAX_NUM_BATCHED_TOKENS, seed=0, enforce_eager=cpu,
+                      enable_prefix_caching=True, **({"block_size": CPU_BLOCK_SIZE} if cpu else {}))
         kwargs.update(llm_kwargs)
         try:
             self.llm = vllm.LLM(**kwargs)
@@ -455,7 +463,8 @@ class ManagedServer:
                         "--host", "127.0.0.1", "--port", str(self.port), "--served-model-name", self.served_model,
                         "--dtype", _vllm_dtype(dtype), "--max-model-len", str(int(max_model_len)),
                         "--max-num-batched-tokens", str(MAX_NUM_BATCHED_TOKENS), "--seed", "0",
-                        "--generation-config", "vllm"] + (["--enforce-eager"] if cpu else []) + list(extra_args)
+                        "--generation-config", "vllm", "--enable-prefix-caching"] + \
+            (["--enforce-eager", "--block-size", str(CPU_BLOCK_SIZE)] if cpu else []) + list(extra_args)
         env = dict(os.environ, HF_HUB_OFFLINE="1", VLLM_ENABLE_V1_MULTIPROCESSING="0",
                    VLLM_CPU_KVCACHE_SPACE=str(kv_cache_gb), VLLM_NO_USAGE_STATS="1", DO_NOT_TRACK="1")
         env.pop("PYTHONPATH", None)
@@ -465,7 +474,8 @@ class ManagedServer:
                 env["LD_PRELOAD"] = " ".join(filter(None, [TCMALLOC, env.get("LD_PRELOAD")]))
         self.log = open(self.log_path, "w", encoding="utf-8")
         self.proc = subprocess.Popen(self.command, stdout=self.log, stderr=subprocess.STDOUT, env=env,
-                                     start_new_session=True, cwd=REPO)
+                                     start_new_session=True, cwd=REPO,
+                                     preexec_fn=_die_with_parent if stop_at_exit else None)
         self.pid = self.proc.pid
         if stop_at_exit:
             import atexit
@@ -510,6 +520,15 @@ class ManagedServer:
                 pass
         if not self.log.closed:
             self.log.close()
+
+
+def _die_with_parent():
+    """In the server's process: get SIGTERM when the process that started it dies, even by SIGKILL (Linux)."""
+    try:
+        import ctypes
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 
 def stop_process_group(pid, grace=20.0):
@@ -590,7 +609,7 @@ def engine_identity(engine, engine_url=None, expected_tokens=None):
 
 
 def make_engine(engine="hf", model_name=DEFAULT_MODEL, engine_url=None, model=None, tokenizer=None, device=None,
-                dtype=None, expected_tokens=None, max_model_len=2048, server_timeout=300.0, **kwargs):
+                dtype=None, expected_tokens=None, max_model_len=2048, server_timeout=300.0, threads=None, **kwargs):
     """An engine ready to sample from `model_name` (close it, or use it as a context manager).
 
     Args:
@@ -603,6 +622,7 @@ def make_engine(engine="hf", model_name=DEFAULT_MODEL, engine_url=None, model=No
         expected_tokens: new tokens the job will generate (for auto).
         max_model_len: vllm: longest prompt + continuation, in tokens.
         server_timeout: vllm via .venv-vllm: seconds to wait for the server to start.
+        threads: vllm on CPU: cores for its OpenMP pool (default all).
         kwargs: VLLMEngine (vllm.LLM arguments) or ServerEngine options (concurrency, max_tries, ...).
     Raises EngineError when the engine is not available (with the install command), the server is down
     (naming the URL) or vLLM cannot load the model (naming it, suggesting --engine=hf).
@@ -622,8 +642,10 @@ def make_engine(engine="hf", model_name=DEFAULT_MODEL, engine_url=None, model=No
         tokenizer = tokenizer or load_tokenizer(resolve_model_name(model_name)[1])
         return ServerEngine(engine_url, tokenizer, **kwargs)
     if vllm_importable():
+        if threads:
+            os.environ["VLLM_CPU_OMP_THREADS_BIND"] = _cpu_bind(threads)
         return VLLMEngine(model_name, dtype=dtype, max_model_len=max_model_len, **kwargs)
-    server = ManagedServer(model_name, dtype=dtype, max_model_len=max_model_len)
+    server = ManagedServer(model_name, dtype=dtype, max_model_len=max_model_len, threads=threads)
     print(f"[engines] vLLM is not importable here: starting `vllm serve` from {vllm_venv()} on {server.url} "
           f"(log {server.log_path})", file=sys.stderr)
     server.wait_ready(server_timeout)

@@ -17,7 +17,8 @@ from conftest import require
 import engines
 import openai_compat
 
-FIRST_TOKEN_DRAWS = 1500  # per prompt and engine
+FIRST_TOKEN_DRAWS = 1500  # per prompt, hf (tiny model)
+VLLM_FIRST_TOKEN_DRAWS = 400  # per prompt, vLLM (SmolLM2; every sample prefills its prompt)
 P_MIN = 1e-4  # chi-square p-values below this fail (the seeds are fixed, so a pass is deterministic)
 
 
@@ -46,13 +47,14 @@ def test_sampling_maps_exactly_and_refuses_what_vllm_cannot_do():
     s = engines.Sampling.from_kwargs({"temperature": 0.7, "top_k": 50, "num_beams": 1, "max_new_tokens": 9,
                                       "do_sample": True})
     assert s.vllm_params() == {"temperature": 0.7, "top_k": 50, "top_p": 1.0, "min_p": 0.0, "repetition_penalty": 1.0,
-                               "presence_penalty": 0.0, "frequency_penalty": 0.0, "max_tokens": 9}
+                               "presence_penalty": 0.0, "frequency_penalty": 0.0, "max_tokens": 9, "min_tokens": 0}
     assert engines.Sampling(top_k=0, do_sample=False).vllm_params()["top_k"] == 0
     assert engines.Sampling(do_sample=False).vllm_params()["temperature"] == 0.0
     with pytest.raises(ValueError, match="engine=hf"):
         engines.Sampling.from_kwargs({"num_beams": 4})
-    with pytest.raises(ValueError, match="min_new_tokens"):
-        engines.Sampling.from_kwargs({"min_new_tokens": 3})
+    assert engines.Sampling.from_kwargs({"min_new_tokens": 3}).vllm_params()["min_tokens"] == 3
+    with pytest.raises(ValueError, match="repetition_penalty"):
+        engines.Sampling.from_kwargs({"repetition_penalty": 1.2})
 
 
 def test_resolve_engine(monkeypatch):
@@ -330,7 +332,7 @@ def test_vllm_first_tokens_follow_the_top_k_softmax(vllm_server, smollm2):
     model, tokenizer, inputs = smollm2
     eng = engines.ServerEngine(vllm_server.url, tokenizer)
     assert eng.info()["version"] == "0.32.0"
-    ids, _ = eng.sample(inputs, FIRST_TOKEN_DRAWS, engines.Sampling(max_new_tokens=1, top_k=50), seed=0,
+    ids, _ = eng.sample(inputs, VLLM_FIRST_TOKEN_DRAWS, engines.Sampling(max_new_tokens=1, top_k=50), seed=0,
                         return_token_ids=True)
     probs = top_k_probs(model, tokenizer, inputs, 50)
     hot = top_k_probs(model, tokenizer, inputs, 50, temperature=2.0)
