@@ -131,9 +131,12 @@ class Sampling:
 
 
 def request_seed(seed, prompt_index):
-    """Seed of the request for one prompt (sample j of it uses this + j inside vLLM)."""
-    from gendata import block_seed  # the run's one seed-derivation rule
-    return block_seed(seed, prompt_index, 2)
+    """Seed of the request for one prompt (sample j of it uses this + j inside vLLM): gendata.block_seed(seed,
+    prompt_index, 2), the run's one derivation rule, computed here without importing the gendata script
+    (whose CLI imports do not exist in vLLM's own environment); tests/test_engines.py checks they agree."""
+    import numpy as np
+    return int(np.random.SeedSequence([int(seed), int(prompt_index), 2]).generate_state(1, dtype=np.uint64)[0]
+               % (2 ** 63))
 
 
 def split_requests(lengths, num_samples, seed, first_prompt_index, budget=None):

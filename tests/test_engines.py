@@ -37,6 +37,8 @@ def test_split_requests_keeps_sample_seeds_whatever_the_split():
     assert whole[0][2] == engines.request_seed(3, 5) and whole[1][2] == engines.request_seed(3, 6)
     assert whole[0][2] != whole[1][2]
     assert engines.split_requests([10], 8, 3, 6, 10_000)[0][2] == whole[1][2]
+    from gendata import block_seed
+    assert engines.request_seed(3, 6) == block_seed(3, 6, 2)
 
 
 def test_group_by_budget():
@@ -343,25 +345,33 @@ def test_vllm_first_tokens_follow_the_top_k_softmax(vllm_server, smollm2):
 
 
 def _mean_logprobs(model, tokenizer, inputs, samples):
-    """Per continuation: mean log-probability per token under `model` (full softmax, temperature 1)."""
+    """Per continuation: mean log-probability per token under `model` (full softmax, temperature 1). Each
+    prompt is computed once and its KV cache shared by its continuations (right-padded, padding masked)."""
     import torch
     out = []
     for text, conts in zip(inputs, samples):
         prompt = tokenizer(text, add_special_tokens=False)["input_ids"]
-        for cont in conts:
-            ids = torch.tensor([prompt + cont])
-            with torch.no_grad():
-                logp = torch.log_softmax(model(ids).logits[0, len(prompt) - 1:-1].double(), -1)
-            out.append(float(logp[torch.arange(len(cont)), torch.tensor(cont)].mean()))
+        width = max(len(c) for c in conts)
+        ids = torch.tensor([c + [tokenizer.eos_token_id] * (width - len(c)) for c in conts])
+        mask = torch.tensor([[1.0] * len(c) + [0.0] * (width - len(c)) for c in conts], dtype=torch.float64)
+        with torch.no_grad():
+            pre = model(torch.tensor([prompt]), use_cache=True)
+            cache = pre.past_key_values
+            cache.batch_repeat_interleave(len(conts))
+            logits = pre.logits[:, -1:].expand(len(conts), 1, -1)
+            if width > 1:
+                logits = torch.cat([logits, model(ids[:, :-1], past_key_values=cache).logits], dim=1)
+        token_logp = torch.log_softmax(logits.double(), -1).gather(-1, ids[..., None])[..., 0]
+        out += ((token_logp * mask).sum(1) / mask.sum(1)).tolist()
     return np.array(out)
 
 
 def test_vllm_continuations_have_the_hf_mean_logprob(vllm_server, smollm2):
     model, tokenizer, inputs = smollm2
-    sampling = engines.Sampling(max_new_tokens=12, top_k=50)
-    v_ids, _ = engines.ServerEngine(vllm_server.url, tokenizer).sample(inputs, 24, sampling, seed=1,
+    sampling = engines.Sampling(max_new_tokens=10, top_k=50)
+    v_ids, _ = engines.ServerEngine(vllm_server.url, tokenizer).sample(inputs, 32, sampling, seed=1,
                                                                        return_token_ids=True)
-    h_ids, _ = engines.HFEngine(model, tokenizer).sample(inputs, 24, sampling, seed=1, return_token_ids=True)
+    h_ids, _ = engines.HFEngine(model, tokenizer).sample(inputs, 32, sampling, seed=1, return_token_ids=True)
     v, h = _mean_logprobs(model, tokenizer, inputs, v_ids), _mean_logprobs(model, tokenizer, inputs, h_ids)
     z = abs(v.mean() - h.mean()) / np.sqrt(v.var(ddof=1) / v.size + h.var(ddof=1) / h.size)
     assert z < 4, (v.mean(), h.mean(), z)
