@@ -261,6 +261,9 @@ class VLLMEngine(_TokenIdEngine):
         if cpu:  # must precede the import: read when vLLM's engine starts
             os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
             os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", _cpu_bind())
+            # without it vLLM reserves gpu_memory_utilization (0.92) of the machine's RAM and refuses to start
+            # when other processes hold some of it
+            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "4")
         try:
             import vllm
         except ImportError:

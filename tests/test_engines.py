@@ -411,3 +411,31 @@ def test_vllm_cannot_load_model_names_it_and_suggests_hf(tmp_path):
         json.dump(config, f)
     with pytest.raises(engines.EngineError, match=r"vLLM could not load model '.*weird'.*--engine=hf"):
         engines.make_engine("vllm", folder, server_timeout=600)
+
+
+IN_PROCESS = r"""
+import json, sys
+sys.path.insert(0, sys.argv[1])
+import engines, models
+eng = engines.make_engine("vllm", "smollm2-135m", dtype="float32", max_model_len=512)
+inputs = json.loads(sys.argv[2])
+ids, _ = eng.sample(inputs, 8, engines.Sampling(max_new_tokens=8, top_k=50), seed=5, first_prompt_index=3,
+                    return_token_ids=True)
+print("RESULT " + json.dumps({"ids": ids, "info": eng.info()}))
+"""
+
+
+def test_vllm_in_process_engine_draws_what_the_server_draws(vllm_server, smollm2):
+    """engines.VLLMEngine (vllm.LLM in the process) runs in vLLM's own environment here; with the same
+    seeds it must give the server's samples, so the distribution tests above cover it too."""
+    import subprocess
+    _, tokenizer, inputs = smollm2
+    env = dict(os.environ, HF_HUB_OFFLINE="1", LD_PRELOAD=engines.TCMALLOC if os.path.isfile(engines.TCMALLOC) else "")
+    run = subprocess.run([os.path.join(engines.vllm_venv(), "bin", "python"), "-c", IN_PROCESS, engines.REPO,
+                          json.dumps(inputs[:2])], capture_output=True, text=True, env=env, timeout=900)
+    assert run.returncode == 0, run.stderr[-3000:]
+    got = json.loads(run.stdout.split("RESULT ", 1)[1])
+    assert got["info"] == {"engine": "vllm", "version": "0.32.0", "mode": "in-process"}
+    want, _ = engines.ServerEngine(vllm_server.url, tokenizer).sample(
+        inputs[:2], 8, engines.Sampling(max_new_tokens=8, top_k=50), seed=5, first_prompt_index=3, return_token_ids=True)
+    assert got["ids"] == want
