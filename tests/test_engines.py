@@ -164,9 +164,10 @@ def test_server_down_is_bounded_retries_then_one_error_naming_the_url(tiny_token
         engines.ServerEngine(url, tiny_tokenizer, max_tries=2, backoff=0.01)
 
 
-def test_server_garbage_fails_after_bounded_retries_and_writes_nothing(tiny_lm_dir, tmp_path):
+def test_server_garbage_fails_after_bounded_retries_and_writes_nothing(tiny_lm_dir, tmp_path, monkeypatch):
     from gendata import TextGeneration
     from models import load_tokenizer
+    monkeypatch.setattr(openai_compat.time, "sleep", lambda seconds: None)  # the backoff, not under test here
     fake = FakeServer(load_tokenizer(tiny_lm_dir).eos_token_id, mode="garbage")
     try:
         eng = engines.ServerEngine(fake.url, load_tokenizer(tiny_lm_dir), max_tries=3, backoff=0.01, concurrency=1)
