@@ -37,7 +37,6 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.error
 import urllib.request
 
 from models import DEFAULT_MODEL
