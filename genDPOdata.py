@@ -114,7 +114,10 @@ def load_source(source, split, data_source_path=None):
     import datasets
     if data_source_path is not None:
         path = _local_file(data_source_path, source, split, 1)
-        dataset = datasets.load_dataset("json", data_files=path, split="train")
+        if path.endswith(".gz"):
+            dataset = datasets.load_dataset("json", data_files=path, split="train")
+        else:  # plain .json/.jsonl: read and checked by the record store, so a bad file is named in one line
+            dataset = datasets.Dataset.from_list(records.load_records(path, required=("chosen", "rejected")))
         where = path
     else:
         try:

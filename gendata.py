@@ -392,7 +392,7 @@ class TextGeneration:
             the shard path `{save_directory}/temp/{base}_lam={λ .3f,...}_val={all|names}_{start}to{end}.json`
             (the original's naming; join shards with mergeProcessor.py merge_gendata_bypattern). Records keep
             the usual keys plus the chosen sample's rewards, `chosen_index` and `mc_ess` (effective sample
-            size of the weights). Rewritten every checkpoint_every prompts; re-running resumes after a kill.
+            size of the weights). Journaled every checkpoint_every prompts; re-running resumes after a kill.
         """
         import decoding  # imported here: decoding imports this module
         return decoding.write_mc_shard(self, lam_list, value_list, MC_nsamples=MC_nsamples, start_index=start_index,

@@ -192,7 +192,7 @@ class MergeProcessor:
                 continue
             provenance[value] = records.load_metadata(path) or {"temp_file": os.path.basename(path)}
         if problems:
-            raise RecordsError("merge refused, nothing written or deleted:\n  " + "\n  ".join(problems))
+            raise RecordsError("merge refused, nothing written or deleted: " + " | ".join(problems))
 
         replaced = [v for v in columns if any(v in r for r in recs)]
         for value, scores in columns.items():
@@ -273,7 +273,7 @@ class MergeProcessor:
             problems.append(f"shards {differing} were generated with other settings (model, seed, sampling, prompts) "
                             f"than {os.path.basename(shards[0][3])}; regenerate them with the same settings")
         if problems:
-            raise RecordsError("shard merge refused, nothing written or deleted:\n  " + "\n  ".join(problems))
+            raise RecordsError("shard merge refused, nothing written or deleted: " + " | ".join(problems))
 
         folder = folders[0]
         out_dir = os.path.dirname(folder) if os.path.basename(os.path.normpath(folder)) == "temp" else folder

@@ -338,7 +338,8 @@ class Checkpoint:
       new) and the `--overwrite=True` fix (a journal without records is simply discarded).
     * any other unreadable line: RecordsError naming the journal and the line.
     * no journal, output exists: `complete` is True when its sidecar holds this fingerprint (nothing to
-      do), else CheckpointMismatch (the output was made otherwise) unless overwrite.
+      do; fields an older version did not record are taken as unknown, with a note), else
+      CheckpointMismatch (the output was made otherwise, or records no fingerprint) unless overwrite.
     Journal lines after the first are `{"records": [...], "state": {...}}`, one per append.
     """
 
@@ -351,7 +352,10 @@ class Checkpoint:
         self.resumed = self.complete = False
         self.bytes_written = 0  # journal lines and the final file (benchmarks/bench_checkpoint.py)
         self._records = []  # done + appended
-        self._has_header = False
+        self._has_header = self._locked = False
+        for path in (self.output_path, self.journal_path):
+            if os.path.isdir(path):
+                raise RecordsError(f"{path!r} is a directory; it must be a file (move the directory away).")
         folder = os.path.dirname(os.path.abspath(self.journal_path))
         os.makedirs(folder, exist_ok=True)
         self._file = open(self.journal_path, "a+b")
@@ -370,13 +374,13 @@ class Checkpoint:
     # -- opening
 
     def _lock(self):
-        if fcntl is None:
-            return
-        try:
-            fcntl.flock(self._file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise RecordsError(f"another process is writing {self.output_path!r} (its journal "
-                               f"{self.journal_path!r} is locked); wait for it or stop it.") from None
+        if fcntl is not None:
+            try:
+                fcntl.flock(self._file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise RecordsError(f"another process is writing {self.output_path!r} (its journal "
+                                   f"{self.journal_path!r} is locked); wait for it or stop it.") from None
+        self._locked = True
 
     def _read_journal(self):
         self._file.seek(0)
@@ -439,12 +443,18 @@ class Checkpoint:
                 f"{self.output_path!r} already exists and its sidecar records no settings fingerprint "
                 f"({metadata_path(self.output_path)!r}), so it cannot be checked against this run. Pass "
                 "--overwrite=True to replace it, or choose another output.")
-        diff = first_difference(old, self.fingerprint)
+        # an output of an older version lacks the fields added since (e.g. model_identity): those are
+        # unknown rather than different, so it still counts as complete, with a note
+        unrecorded = [k for k in self.fingerprint if k not in old]
+        diff = first_difference(old, {k: v for k, v in self.fingerprint.items() if k in old})
         if diff:
             field, a, b = diff
             raise CheckpointMismatch(
                 f"{self.output_path!r} already exists, made with {field}={a!r}; this run has {field}={b!r}. "
                 "Pass --overwrite=True to replace it, or choose another output.")
+        if unrecorded:
+            print(f"note: {self.output_path} was made by an older version that did not record {unrecorded}; taking "
+                  "it as complete (pass --overwrite=True to regenerate it).")
         if meta.get("complete", True) is False:
             raise CheckpointMismatch(f"{self.output_path!r} exists but its sidecar marks it incomplete (an older "
                                      "checkpoint format); pass --overwrite=True to regenerate it.")
@@ -494,7 +504,9 @@ class Checkpoint:
         if self._file is None:
             return
         try:
-            if remove_empty and os.path.exists(self.journal_path) and os.path.getsize(self.journal_path) == 0:
+            # only the lock holder may remove it: an empty journal may be another run's, just opened
+            if remove_empty and self._locked and os.path.exists(self.journal_path) \
+                    and os.path.getsize(self.journal_path) == 0:
                 os.remove(self.journal_path)
         finally:
             self._file.close()

@@ -84,7 +84,7 @@ class RewardProcessor:
             when omitted, every reward key present in the file.
         values_to_align: values whose λ tilts the samples (assess_postalignment_multivalue).
         file_path: the results JSON file.
-        batch_size: records per scoring batch (and per temp-file checkpoint).
+        batch_size: records per scoring batch (and per journaled checkpoint batch).
         device: scorer device ("cpu", "cuda"; default: cuda when available).
         dtype: scorer model dtype ("float32" default; "bfloat16" is about 2x faster on GPUs and CPUs with native
             bf16, much slower on CPUs without it).

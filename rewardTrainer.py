@@ -76,7 +76,8 @@ def load_rows(path, split=None):
         raise FileNotFoundError(f"data file not found: {path!r}")
     kind = "csv" if path.endswith(".csv") else "parquet" if path.endswith(".parquet") else "json"
     if kind == "json" and path.endswith(".json"):  # MAP results files: one JSON array
-        return datasets.Dataset.from_list(records.load_records(path))
+        # the prompt may sit in another column (--prompt_column), so no key is required here
+        return datasets.Dataset.from_list(records.load_records(path, required=()))
     return datasets.load_dataset(kind, data_files=path, split="train")
 
 

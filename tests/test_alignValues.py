@@ -251,7 +251,8 @@ def test_per_prompt_estimator_needs_several_samples(tmp_path, small_file):
     ("[{\"prompt\": ", "not valid JSON"),
     ("[]", "no records"),
     ('[{"prompt": "p", "b": 1.0}]', r"'a' is missing .* Reward keys present: \['b'\]"),
-    ('[{"prompt": "p", "a": NaN}, {"prompt": "q", "a": "x"}]', r"2 non-finite or non-numeric .*\['0', '1'\]"),
+    ('[{"prompt": "p", "a": NaN}, {"prompt": "q", "a": "x"}]', r"record 0 of .*bad\.json.*'a' is nan \(not finite\)"),
+    ('[{"prompt": "p", "a": null}, {"prompt": "q", "a": 1.0}]', r"1 non-finite or non-numeric .*\['0'\]"),
 ])
 def test_bad_files_give_one_clear_error_and_write_nothing(in_tmp, content, pattern):
     path = in_tmp / "bad.json"

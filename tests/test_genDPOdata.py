@@ -6,6 +6,7 @@ import os
 import pytest
 
 import genDPOdata
+import records
 
 
 def transcript(human, assistant, later=""):
@@ -79,7 +80,7 @@ def test_single_file_and_clear_errors(tmp_path):
         genDPOdata.gen_mixed_preference_data({"harmless": 1.0}, 50, "train", data_source_path=path)
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"text": "x"}) + "\n")
-    with pytest.raises(genDPOdata.DataNotAvailableError, match="chosen"):
+    with pytest.raises(records.RecordsError, match=r"record 0 of .*bad\.jsonl' has no 'chosen'"):
         genDPOdata.gen_mixed_preference_data({"harmless": 1.0}, 1, "train", data_source_path=str(bad))
 
 

@@ -182,3 +182,22 @@ def test_shard_that_does_not_cover_its_range_and_existing_target(tmp_path):
         MergeProcessor().merge_gendata_bypattern(os.path.join(temp, "m_*to*.json"))
     out = MergeProcessor().merge_gendata_bypattern(os.path.join(temp, "m_*to*.json"), overwrite=True, keep_shards=True)
     assert len(_read(out)) == 4 and os.path.exists(path)
+
+
+@pytest.mark.parametrize("ext", [".json", ".jsonl"])
+def test_merge_keeps_the_results_files_format(tmp_path, ext):
+    """Defect 2: merging into a .jsonl file wrote a JSON array into it (the next load failed)."""
+    path = str(tmp_path / f"m-data{ext}")
+    recs = _recs()
+    records.save_records(recs, path)
+    temp = temp_reward_path(path, "length")
+    assert temp.endswith("_temp_length" + ext)
+    records.save_records([{"id": r["id"], "prompt": r["prompt"], "length": float(i)} for i, r in enumerate(recs)],
+                         temp)
+    assert MergeProcessor().merge_added_rewards(path) == path
+    merged = records.load_records(path)
+    assert [r["length"] for r in merged] == [0.0, 1.0, 2.0, 3.0]
+    text = open(path, encoding="utf-8").read()
+    assert text == records.dumps_records(merged, records.results_format(path))
+    assert text.startswith("{") if ext == ".jsonl" else text.startswith("[\n    {")
+    assert records.metadata_path(path) == str(tmp_path / "m-data.meta.json")

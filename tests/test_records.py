@@ -191,12 +191,31 @@ def test_fingerprint_mismatch_names_the_field_and_the_fix(tmp_path):
     assert _run(path, FP, BATCHES, overwrite=True).complete
 
 
+def test_output_of_an_older_version_counts_as_complete_when_the_recorded_fields_agree(tmp_path, capsys):
+    path = str(tmp_path / "out.json")
+    records.save_records([{"prompt": "p"}], path)
+    records.save_metadata(path, {"fingerprint": {"seed": 0}})  # written before model fingerprints existed
+    with Checkpoint(path, FP) as ckpt:
+        assert ckpt.complete
+    assert "did not record ['model', 'sampling']" in capsys.readouterr().out
+    records.save_metadata(path, {"fingerprint": {"seed": 1}})
+    with pytest.raises(CheckpointMismatch, match="made with seed=1; this run has seed=0"):
+        Checkpoint(path, FP)
+
+
 def test_second_writer_is_refused_and_empty_journal_removed(tmp_path):
     path = str(tmp_path / "out.json")
-    with Checkpoint(path, FP):
+    with Checkpoint(path, FP) as first:
         with pytest.raises(RecordsError, match="another process is writing"):
             Checkpoint(path, FP)
-    assert not os.path.exists(records.journal_path(path))  # nothing journaled: no file left
+        assert os.path.exists(records.journal_path(path))  # the refused opener leaves the holder's journal
+        first.append(BATCHES[0])
+    with Checkpoint(path, FP) as again:
+        assert again.done == BATCHES[0]
+        again.finalize()
+    with Checkpoint(str(tmp_path / "other.json"), FP):
+        pass
+    assert not os.path.exists(records.journal_path(str(tmp_path / "other.json")))  # nothing journaled: no file
 
 
 def test_append_writes_only_the_new_batch(tmp_path):
