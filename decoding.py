@@ -188,7 +188,7 @@ def _prefill_shared(model, input_ids, attention_mask, num_samples):
 
 
 def sample_continuations(model, tokenizer, inputs, num_samples, max_new_tokens=50, temperature=1.0, top_k=50,
-                         seed=None, add_special_tokens=False, share_prefix=True):
+                         seed=None, add_special_tokens=False, share_prefix=True, return_token_ids=False):
     """Draw `num_samples` continuations of each input text in ONE generate call (top-k sampling).
 
     inputs: P model-ready strings (chat-formatted already when the template is used).
@@ -197,6 +197,7 @@ def sample_continuations(model, tokenizer, inputs, num_samples, max_new_tokens=5
     share_prefix: compute each prompt's KV cache once and share it among its samples.
     Returns (continuations, new_tokens): P lists of num_samples raw decoded continuations (special
     tokens skipped, not stripped), and the number of tokens generated (up to EOS, inclusive).
+    return_token_ids: give each continuation as its new token ids (up to and including EOS) instead.
     """
     import torch
     if seed is not None:
@@ -216,8 +217,12 @@ def sample_continuations(model, tokenizer, inputs, num_samples, max_new_tokens=5
                              max_new_tokens=int(max_new_tokens), pad_token_id=tokenizer.pad_token_id,
                              eos_token_id=eos, **kwargs)
     new = out[:, ids.shape[1]:]
-    new_tokens = int(count_new_tokens(new, [eos]).sum())
-    texts = tokenizer.batch_decode(new, skip_special_tokens=True)
+    counts = count_new_tokens(new, [eos])
+    new_tokens = int(counts.sum())
+    if return_token_ids:
+        texts = [row[:n] for row, n in zip(new.tolist(), counts.tolist())]
+    else:
+        texts = tokenizer.batch_decode(new, skip_special_tokens=True)
     return [texts[i * num_samples:(i + 1) * num_samples] for i in range(len(inputs))], new_tokens
 
 
@@ -230,7 +235,7 @@ def chunk_seeds(seed, first_prompt_index):
 def mc_decode(model, tokenizer, prompts, lam, value_names, MC_nsamples=16, scorers=None, batch_size=64,
               max_new_tokens=50, temperature=1.0, top_k=50, best_of_n=False, use_chat_template=None, seed=0,
               first_prompt_index=0, share_prefix=True, return_candidates=False, progress=False,
-              basemodel_for_perplexity=None):
+              basemodel_for_perplexity=None, engine=None):
     """MC-aligned decoding of a list of prompts (no file I/O).
 
     Args:
@@ -246,6 +251,8 @@ def mc_decode(model, tokenizer, prompts, lam, value_names, MC_nsamples=16, score
         seed, first_prompt_index: the batch starting at absolute prompt index i is seeded from (seed, i),
             so the same prompt range gives the same output whatever ran before.
         return_candidates: also return every candidate and its rewards (for the GUI and diagnostics).
+        engine: what draws the M samples (engines.make_engine: hf, vllm, server); None: batched transformers
+            with `model` (engines.HFEngine, share_prefix as given). The model still scores perplexity.
     Returns:
         (results, new_tokens): one dict per prompt with keys continuation (raw chosen text), chosen_index,
         mc_ess, rewards ({value: float} of the chosen sample), and with return_candidates: candidates
@@ -254,6 +261,7 @@ def mc_decode(model, tokenizer, prompts, lam, value_names, MC_nsamples=16, score
     from models import format_prompts
     from tqdm.auto import tqdm
 
+    import engines
     lam = np.asarray(lam, dtype=np.float64).reshape(-1)
     value_names = list(value_names)
     if len(value_names) != lam.size:
@@ -266,13 +274,14 @@ def mc_decode(model, tokenizer, prompts, lam, value_names, MC_nsamples=16, score
     chat = bool(getattr(tokenizer, "chat_template", None)) if use_chat_template is None else bool(use_chat_template)
     inputs = format_prompts(tokenizer, prompts, use_chat_template=chat)
     per_call = max(1, int(batch_size) // M)
+    engine = engine or engines.HFEngine(model, tokenizer, share_prefix=share_prefix)
+    sampling = engines.Sampling(max_new_tokens=int(max_new_tokens), temperature=float(temperature), top_k=top_k)
     results, new_tokens = [], 0
     for lo in tqdm(range(0, len(prompts), per_call), desc="MC decode", unit="batch", disable=not progress):
         hi = min(lo + per_call, len(prompts))
-        torch_seed, np_seed = chunk_seeds(seed, first_prompt_index + lo)
-        samples, n_new = sample_continuations(model, tokenizer, inputs[lo:hi], M, max_new_tokens, temperature,
-                                              top_k, seed=torch_seed, add_special_tokens=not chat,
-                                              share_prefix=share_prefix)
+        _, np_seed = chunk_seeds(seed, first_prompt_index + lo)
+        samples, n_new = engine.sample(inputs[lo:hi], M, sampling, seed=seed, first_prompt_index=first_prompt_index + lo,
+                                       add_special_tokens=not chat)
         new_tokens += n_new
         flat_prompts = [p for p in prompts[lo:hi] for _ in range(M)]
         flat_conts = [c.strip() for group in samples for c in group]
@@ -349,6 +358,7 @@ def write_mc_shard(gen, lam_list, value_list, MC_nsamples=32, start_index=0, end
         # passed no base model here, so its perplexity step always failed)
         scorers = load_scorers(names, device=str(model.device), scorers=scorers,
                                basemodel_for_perplexity=(model, tokenizer))
+        engine = gen.engine(end - start) if gen.resolved_engine(end - start) != "hf" else None
         per_call = max(1, int(batch_size) // M)
         # journal on batch boundaries, so a resumed run re-creates the same batches and seeds
         every = max(per_call, (gen.checkpoint_every // per_call) * per_call)
@@ -361,7 +371,7 @@ def write_mc_shard(gen, lam_list, value_list, MC_nsamples=32, start_index=0, end
                                        batch_size=batch_size, max_new_tokens=gen.sampling["max_new_tokens"],
                                        temperature=gen.sampling["temperature"], top_k=gen.sampling["top_k"],
                                        best_of_n=best_of_n, use_chat_template=chat, seed=gen.seed,
-                                       first_prompt_index=lo, share_prefix=share_prefix)
+                                       first_prompt_index=lo, share_prefix=share_prefix, engine=engine)
             tokens += n_new
             for i, res in zip(range(lo, hi), results):
                 rec = gen.make_record(prompts[i], res["continuation"], i, 0, chat)
@@ -374,10 +384,12 @@ def write_mc_shard(gen, lam_list, value_list, MC_nsamples=32, start_index=0, end
                 ckpt.append(pending, state={"batch_size": int(batch_size), "new_tokens": tokens_before + tokens})
                 pending, last_saved = [], hi
         bar.close()
+        engine_info = dict(engine.info() if engine else {}, **fingerprint["engine"])
+        gen.close_engine()
         recs = ckpt.records + pending
         elapsed = time.time() - t0
         meta = {"kind": "mc_aligned_generation", "complete": True, "file": os.path.basename(path),
-                "model": gen.basemodel_name, "seed": gen.seed, "batch_size": int(batch_size),
+                "model": gen.basemodel_name, "seed": gen.seed, "batch_size": int(batch_size), "engine": engine_info,
                 "counts": {"prompts": end - start, "records": len(recs), "new_tokens": tokens_before + tokens},
                 "timing": {"seconds_last_run": round(elapsed, 3),
                            "tokens_per_second_last_run": round(tokens / max(elapsed, 1e-9), 2)},

@@ -136,13 +136,21 @@ class TextGeneration:
             weights round(100·(cos θ, sin θ)) on `objectives` (dpa.py's template, as trainDPA.py trains with).
         weights: explicit integer weights instead of a direction ("97,-26"), one per objective.
         objectives: objective names written into the DPA system prompt (default helpfulness,verbosity).
+        engine: what samples: "hf" (default: batched transformers in this process, the reference), "vllm"
+            (in-process vllm.LLM when importable, else `vllm serve` from .venv-vllm built by `make vllm`,
+            started and stopped for the job), "server" (an OpenAI-compatible vLLM server at --engine_url) or
+            "auto" (vllm when available and the job has ≥ engines.AUTO_MIN_TOKENS new tokens). See engines.py;
+            vllm/server seed every prompt's request from (seed, prompt index) and need do_sample with beams 1.
+            With them a larger --batch_size (e.g. 1024) keeps vLLM's continuous batching busy.
+        engine_url: API root of the server for --engine=server, e.g. http://127.0.0.1:8000/v1.
     """
 
     def __init__(self, basemodel_name=DEFAULT_MODEL, data_name="builtin", save_directory="results", seed=0,
                  prompt_column=None, split=None, dataset_path=None, num_prompts=None, use_chat_template="auto",
                  device=None, dtype=None, temperature=1.0, top_k=50, num_beams=1, max_new_tokens=50,
                  do_sample=True, samples_per_prompt=1, checkpoint_every=50, overwrite=False, progress=True,
-                 conditioning=None, direction=None, weights=None, objectives="helpfulness,verbosity"):
+                 conditioning=None, direction=None, weights=None, objectives="helpfulness,verbosity",
+                 engine="hf", engine_url=None):
         self.basemodel_name = str(basemodel_name)
         self.data_name = str(data_name)
         self.save_directory = save_directory
@@ -166,6 +174,11 @@ class TextGeneration:
         self.tokens_generated = 0  # new tokens produced by sample_continuations (for tokens/s)
         self.objectives = objectives
         self.direction, self.system_prompt = dpa.system_prompt_for(direction, weights, objectives)
+        import engines
+        self.engine_name = engines.resolve_engine(engine) if str(engine).lower() != "auto" else "auto"
+        self.engine_url = engine_url
+        self._engine = None  # the engines.* object, made on first use (vllm/server) and closed after the job
+        self.engine_info = None  # its info() for the sidecar (url, mode)
 
     # ----------------------------------------------------------------------------------------
     # shared pieces (also used by the MC-aligned generation)
@@ -193,9 +206,37 @@ class TextGeneration:
             self.device = str(self.model.device)
         return self.model, self.tokenizer
 
+    def load_tokenizer(self):
+        """The tokenizer alone (the vllm/server engines need no model in this process)."""
+        if self.tokenizer is None:
+            from models import load_tokenizer, resolve_model_name
+            self.tokenizer = load_tokenizer(resolve_model_name(self.basemodel_name)[1], padding_side="left")
+        return self.tokenizer
+
+    def resolved_engine(self, num_prompts):
+        """The engine name this job uses ("auto" resolved for num_prompts × samples × max_new_tokens)."""
+        import engines
+        expected = num_prompts * self.samples_per_prompt * self.sampling["max_new_tokens"]
+        return engines.resolve_engine(self.engine_name, expected_tokens=expected)
+
+    def engine(self, num_prompts):
+        """The vllm/server engine of this job, started once (close_engine stops it)."""
+        import engines
+        if self._engine is None:
+            self._engine = engines.make_engine(self.resolved_engine(num_prompts), self.basemodel_name,
+                                               engine_url=self.engine_url, tokenizer=self.load_tokenizer(),
+                                               dtype=self.dtype)
+            self.engine_info = self._engine.info()
+        return self._engine
+
+    def close_engine(self):
+        if self._engine is not None:
+            self._engine.close()
+            self._engine = None
+
     def chat_template_used(self):
         """Whether prompts go through the chat template (resolves "auto" against the tokenizer)."""
-        _, tokenizer = self.load_model()
+        tokenizer = self.load_tokenizer()
         if self.use_chat_template is None:
             return bool(getattr(tokenizer, "chat_template", None))
         return self.use_chat_template
@@ -214,12 +255,20 @@ class TextGeneration:
         import torch
 
         import decoding  # imported here: decoding imports this module
-        model, tokenizer = self.load_model()
         chat = self.chat_template_used()
         if self.conditioning:
             prompts = [self.conditioning.replace("{prompt}", p) for p in prompts]
         if systems is None and self.system_prompt is not None:
             systems = [self.system_prompt] * len(prompts)
+        if self._engine is not None and self._engine.name != "hf":
+            import engines
+            inputs = format_prompts(self.load_tokenizer(), prompts, use_chat_template=chat, systems=systems)
+            texts, tokens = self._engine.sample(inputs, num_samples, engines.Sampling.from_kwargs(self.sampling),
+                                                seed=self.seed, first_prompt_index=seed_key,
+                                                add_special_tokens=not chat)
+            self.tokens_generated += tokens
+            return texts
+        model, tokenizer = self.load_model()
         inputs = format_prompts(tokenizer, prompts, use_chat_template=chat, systems=systems)
         rows = [text for text in inputs for _ in range(num_samples)]
         eos = tokenizer.eos_token_id
@@ -274,7 +323,14 @@ class TextGeneration:
                 "dtype": None if self.dtype is None else str(self.dtype),
                 "model_identity": model_fingerprint(self.basemodel_name),
                 **({"conditioning": self.conditioning} if self.conditioning else {}),
-                **({"system_prompt": self.system_prompt} if self.system_prompt else {})}
+                **({"system_prompt": self.system_prompt} if self.system_prompt else {}),
+                "engine": self.engine_identity(end - start)}
+
+    def engine_identity(self, num_prompts):
+        """{"engine", "version"} of the engine this job uses (part of the fingerprint: samples differ by engine)."""
+        import engines
+        identity = engines.engine_identity(self.resolved_engine(num_prompts), self.engine_url)
+        return {k: identity[k] for k in ("engine", "version")}
 
     def generate_from_original_model(self, batch_size=32, start_index=0, end_index=None):
         """Sample continuations for prompts [start_index, end_index) and save the results file.
@@ -297,7 +353,8 @@ class TextGeneration:
         prompts = self.prompts
         start, end = self._range(start_index, end_index, len(prompts))
         path = self.output_path(start_index, end_index)
-        self.load_model()
+        hf = self.resolved_engine(end - start) == "hf"
+        self.load_model() if hf else self.load_tokenizer()
         fingerprint = self.fingerprint(start, end)
         with records.Checkpoint(path, fingerprint, overwrite=self.overwrite) as ckpt:
             if ckpt.complete:
@@ -321,6 +378,8 @@ class TextGeneration:
             self.tokens_generated = 0
             t0 = time.time()
             pending, last_checkpoint = [], done
+            if not hf:
+                self.engine(end - start)
             bar = tqdm(total=end - start, initial=done - start, desc=f"generate {self.base_name}", unit="prompt",
                        disable=not self.progress, dynamic_ncols=True)
             for lo in range(done, end, per_block):
@@ -340,6 +399,7 @@ class TextGeneration:
                                                 "tokens": tokens_before + self.tokens_generated})
                     pending, last_checkpoint = [], done
             bar.close()
+            self.close_engine()
             elapsed = elapsed_before + time.time() - t0
             tokens = tokens_before + self.tokens_generated
             recs = ckpt.records + pending
@@ -393,7 +453,9 @@ class TextGeneration:
             "model": self.basemodel_name, "model_info": info, "seed": self.seed,
             "sampling": dict(self.sampling, samples_per_prompt=self.samples_per_prompt, batch_size=batch_size,
                              use_chat_template=fingerprint["use_chat_template"], seeding="per batch: "
-                             "block_seed(seed, first prompt index of the batch, chunk)"),
+                             "block_seed(seed, first prompt index of the batch, chunk)"
+                             if fingerprint["engine"]["engine"] == "hf" else "per request: "
+                             "engines.request_seed(seed, prompt index) + sample index"),
             "prompt_source": {"data_name": self.data_name, "prompt_column": self.prompt_column, "split": self.split,
                               "dataset_path": self.dataset_path, "num_prompts_limit": self.num_prompts,
                               "num_prompts_loaded": len(self.prompts)},
@@ -403,6 +465,7 @@ class TextGeneration:
                        "tokens_per_second": round(tokens / max(elapsed, 1e-9), 2)},
             "device": self.device, "dtype": fingerprint["dtype"], "versions": library_versions(),
             "command": " ".join(sys.argv), "fingerprint": fingerprint,
+            "engine": dict(self.engine_info or {}, **fingerprint["engine"]),
         }
 
 

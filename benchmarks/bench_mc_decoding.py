@@ -1,7 +1,9 @@
-"""Benchmark: batched MC-aligned decoding (decoding.mc_decode) vs the original's per-prompt loop.
+"""Benchmark: MC-aligned decoding (decoding.mc_decode) with batched HF and with vLLM vs the original's
+per-prompt loop.
 
     python benchmarks/bench_mc_decoding.py                       # CPU, SmolLM2, 8 prompts, M = 16
     python benchmarks/bench_mc_decoding.py --device=cuda --num_prompts=64 --batch_size=1024
+    python benchmarks/bench_mc_decoding.py --engine=none         # without the vLLM run
 
 Both runs use the same model, prompts, M, sampling config (top-k 50, temperature 1), λ and scorers,
 in the same process. The baseline re-implements the original loop (SPEC-MAP §3): for one prompt at a
@@ -9,9 +11,12 @@ time, generate M samples with num_return_sequences=M, score them value by value,
 exp(λᵀr)/Σexp(λᵀr) in float32 (no max-subtraction, as the original; λ here is small enough not to
 overflow). The candidate batches several prompts × M samples per generate call, shares each
 prompt's KV cache among its samples, scores the whole batch once per value and resamples with a
-stable softmax. Throughput = generated tokens (up to EOS, inclusive) per second, end to end
-(generation + scoring + resampling). Prints the thread count; the last line is
-`ratio=<candidate tokens/s ÷ baseline tokens/s>` (= baseline time per token ÷ candidate's).
+stable softmax. The vLLM run is the same mc_decode with its samples drawn by engines.make_engine
+("vllm": in-process vLLM, or `vllm serve` from .venv-vllm) with the same model, dtype, threads and
+sampling config, all prompts in one engine call; its start-up is timed and reported separately.
+Throughput = generated tokens (up to EOS, inclusive) per second, end to end (generation + scoring +
+resampling). Prints the thread count; the last line is `ratio=<vLLM tokens/s ÷ per-prompt loop tokens/s>`
+(batched HF ÷ loop when vLLM is not available here, said so on the line before).
 """
 import os
 import sys
@@ -54,7 +59,7 @@ def original_loop(model, tokenizer, prompts, inputs, lam, value_names, scorers, 
 
 def main(model_name="smollm2-135m", num_prompts=8, MC_nsamples=16, max_new_tokens=32, batch_size=128,
          values="sentiment,harmlessness", lam="1.0,1.0", device="cpu", dtype=None, threads=1, seed=0,
-         ablation=False):
+         ablation=False, engine="vllm"):
     """Time the per-prompt loop and batched MC decoding on the same prompts.
 
     Args:
@@ -67,6 +72,8 @@ def main(model_name="smollm2-135m", num_prompts=8, MC_nsamples=16, max_new_token
         device, dtype: see models.load_model_and_tokenizer ("cuda", "bfloat16", ...).
         threads: torch CPU threads (1 by default: the machines are shared).
         ablation: also time the batched decoder without prompt KV-cache sharing.
+        engine: "vllm" (default; skipped with a note when vLLM is not available), "server --engine_url" is not
+            timed here; "none" skips it.
     """
     import torch
     from models import format_prompts, load_model_and_tokenizer
@@ -115,7 +122,37 @@ def main(model_name="smollm2-135m", num_prompts=8, MC_nsamples=16, max_new_token
         print(f"{label}: {tokens} tokens in {seconds:.2f} s = {tokens / seconds:.1f} tok/s "
               f"(x{tokens / seconds / base_rate:.2f}; mean ESS {ess:.1f} of {MC_nsamples})")
         rate = rate or tokens / seconds
-    print(f"ratio={rate / base_rate:.2f}")
+    hf_rate = rate
+    import engines
+    if engine == "none" or not engines.vllm_available():
+        print(f"vLLM: not run ({'--engine=none' if engine == 'none' else 'not available here: make vllm'}); the ratio "
+              "below is batched HF / per-prompt loop")
+        print(f"ratio={hf_rate / base_rate:.2f}")
+        return
+    dtype_name = str(model.dtype).replace("torch.", "")
+    t0 = time.perf_counter()
+    eng = engines.make_engine("vllm", model_name, dtype=dtype_name, threads=int(threads), tokenizer=tokenizer,
+                              max_model_len=1024)
+    startup = time.perf_counter() - t0
+    try:
+        info = eng.info()
+        print(f"vLLM start-up ({info.get('mode')}, {info.get('version')}, {dtype_name}, {threads} threads): "
+              f"{startup:.1f} s (not in the throughput below)")
+        decoding.mc_decode(model, tokenizer, prompts[:1], lam, value_names, 2, scorers=scorers, max_new_tokens=4,
+                           engine=eng)  # warm-up
+        t0 = time.perf_counter()
+        results, tokens = decoding.mc_decode(model, tokenizer, prompts, lam, value_names, int(MC_nsamples),
+                                             scorers=scorers, batch_size=len(prompts) * int(MC_nsamples),
+                                             max_new_tokens=int(max_new_tokens), seed=seed, engine=eng)
+        seconds = time.perf_counter() - t0
+    finally:
+        eng.close()
+    v_rate = tokens / seconds
+    ess = np.mean([r["mc_ess"] for r in results])
+    print(f"vLLM MC decoding: {tokens} tokens in {seconds:.2f} s = {v_rate:.1f} tok/s (x{v_rate / base_rate:.2f} the "
+          f"loop, x{v_rate / hf_rate:.2f} batched HF; mean ESS {ess:.1f} of {MC_nsamples}); with start-up "
+          f"{tokens / (seconds + startup):.1f} tok/s")
+    print(f"ratio={v_rate / base_rate:.2f}")
 
 
 if __name__ == "__main__":

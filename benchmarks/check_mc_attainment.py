@@ -44,12 +44,13 @@ import solver  # noqa: E402
 REFERENCE_CACHE = os.path.join("results", "check_mc_attainment-reference.json")
 
 
-def reference_samples(model, tokenizer, prompts, value_names, scorers, M, max_new_tokens, seed, batch_size):
+def reference_samples(model, tokenizer, prompts, value_names, scorers, M, max_new_tokens, seed, batch_size,
+                      engine=None):
     """M scored samples per prompt from the reference model, as results records (λ = 0 decoding
-    returns every candidate and its rewards)."""
+    returns every candidate and its rewards); drawn by `engine` (engines.py; None: batched HF)."""
     res, tokens = decoding.mc_decode(model, tokenizer, prompts, np.zeros(len(value_names)), value_names, M,
                                      scorers=scorers, batch_size=batch_size, max_new_tokens=max_new_tokens, seed=seed,
-                                     return_candidates=True, progress=True)
+                                     return_candidates=True, progress=True, engine=engine)
     recs = []
     for i, (prompt, r) in enumerate(zip(prompts, res)):
         for j, text in enumerate(r["candidates"]):
@@ -69,7 +70,7 @@ def summarize(rewards, c):
 
 def main(model_name="smollm2-135m", values="sentiment,harmlessness", num_prompts=64, MC_nsamples=8,
          max_new_tokens=32, rho=0.5, c_list=None, reference_file=None, batch_size=128, device="cpu", dtype=None,
-         threads=1, seed=0, token_decoder=True, top_k=50, interval=3,
+         threads=1, seed=0, token_decoder=True, top_k=50, interval=3, engine="hf", engine_url=None,
          out=os.path.join("results", "check_mc_attainment.json")):
     """Run the attainment check and print the table.
 
@@ -86,9 +87,12 @@ def main(model_name="smollm2-135m", values="sentiment,harmlessness", num_prompts
         batch_size, device, dtype, threads: generation settings (threads: torch CPU threads).
         seed: reference samples use seed, MC decoding seed + 1, the token decoder seed + 2.
         token_decoder: also run tokenValueDecoder for comparison (top_k, interval).
+        engine, engine_url: what draws the reference and MC samples: hf (default), vllm, server (at engine_url)
+            or auto (engines.py); the model above still scores perplexity and runs the token decoder.
         out: JSON summary path.
     """
     import torch
+    import engines
     import tokenValueDecoder
     from models import load_model_and_tokenizer
     from prompts import load_prompts
@@ -98,10 +102,13 @@ def main(model_name="smollm2-135m", values="sentiment,harmlessness", num_prompts
     M, N = int(MC_nsamples), int(num_prompts)
     model, tokenizer = load_model_and_tokenizer(model_name, device=device, dtype=dtype)
     scorers = decoding.load_scorers(value_names, device=str(model.device), basemodel_for_perplexity=(model, tokenizer))
+    eng = engines.make_engine(engine, model_name, engine_url=engine_url, model=model, tokenizer=tokenizer, dtype=dtype,
+                              threads=int(threads), expected_tokens=2 * N * M * int(max_new_tokens))
+    engine_id = {k: v for k, v in eng.info().items() if k in ("engine", "version")}
     print(f"threads={torch.get_num_threads()} model={model_name} values={value_names} prompts={N} M={M} "
-          f"max_new_tokens={max_new_tokens} rho={rho} seed={seed}")
+          f"max_new_tokens={max_new_tokens} rho={rho} seed={seed} engine={engine_id}")
     settings = {"model": model_name, "values": value_names, "num_prompts": N, "MC_nsamples": M,
-                "max_new_tokens": int(max_new_tokens), "seed": int(seed), "dtype": dtype}
+                "max_new_tokens": int(max_new_tokens), "seed": int(seed), "dtype": dtype, "engine": engine_id}
 
     t0 = time.time()
     if reference_file:
@@ -120,7 +127,7 @@ def main(model_name="smollm2-135m", values="sentiment,harmlessness", num_prompts
             print(f"reference samples: reusing {REFERENCE_CACHE}")
         else:
             recs, tokens = reference_samples(model, tokenizer, prompts, value_names, scorers, M, int(max_new_tokens),
-                                             int(seed), int(batch_size))
+                                             int(seed), int(batch_size), engine=eng)
             records.save_json_atomic(recs, REFERENCE_CACHE)
             records.save_metadata(REFERENCE_CACHE, {"settings": settings, "new_tokens": tokens,
                                                     "seconds": round(time.time() - t0, 1)})
@@ -164,8 +171,9 @@ def main(model_name="smollm2-135m", values="sentiment,harmlessness", num_prompts
     t0 = time.time()
     res, mc_tokens = decoding.mc_decode(model, tokenizer, prompts, lam, value_names, M, scorers=scorers,
                                         batch_size=int(batch_size), max_new_tokens=int(max_new_tokens),
-                                        seed=int(seed) + 1, progress=True)
+                                        seed=int(seed) + 1, progress=True, engine=eng)
     mc_s = time.time() - t0
+    eng.close()
     mc_R = np.array([[r["rewards"][v] for r in res] for v in value_names])
     mc_mean, mc_se, mc_z = summarize(mc_R, c)
     comb_z = np.abs(mc_mean - c) / np.sqrt(mc_se ** 2 + ref_se ** 2)
