@@ -1,0 +1,118 @@
+"""Known optima of the fine-tuning trainers on a one-step policy (one token from a 12-token vocabulary,
+a reward vector per token), where p_λ ∝ p0·exp(λᵀr) is exactly computable; the primal-dual λ loop
+(primaldual.py); λ targets and the mismatch check."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import models
+import primaldual
+import records
+import solver
+import training
+import trainDPO
+import trainPPO
+import tiny
+
+LAM = np.array([1.0, 0.6])
+
+
+def table():
+    """Rewards (2 values) of each decoded token text; special tokens decode to ""."""
+    rng = np.random.default_rng(3)
+    texts = ["", "q"] + tiny.ONE_STEP_WORDS
+    return {t: rng.uniform(-1.5, 1.5, size=2) for t in texts}
+
+
+TABLE = table()
+
+
+def scorer(i):
+    return lambda prompts, conts: np.array([TABLE[c.strip()][i] for c in conts])
+
+
+SCORERS = {"v1": scorer(0), "v2": scorer(1)}
+
+
+@pytest.fixture(scope="module")
+def one_step_dir(tmp_path_factory):
+    return tiny.one_step_lm(str(tmp_path_factory.mktemp("one_step")))
+
+
+def load(path):
+    model, tokenizer = models.load_model_and_tokenizer(path, device="cpu")
+    model.train()
+    return model, tokenizer
+
+
+def token_probs(model, tokenizer):
+    """Exact log π(y|"q") over the whole vocabulary."""
+    ids = tokenizer("q", add_special_tokens=False)["input_ids"]
+    model.eval()
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([ids])).logits[0, -1].float()
+    return torch.log_softmax(logits, -1).numpy()
+
+
+def token_rewards(tokenizer):
+    """(2, V) reward of every token id (its decoded text)."""
+    texts = [tokenizer.decode([i], skip_special_tokens=True).strip() for i in range(len(tokenizer))]
+    return np.stack([TABLE[t] for t in texts], axis=1)
+
+
+def optimum_gap(logp, logp0, R, lam, beta=1.0):
+    """RMS under p_λ of β·log π/π0 − λᵀr − const (const: its p_λ-mean), in nats: 0 exactly at π = p_λ.
+    Weighted by p_λ because tokens the target almost never samples carry almost no gradient."""
+    dev = beta * (logp - logp0) - lam @ R
+    p_lam = np.exp(logp0 + lam @ R / beta)
+    p_lam /= p_lam.sum()
+    return float(np.sqrt(p_lam @ (dev - p_lam @ dev) ** 2))
+
+
+def test_map_f_rloo_reaches_p_lambda(one_step_dir, tmp_path):
+    model, tokenizer = load(one_step_dir)
+    ref = training.frozen_copy(model)
+    logp0 = token_probs(ref, tokenizer)
+    R = token_rewards(tokenizer)
+    assert optimum_gap(logp0, logp0, R, LAM) > 0.7  # p0 itself is far from p_λ
+    trainer = trainPPO.build_trainer(model, tokenizer, ["q"] * 64, ["v1", "v2"], LAM.tolist(), SCORERS,
+                                     str(tmp_path), beta=1.0, ref_model=ref, learning_rate=1e-2, batch_size=64,
+                                     mini_batch_size=64, num_generations=16, max_new_tokens=1,
+                                     use_chat_template=False, max_steps=80, logging_steps=10, save_steps=10 ** 6,
+                                     seed=0)
+    trainer.train()
+    gap = optimum_gap(token_probs(model, tokenizer), logp0, R, LAM)
+    assert gap < 0.05
+
+
+def one_token_records(tokenizer):
+    """One record per vocabulary token after the prompt "q", with its exact ids and rewards."""
+    prompt_ids = tokenizer("q", add_special_tokens=False)["input_ids"]
+    recs = []
+    for i in range(len(tokenizer)):
+        text = tokenizer.decode([i], skip_special_tokens=True).strip()
+        recs.append({"prompt": "q", "continuation": text, "prompt_id": 0, "sample_id": i, "prompt_ids": prompt_ids,
+                     "continuation_ids": [i], "v1": float(TABLE[text][0]), "v2": float(TABLE[text][1])})
+    return recs
+
+
+def test_map_dpo_soft_labels_reach_p_lambda(one_step_dir, tmp_path):
+    model, tokenizer = load(one_step_dir)
+    ref = training.frozen_copy(model)
+    logp0 = token_probs(ref, tokenizer)
+    R = token_rewards(tokenizer)
+    pairs = trainDPO.map_preference_pairs(one_token_records(tokenizer), ["v1", "v2"], LAM.tolist())
+    assert len(pairs) == 12 * 11 // 2  # every pair of distinct tokens, even those decoding to the same text
+    assert all(p["soft_label"] == pytest.approx(1 / (1 + np.exp(-p["gap"]))) for p in pairs)
+    trainer = trainDPO.build_preference_trainer(model, tokenizer, pairs, str(tmp_path), beta=1.0, ref_model=ref,
+                                                use_chat_template=False, learning_rate=3e-2, num_train_epochs=100,
+                                                per_device_train_batch_size=66, gradient_accumulation_steps=1,
+                                                logging_steps=10, save_steps=10 ** 6, seed=0)
+    assert type(trainer).__name__ == "SoftDPOTrainer"
+    row = trainer.train_dataset[0]
+    assert row["prompt_ids"] == [3] and len(row["chosen_ids"]) == 1  # the sampled ids, no EOS appended
+    trainer.train()
+    gap = optimum_gap(token_probs(model, tokenizer), logp0, R, LAM)
+    assert gap < 0.05
