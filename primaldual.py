@@ -393,3 +393,36 @@ def plot_history(history, values, c, path):
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def training_target(lam_list=None, value_list=None, lambda_file=None, palette=None):
+    """(values, λ or None, target or None, palette array or None) from a trainer's λ flags.
+
+    λ comes from --lambda_file (a λ target written by alignValues.py, with what it was fitted on) or
+    --lam_list (by hand: nothing recorded); --palette alone starts from the exact solve on the reference
+    model's held-out samples. --value_list defaults to the λ file's values."""
+    import cli
+    from values import expand_value_list
+    target = None
+    if lambda_file is not None:
+        if lam_list is not None:
+            raise ValueError("give --lambda_file or --lam_list, not both")
+        target = load_target(lambda_file)
+        values = list(target["values"])
+        if value_list is not None and expand_value_list(value_list) != values:
+            raise TargetMismatchError(f"--value_list={expand_value_list(value_list)} but --lambda_file={lambda_file!r} "
+                                      f"was solved for {values}")
+        lam = np.asarray(target["lam"], dtype=np.float64)
+    elif lam_list is not None:
+        values, lam = cli.values_and_lambda("all" if value_list is None else value_list, lam_list)
+        lam = np.asarray(lam, dtype=np.float64)
+    else:
+        if palette is None:
+            raise ValueError("give --lam_list, --lambda_file or --palette (the target levels)")
+        values, lam = expand_value_list("all" if value_list is None else value_list), None
+    c = None
+    if palette is not None:
+        c = np.asarray(cli.float_list(palette, "palette"), dtype=np.float64)
+        if c.size != len(values):
+            raise ValueError(f"--palette has {c.size} levels but the values are {values}; give one level per value")
+    return values, lam, target, c

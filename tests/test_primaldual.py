@@ -116,3 +116,78 @@ def test_map_dpo_soft_labels_reach_p_lambda(one_step_dir, tmp_path):
     trainer.train()
     gap = optimum_gap(token_probs(model, tokenizer), logp0, R, LAM)
     assert gap < 0.05
+
+
+def exact_levels(logp, R):
+    return R @ np.exp(logp)
+
+
+def run_map_f(path, lam, tmp, steps, tracker=None, every=20):
+    model, tokenizer = load(path)
+    ref = training.frozen_copy(model)
+    callback = None if tracker is None else trainPPO.PaletteCallback(tracker, every, tokenizer, lam=lam)
+    trainer = trainPPO.build_trainer(model, tokenizer, ["q"] * 64, ["v1", "v2"], list(lam), SCORERS, str(tmp),
+                                     beta=1.0, ref_model=ref, learning_rate=1e-2, batch_size=64, mini_batch_size=64,
+                                     num_generations=16, max_new_tokens=1, use_chat_template=False, max_steps=steps,
+                                     logging_steps=10, save_steps=10 ** 6, seed=0,
+                                     callbacks=None if callback is None else [callback])
+    if callback is not None:
+        callback.trainer = trainer
+    trainer.train()
+    return model, tokenizer, ref, callback
+
+
+def test_primal_dual_reaches_the_palette_where_a_mismatched_lambda_does_not(one_step_dir, tmp_path):
+    model, tokenizer = load(one_step_dir)
+    logp0 = token_probs(model, tokenizer)
+    R = token_rewards(tokenizer)
+    # the palette: the levels of p_λ for λ = (1, 0.6), so it is feasible with a known λ*
+    logp_target = logp0 + LAM @ R
+    logp_target -= np.log(np.exp(logp_target).sum())
+    c = exact_levels(logp_target, R)
+    # λ fitted on a mismatched sample: 4000 tokens drawn at temperature 0.5 instead of from p0 itself
+    rng = np.random.default_rng(0)
+    hot = np.exp(logp0 / 0.5) / np.exp(logp0 / 0.5).sum()
+    draws = rng.choice(len(hot), size=4000, p=hot)
+    mismatched = solver.solve_palette(R[:, draws], c)
+    assert mismatched.success
+    lam_bad = mismatched.lam
+    fixed, tok, _, _ = run_map_f(one_step_dir, lam_bad, tmp_path / "fixed", 80)
+    fixed_levels = exact_levels(token_probs(fixed, tok), R)
+    assert np.all(fixed_levels - c < -0.07)  # the fixed λ falls short of the palette on every value
+
+    tracker = primaldual.PaletteTracker(
+        ["v1", "v2"], c, lambda p, t: np.stack([SCORERS["v1"](p, t), SCORERS["v2"](p, t)]), ["q"] * 16, 32,
+        {"temperature": 1.0, "top_k": 0, "top_p": 1.0, "max_new_tokens": 1, "use_chat_template": False},
+        update="exact", tol_se=2.0, seed=1)
+    tracked, tok, _, callback = run_map_f(one_step_dir, lam_bad, tmp_path / "pd", 120, tracker=tracker, every=30)
+    levels = exact_levels(token_probs(tracked, tok), R)
+    history = tracker.history
+    assert history[0]["step"] == 0 and len(history) >= 2
+    assert all(len(e["lam"]) == 2 and len(e["levels"]) == 2 and e["kl"] == e["kl"] for e in history)
+    assert np.max(np.abs(levels - c)) < 0.08, (levels, c, [e["lam"] for e in history])
+    assert np.allclose(callback.lam, LAM, atol=0.3)
+
+
+def test_exact_dual_update_undoes_the_policy_tilt():
+    # samples of π = p_λ' (here: weights exp(λ'ᵀr) over a uniform p0); the update must return λ* of c
+    rng = np.random.default_rng(1)
+    R = rng.normal(size=(2, 4000))
+    lam_true, lam_policy = np.array([0.8, 0.3]), np.array([0.2, 1.0])
+    c = solver.realized_levels(R, lam_true)
+    w = solver.tilt_weights(R, lam_policy)
+    idx = rng.choice(R.shape[1], size=R.shape[1], p=w)  # draws from π
+    log_ratio = -(lam_policy @ R[:, idx])  # log p0 − log π up to a constant
+    result = primaldual.exact_dual_update(R[:, idx], log_ratio, c, np.zeros(R.shape[1], int))
+    assert result.success and np.allclose(result.lam, lam_true, atol=0.1)
+
+
+def test_levels_se_and_tolerance():
+    R = np.array([[1.0, 3.0, 2.0, 4.0], [0.0, 0.0, 1.0, 1.0]])
+    levels, se = primaldual.levels_and_se(R, np.array([0, 0, 1, 1]))
+    assert np.allclose(levels, [2.5, 0.5])  # prompt means (2, 3) and (0, 1)
+    assert np.allclose(se, [np.std([2, 3], ddof=1) / np.sqrt(2), np.std([0, 1], ddof=1) / np.sqrt(2)])
+    ok, per = primaldual.within_tolerance([2.5, 0.5], se, [2.4, 5.0], [1.0, 0.0], tol_se=2.0)
+    assert not ok and per == [True, False]
+    assert primaldual.within_tolerance([2.5, 9.0], se, [2.4, 5.0], [1.0, 0.0])[0]  # λ = 0: ≥ c suffices
+    assert np.allclose(primaldual.ascent_update([0.5, 0.1], [1.0, 0.0], [0.0, 1.0], 0.5), [1.0, 0.0])
