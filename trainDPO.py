@@ -428,11 +428,13 @@ def train_dpo(sample_size, beta, harmless_ratio, save_path=None, use_lora=False,
                            save_steps=save_steps, max_steps=max_steps)
 
 
-def train_map_dpo(file_path, lam_list, value_list, model_name=None, save_path=None, pairing="bradley_terry",
+def train_map_dpo(file_path, lam_list=None, value_list=None, model_name=None, save_path=None, pairing="soft",
                   margin=0.0, max_pairs_per_prompt=None, beta=1.0, loss_type="sigmoid", loss_weights=None,
                   label_smoothing=0.0, desirable_weight=1.0, undesirable_weight=1.0, learning_rate=5e-5,
                   num_train_epochs=1, per_device_train_batch_size=2, gradient_accumulation_steps=10, max_length=1024,
-                  use_chat_template=None, use_lora=False, lora_r=16, lora_alpha=32, lora_dropout=0.05,
+                  use_chat_template=None, lambda_file=None, allow_mismatch=False, palette=None, palette_rounds=3,
+                  palette_prompts=8, palette_samples=4, dual_update="exact", dual_step=1.0, palette_tol_se=2.0,
+                  use_lora=False, lora_r=16, lora_alpha=32, lora_dropout=0.05,
                   lora_target_modules="all-linear", merge_lora=True, seed=0, resume_from_checkpoint=None,
                   report_to="none", bf16=False, gradient_checkpointing=False, logging_steps=10, save_steps=50,
                   max_steps=-1, dtype=None, overwrite=False):
@@ -441,55 +443,155 @@ def train_map_dpo(file_path, lam_list, value_list, model_name=None, save_path=No
     Args:
         file_path: results file (gendata with samples per prompt; rewards added for every value).
         lam_list, value_list: λ and the values it weights (same order; "all" = the task's values).
+        lambda_file: a λ target from alignValues.py instead of lam_list (results/alignValues.jsonl, last
+            entry): its sampling config and base model must match the results file's (the pairs are
+            samples of that file), else the run is refused unless allow_mismatch (recorded as a warning).
+        palette: target levels c1,c2,...: iterated MAP-DPO (module docstring). Each of palette_rounds
+            rounds trains on soft-label pairs toward the current λ (round 1: the file's samples; later
+            rounds: fresh samples of the current policy, as many per prompt as the file has), then
+            measures the realized levels on the file's last palette_prompts prompts (held out from
+            training; palette_samples samples each) and updates λ (dual_update "exact" or "ascent" with
+            step dual_step); stops once every value is within palette_tol_se standard errors.
         model_name: the model that generated the file (p0 and the starting policy); default: the
             results file's metadata `model_name`.
-        save_path: default modelsDPO/{file stem}-lam_{λ}-val_{values}-{pairing}-{loss}.
-        pairing, margin, max_pairs_per_prompt: pair construction (module docstring).
-        beta: DPO β; 1.0 (default) with bradley_terry pairs and the sigmoid loss aims at p_λ.
+        save_path: default modelsDPO/{file stem}-lam_{λ}-val_{values}-{pairing}-{loss} (pal_{c} with --palette).
+        pairing, margin, max_pairs_per_prompt: pair construction (module docstring); "soft" by default.
+        beta: DPO β; 1.0 (default) with soft or bradley_terry pairs and the sigmoid loss aims at p_λ.
         loss_type, loss_weights, label_smoothing, desirable_weight, undesirable_weight: TRL's losses.
         use_chat_template: default: the results file's metadata, else auto.
-        Other arguments: as train_dpo.
+        Other arguments: as train_dpo (num_train_epochs and max_steps apply to each round).
     Returns:
         the save_path.
     """
-    values, lam = cli.values_and_lambda(value_list, lam_list)
+    import primaldual
+    values, lam, target, c = primaldual.training_target(lam_list, value_list, lambda_file, palette)
     kind, losses = parse_loss_type(loss_type)
     recs = records.load_records(file_path)
     meta = records.load_metadata(file_path)
+    file_sampling, file_model = primaldual.sampling_of_results(file_path)
     if model_name is None:
-        model_name = meta.get("model_name") or meta.get("model")
+        model_name = file_model or (target or {}).get("base_model")
         if not model_name:
             raise ValueError(f"{file_path!r} has no metadata naming its model; pass --model_name (the model that "
                              "generated the samples: it is p0 and the starting policy).")
     if use_chat_template is None:  # train on the prompts formatted as the samples were generated
         use_chat_template = meta.get("use_chat_template", (meta.get("sampling") or {}).get("use_chat_template"))
+    # the pairs are the file's samples: the λ target must have been fitted on samples drawn the same way
+    requested = dict(file_sampling or {}, use_chat_template=use_chat_template)
+    sampling, model_name, notes = primaldual.resolve_sampling(
+        target if target is not None else {"sampling": file_sampling, "base_model": file_model} if file_sampling
+        else None, requested, model_name, allow_mismatch)
     if save_path is None:
         stem = os.path.splitext(os.path.basename(file_path))[0]
+        what = f"pal={training.format_lambda(c)}" if c is not None else f"lam={training.format_lambda(lam)}"
         save_path = os.path.join("modelsDPO", training.sanitize(
-            f"{stem}-lam={training.format_lambda(lam)}-val={','.join(values)}-{pairing}-{'+'.join(losses)}"))
+            f"{stem}-{what}-val={','.join(values)}-{pairing}-{'+'.join(losses)}"))
     if training.is_finished(save_path) and not overwrite:
         print(f"{save_path} already holds a finished MAP-DPO model; pass --overwrite=True to retrain.")
         return save_path
+    metadata = training.base_metadata(
+        "MAP-DPO" if c is None else "iterated MAP-DPO (primal-dual)", model_name, seed, values=values,
+        lam=None if lam is None else [float(x) for x in lam], results_file=file_path, pairing=pairing,
+        margin=float(margin), max_pairs_per_prompt=max_pairs_per_prompt, sampling=sampling, lambda_file=lambda_file,
+        lambda_target=target, target_warnings=notes, allow_mismatch=bool(allow_mismatch),
+        target="p ∝ p0·exp(λᵀr/β) (= p_λ at β = 1) for the sigmoid loss with soft or bradley_terry pairs",
+        num_prompts=len(set(records.prompt_groups(recs).tolist())), num_samples=len(recs))
+    hyper = dict(loss_weights=loss_weights, label_smoothing=label_smoothing, desirable_weight=desirable_weight,
+                 undesirable_weight=undesirable_weight, learning_rate=learning_rate, num_train_epochs=num_train_epochs,
+                 per_device_train_batch_size=per_device_train_batch_size,
+                 gradient_accumulation_steps=gradient_accumulation_steps, max_length=max_length,
+                 use_chat_template=use_chat_template, report_to=report_to, bf16=bf16,
+                 gradient_checkpointing=gradient_checkpointing, logging_steps=logging_steps, save_steps=save_steps,
+                 max_steps=max_steps, max_new_tokens=sampling["max_new_tokens"])
+    if c is not None:
+        if kind != "dpo":
+            raise ValueError("--palette (iterated MAP-DPO) needs a DPO loss (sigmoid with soft pairs)")
+        return _iterated_map_dpo(recs, values, lam, c, model_name, save_path, metadata, sampling, loss_type, beta,
+                                 pairing, margin, max_pairs_per_prompt, use_lora, lora_r, lora_alpha, lora_dropout,
+                                 lora_target_modules, merge_lora, seed, dtype, palette_rounds, palette_prompts,
+                                 palette_samples, dual_update, dual_step, palette_tol_se, hyper)
     if kind == "kto":
         examples = map_kto_examples(recs, values, lam, margin=margin, source=file_path)
     else:
         examples = map_preference_pairs(recs, values, lam, pairing=pairing, margin=margin,
                                         max_pairs_per_prompt=max_pairs_per_prompt, seed=seed, source=file_path)
-    metadata = training.base_metadata(
-        "MAP-DPO", model_name, seed, values=values, lam=lam, results_file=file_path, pairing=pairing,
-        margin=float(margin), max_pairs_per_prompt=max_pairs_per_prompt,
-        target="p ∝ p0·exp(λᵀr/β) (= p_λ at β = 1) for sigmoid loss with bradley_terry pairs",
-        num_prompts=len(set(records.prompt_groups(recs).tolist())), num_samples=len(recs))
     return _train_and_save(model_name, examples, save_path, metadata, loss_type, beta, use_lora, lora_r, lora_alpha,
-                           lora_dropout, lora_target_modules, merge_lora, seed, resume_from_checkpoint, dtype,
-                           loss_weights=loss_weights, label_smoothing=label_smoothing,
-                           desirable_weight=desirable_weight, undesirable_weight=undesirable_weight,
-                           learning_rate=learning_rate, num_train_epochs=num_train_epochs,
-                           per_device_train_batch_size=per_device_train_batch_size,
-                           gradient_accumulation_steps=gradient_accumulation_steps, max_length=max_length,
-                           use_chat_template=use_chat_template, report_to=report_to, bf16=bf16,
-                           gradient_checkpointing=gradient_checkpointing, logging_steps=logging_steps,
-                           save_steps=save_steps, max_steps=max_steps)
+                           lora_dropout, lora_target_modules, merge_lora, seed, resume_from_checkpoint, dtype, **hyper)
+
+
+def _iterated_map_dpo(recs, values, lam, c, model_name, save_path, metadata, sampling, loss_type, beta, pairing,
+                      margin, max_pairs_per_prompt, use_lora, lora_r, lora_alpha, lora_dropout, lora_target_modules,
+                      merge_lora, seed, dtype, rounds, palette_prompts, palette_samples, dual_update, dual_step,
+                      palette_tol_se, hyper):
+    """Iterated MAP-DPO with primal-dual λ (train_map_dpo --palette); returns the save_path."""
+    import decoding
+    import primaldual
+    groups = records.prompt_groups(recs)
+    order = sorted(set(groups.tolist()))
+    if len(order) <= int(palette_prompts):
+        raise ValueError(f"--palette_prompts={palette_prompts} leaves no training prompt: the file has {len(order)}")
+    held = set(order[-int(palette_prompts):])
+    train_recs = [r for r, g in zip(recs, groups) if int(g) not in held]
+    first_of = {}
+    for r, g in zip(recs, groups):
+        first_of.setdefault(int(g), r["prompt"])
+    held_prompts = [first_of[g] for g in order[-int(palette_prompts):]]
+    train_prompts = [first_of[g] for g in order[:-int(palette_prompts)]]
+    per_prompt = max(2, int(np.bincount(groups).max()))
+    scorers = decoding.load_scorers(values, basemodel_for_perplexity=model_name)
+
+    def score(prompts, conts):
+        return decoding.score_samples(values, scorers, list(prompts), list(conts))
+
+    training.set_seed(seed)
+    model, tokenizer = models.load_model_and_tokenizer(model_name, device="cpu", dtype=dtype)
+    model.train()
+    peft_config = training.lora_config(lora_r, lora_alpha, lora_dropout, lora_target_modules) if use_lora else None
+    ref_model = None if use_lora else training.frozen_copy(model)
+    tracker = primaldual.PaletteTracker(values, c, score, held_prompts, palette_samples, sampling, update=dual_update,
+                                        step=dual_step, tol_se=palette_tol_se, seed=seed, first_id=10 ** 6)
+    if lam is None or dual_update == "exact":  # round 0: the reference model's levels (and λ, exact)
+        lam0 = np.zeros(len(values)) if lam is None else lam
+        lam, _ = tracker.round(model, tokenizer, lam0, step=0, ref_model=model if ref_model is None else ref_model)
+        print(tracker.summary_line())
+        if tracker.history[-1]["status"] == "infeasible":
+            raise ValueError(f"--palette={','.join(f'{x:g}' for x in c)} is infeasible on the reference model's "
+                             "samples (proved by an LP certificate); suggested palette: --palette="
+                             + ",".join(f"{x:.4f}" for x in tracker.history[-1].get("suggested_palette") or []))
+    trainer, log = None, []
+    for r in range(1, int(rounds) + 1):
+        if r == 1:
+            samples = train_recs
+        else:  # fresh pairs from the current policy
+            samples = primaldual.sample_policy(trainer.model, tokenizer, train_prompts, per_prompt, sampling,
+                                               seed + 104729 * r)
+            R = score([x["prompt"] for x in samples], [x["continuation"] for x in samples])
+            for i, v in enumerate(values):
+                for x, val in zip(samples, R[i]):
+                    x[v] = float(val)
+        pairs = map_preference_pairs(samples, values, lam, pairing=pairing, margin=margin,
+                                     max_pairs_per_prompt=max_pairs_per_prompt, seed=seed + r, source=f"round {r}")
+        policy = model if trainer is None else trainer.model
+        trainer = build_preference_trainer(policy, tokenizer, pairs, os.path.join(save_path, f"round{r}"),
+                                           loss_type=loss_type, beta=beta, ref_model=ref_model,
+                                           peft_config=peft_config if trainer is None else None, seed=seed + r, **hyper)
+        trainer.train()
+        log.append({"round": r, "pairs": len(pairs), "lam": [float(x) for x in lam],
+                    "log_history": trainer.state.log_history})
+        lam, ok = tracker.round(trainer.model, tokenizer, lam, ref_model=ref_model, step=r)
+        print(tracker.summary_line())
+        if ok:
+            break
+    metadata.update(trainer=type(trainer).__name__, loss_type=parse_loss_type(loss_type)[1], beta=float(beta),
+                    palette=[float(x) for x in c], lam=[float(x) for x in lam], dual_update=dual_update,
+                    objective="min KL(π‖p0) s.t. E_π[r_i] ≥ c_i", palette_rounds=tracker.history,
+                    palette_within_tolerance=bool(tracker.history[-1]["status"] == "within tolerance"),
+                    rounds=log, held_out_prompts=len(held_prompts), use_lora=bool(use_lora),
+                    hyperparameters={k: v for k, v in hyper.items()})
+    metadata["log_history"] = trainer.state.log_history
+    os.makedirs(save_path, exist_ok=True)
+    primaldual.plot_history(tracker.history, values, c, os.path.join(save_path, "palette_rounds.png"))
+    return training.save_trained(trainer, tokenizer, save_path, metadata, merge_lora=merge_lora)
 
 
 if __name__ == "__main__":
