@@ -191,3 +191,60 @@ def test_levels_se_and_tolerance():
     assert not ok and per == [True, False]
     assert primaldual.within_tolerance([2.5, 9.0], se, [2.4, 5.0], [1.0, 0.0])[0]  # λ = 0: ≥ c suffices
     assert np.allclose(primaldual.ascent_update([0.5, 0.1], [1.0, 0.0], [0.0, 1.0], 0.5), [1.0, 0.0])
+
+
+def test_resolve_sampling_refuses_a_mismatch_naming_both_sides():
+    target = primaldual.make_target(["a"], [1.0], estimator="per_prompt", base_model="m0", sampling={
+        "temperature": 1.0, "top_k": 50, "top_p": 1.0, "max_new_tokens": 24, "use_chat_template": True})
+    sampling, model, notes = primaldual.resolve_sampling(target, {"top_k": None}, None)
+    assert sampling["top_k"] == 50 and sampling["max_new_tokens"] == 24 and model == "m0" and notes == []
+    with pytest.raises(primaldual.TargetMismatchError, match="top_k: trainer 0 vs λ fitted with 50.*base model: "
+                                                             "trainer 'm1' vs λ fitted on samples of 'm0'"):
+        primaldual.resolve_sampling(target, {"top_k": 0}, "m1")
+    with pytest.warns(UserWarning, match="allow_mismatch"):
+        sampling, _, notes = primaldual.resolve_sampling(target, {"top_k": 0}, "m0", allow_mismatch=True)
+    assert sampling["top_k"] == 0 and "top_k" in notes[0]
+    with pytest.warns(UserWarning, match="records no sampling config"):  # an old λ file: default + warning
+        sampling, _, notes = primaldual.resolve_sampling({"values": ["a"], "lam": [1.0]}, {}, "m0")
+    assert sampling == primaldual.DEFAULT_SAMPLING
+    with pytest.warns(UserWarning, match="pooled estimator"):
+        primaldual.resolve_sampling(dict(target, estimator="pooled"), {}, "m0")
+
+
+def test_trainPPO_palette_run_records_rounds_and_refuses_mismatch(tiny_lm_dir, tmp_path, monkeypatch):
+    import values
+    values.register_value("test-len", fn=lambda p, c: np.array([len(x) / 20.0 for x in c]), overwrite=True)
+    monkeypatch.chdir(tmp_path)
+    prompts_file = tmp_path / "qs.json"
+    prompts_file.write_text(json.dumps(["Tell me a joke", "How do I bake bread?", "Give me tips", "Be kind",
+                                        "What is best?", "Why?"]))
+    lam_file = tmp_path / "lam.json"
+    lam_file.write_text(json.dumps(primaldual.make_target(["test-len"], [0.5], estimator="per_prompt",
+                                                          base_model=tiny_lm_dir, sampling={
+        "temperature": 1.0, "top_k": 0, "top_p": 1.0, "max_new_tokens": 4, "use_chat_template": None})))
+    with pytest.raises(primaldual.TargetMismatchError, match="max_new_tokens: trainer 6 vs λ fitted with 4"):
+        trainPPO.main(lambda_file=str(lam_file), data_name=str(prompts_file), max_new_tokens=6)
+    save = trainPPO.main(lambda_file=str(lam_file), data_name=str(prompts_file), palette="0.1",
+                         palette_prompts=2, palette_samples=2, palette_every=1, batch_size=4, mini_batch_size=4,
+                         num_generations=2, max_steps=2, use_lora=True, lora_r=2, learning_rate=1e-3,
+                         save_path=str(tmp_path / "m"))
+    meta = training.load_training_metadata(save)
+    assert meta["palette"] == [0.1] and meta["objective"].startswith("min KL")
+    assert meta["sampling"]["max_new_tokens"] == 4 and meta["lambda_target"]["lam"] == [0.5]
+    assert meta["palette_rounds"][0]["step"] == 0 and all("kl" in e for e in meta["palette_rounds"])
+    assert (tmp_path / "m" / "palette_rounds.png").is_file()
+    values.REGISTRY.pop("test-len", None)
+
+
+def test_infeasible_palette_is_refused_with_the_suggested_palette(tiny_lm_dir, tmp_path, monkeypatch):
+    import values
+    values.register_value("test-len", fn=lambda p, c: np.array([min(len(x), 40) / 20.0 for x in c]),
+                          overwrite=True)
+    monkeypatch.chdir(tmp_path)
+    prompts_file = tmp_path / "qs.json"
+    prompts_file.write_text(json.dumps(["Tell me a joke", "How do I bake bread?", "Give me tips", "Be kind"]))
+    with pytest.raises(ValueError, match=r"infeasible.*suggested palette: --palette=\d"):
+        trainPPO.main(value_list="test-len", model_name=tiny_lm_dir, data_name=str(prompts_file), palette="5.0",
+                      palette_prompts=2, palette_samples=2, batch_size=4, mini_batch_size=4, num_generations=2,
+                      max_steps=1, max_new_tokens=4, use_lora=True, lora_r=2, save_path=str(tmp_path / "m"))
+    values.REGISTRY.pop("test-len", None)
