@@ -214,3 +214,33 @@ def test_argument_helpers():
         "modelsPPO/sub/m-lam_1.000_2.000-val_a_b"
     assert training.map_model_name("opt1.3b", "Anthropic-harmless", [1.548, 1.148], ["gpt2-helpful", "gpt2-harmless"]) \
         == "opt1.3b-Anthropic-harmless-lam_1.548_1.148-val_gpt2-helpful_gpt2-harmless"
+
+
+def test_iterated_map_dpo_regenerates_pairs_and_tracks_the_palette(tiny_lm_dir, tmp_path, monkeypatch):
+    import values
+    values.register_value("test-e", fn=lambda p, c: np.array([x.count("e") / 4.0 for x in c]), overwrite=True)
+    monkeypatch.chdir(tmp_path)
+    recs = []
+    for p in range(6):
+        for s in range(3):
+            cont = WORDS[(p + s) % len(WORDS)]
+            recs.append({"prompt": f"prompt {p}?", "continuation": cont, "prompt_id": p, "sample_id": s,
+                         "test-e": cont.count("e") / 4.0})
+    path = str(tmp_path / "tiny-builtin.json")
+    records.save_json_atomic(recs, path)
+    records.save_metadata(path, {"model": tiny_lm_dir, "sampling": {"temperature": 1.0, "top_k": 0,
+                                                                    "max_new_tokens": 4, "use_chat_template": None}})
+    save = trainDPO.train_map_dpo(path, value_list="test-e", lam_list="1.0", palette="0.3", dual_update="ascent",
+                                  dual_step=0.5, palette_rounds=2, palette_prompts=2,
+                                  palette_samples=2, palette_tol_se=0.0, use_lora=True, lora_r=2, learning_rate=1e-3,
+                                  per_device_train_batch_size=4, gradient_accumulation_steps=1, max_steps=1,
+                                  logging_steps=1)
+    assert save == os.path.join("modelsDPO", "tiny-builtin-pal_0.300-val_test-e-soft-sigmoid")
+    meta = training.load_training_metadata(save)
+    assert meta["method"].startswith("iterated MAP-DPO") and meta["trainer"] == "SoftDPOTrainer"
+    assert meta["sampling"]["max_new_tokens"] == 4 and meta["palette"] == [0.3]
+    assert [e["step"] for e in meta["palette_rounds"]] == [1, 2] and len(meta["rounds"]) == 2  # round 2: fresh pairs
+    r1 = meta["palette_rounds"][0]
+    assert meta["rounds"][1]["lam"] == pytest.approx([max(0.0, 1.0 + 0.5 * (0.3 - r1["levels"][0]))])  # ascent
+    assert meta["rounds"][0]["pairs"] > 0 and os.path.isfile(os.path.join(save, "palette_rounds.png"))
+    values.REGISTRY.pop("test-e", None)
