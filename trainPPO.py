@@ -22,6 +22,14 @@ perplexity), rewards see clean decoded text (raw prompt, continuation without sp
 original fed literal `</s>`), the KL weight is β (default 1, the theory's value) instead of TRL's
 adaptive KL, sampling uses the full distribution (top_k=0, top_p=1, temperature 1: the target is
 defined for p0 itself, so the original's top_k=50 is an option, not the default), and runs are seeded.
+
+Matched targets and the palette. `--lambda_file` takes a λ target written by alignValues.py (values, λ,
+estimator, and the sampling config and base model it was fitted on): the run samples with that config
+and refuses another (`--allow_mismatch`). `--palette=c1,c2,...` solves min KL(π‖p0) s.t. E_π[r_i] ≥ c_i
+by primal-dual tracking (primaldual.py, PaletteCallback): λ is corrected every `--palette_every` steps
+from the policy's realized levels on held-out prompts.
+
+    python trainPPO.py --lambda_file=results/alignValues.jsonl --palette=0.45,0.6 --use_lora=True ...
 """
 import os
 
