@@ -328,6 +328,9 @@ class AlignValues:
         primaldual.append_target(primaldual.make_target(
             self.value_list, lam_list, c=c, estimator=self.estimator, sampling=sampling, base_model=model,
             results_file=self.file_path, solver_name=self.solver, status=status), path)
+        if self.estimator == "pooled":
+            print("note: this λ uses the pooled estimator; for fine-tuning (trainPPO.py, trainDPO.py) solve with "
+                  "--estimator=per_prompt, the trainers' target (a policy cannot reweight its prompts)")
         if sampling is None:
             print(f"note: {self.file_path!r} has no metadata sidecar recording its sampling config; trainers given "
                   f"this λ ({path}) will warn and sample with their documented default")

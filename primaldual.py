@@ -211,7 +211,8 @@ def ascent_update(lam, c, levels, step):
 
 
 def within_tolerance(levels, se, c, lam, tol_se=2.0, tol_abs=0.0):
-    """(all ok, per-value ok): |m̂ − c| ≤ tol where λ_i > 0, m̂ ≥ c − tol where λ_i = 0; tol = tol_se·SE + tol_abs."""
+    """(all ok, per-value ok): |m̂ − c| ≤ tol where λ_i > 0, m̂ ≥ c − tol where λ_i = 0;
+    tol = tol_se·SE + tol_abs."""
     levels, se, c, lam = (np.asarray(x, dtype=np.float64) for x in (levels, se, c, lam))
     tol = tol_se * np.nan_to_num(se, nan=0.0) + tol_abs
     ok = np.where(lam > 0, np.abs(levels - c) <= tol, levels >= c - tol)
@@ -295,7 +296,8 @@ class PaletteTracker:
     Args:
         values: value names; c: the palette (k,); scorer: fn(prompts, continuations) -> (k, n) rewards.
         prompts: held-out raw prompts; per_prompt: samples per prompt per round; sampling: the trainer's.
-        update: "exact" or "ascent"; step: ascent step size η (λ units per reward unit).
+        update: "exact" or "ascent"; step: ascent step size η (λ units per reward unit; also the fallback
+            of "exact" when the palette is out of reach of one round's samples, status "infeasible").
         tol_se, tol_abs: stopping tolerance (within_tolerance); seed: sampling seed base.
     Each call of `round(model, ref_model, lam)` appends a dict {round, step, lam, levels, se, kl, kl_se,
     within, new_lam, status} to `self.history` and returns (new λ, within tolerance).
@@ -341,9 +343,11 @@ class PaletteTracker:
             result = exact_dual_update(R, log_ratio, self.c, groups, lam_init=lam)
             entry["status"] = result.status
             if result.status == solver.INFEASIBLE:
+                # c lies outside what these few samples can reach: record the proof, and take a dual ascent
+                # step instead (the caller refuses the palette when this happens on p0's own samples)
                 entry["suggested_palette"] = None if result.suggested_palette is None else \
                     np.asarray(result.suggested_palette).tolist()
-                new = lam
+                new = ascent_update(lam, self.c, levels, self.step)
             else:
                 new = np.maximum(result.lam, 0.0)
         else:

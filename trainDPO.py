@@ -141,7 +141,8 @@ def map_preference_pairs(recs, values, lam, pairing="soft", margin=0.0, max_pair
             if pairing == "soft":
                 pair["soft_label"] = float(0.5 * (1.0 + np.tanh(0.5 * pair["gap"])))
             if "continuation_ids" in recs[c] and "continuation_ids" in recs[r]:
-                pair["chosen_ids"], pair["rejected_ids"] = list(recs[c]["continuation_ids"]), list(recs[r]["continuation_ids"])
+                pair["chosen_ids"] = list(recs[c]["continuation_ids"])
+                pair["rejected_ids"] = list(recs[r]["continuation_ids"])
                 if "prompt_ids" in recs[c]:
                     pair["prompt_ids"] = list(recs[c]["prompt_ids"])
             pairs.append(pair)
@@ -244,8 +245,8 @@ def _dpo_classes():
             loss = −q·log σ(β·δ) − (1 − q)·log σ(−β·δ),   δ = log π/π0 (y_a) − log π/π0 (y_b),
 
         the expected sigmoid DPO loss under Bradley-Terry labels, without sampling them. Its minimiser is
-        β·δ = λᵀΔr on every pair, i.e. β·log π/π0 = λᵀr + const: p ∝ p0·exp(λᵀr/β). Only the sigmoid loss
-        is defined here; the data pipeline, reference handling and logging are TRL's."""
+        β·δ = λᵀΔr on every pair, i.e. β·log π/π0 = λᵀr + const: p ∝ p0·exp(λᵀr/β). Only the sigmoid
+        loss is defined here; the data pipeline, reference handling and logging are TRL's."""
 
         def __init__(self, *args, **kwargs):
             super().__init__(*args, **kwargs)

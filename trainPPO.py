@@ -198,8 +198,9 @@ class PaletteCallback(TrainerCallback):
         entry = self.tracker.history[-1]
         if self.verbose:
             print(self.tracker.summary_line(entry))
-        if entry["status"] == "infeasible":
-            raise ValueError(f"the palette {self.tracker.c.tolist()} is infeasible on the policy's samples (proved by "
+        if entry["status"] == "infeasible" and state.global_step == 0:  # proved on the reference model's samples
+            raise ValueError(f"the palette {self.tracker.c.tolist()} is infeasible on the reference model's held-out "
+                             "samples (proved by "
                              f"an LP certificate); suggested palette: --palette="
                              + ",".join(f"{x:.4f}" for x in (entry.get("suggested_palette") or [])))
         self.lam = np.asarray(new, dtype=np.float64)

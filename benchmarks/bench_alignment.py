@@ -267,9 +267,9 @@ def main(seeds="0,1,2", model_name=models.DEFAULT_MODEL, value_list="sentiment,c
                      "methods": {m: {k: (np.asarray(v).tolist() if isinstance(v, np.ndarray) else v)
                                      for k, v in r.items()} for m, r in out.items()}})
         print_seed(runs[-1], values)
-    summary = {"values": values, "config": cfg, "runs": runs, "seconds": round(time.time() - t_start, 1)}
-    path = out_file if os.path.isabs(out_file) else os.path.join(ROOT, out_file)
-    records.save_json_atomic(summary, path)
+        summary = {"values": values, "config": cfg, "runs": runs, "seconds": round(time.time() - t_start, 1)}
+        path = out_file if os.path.isabs(out_file) else os.path.join(ROOT, out_file)
+        records.save_json_atomic(summary, path)  # after every seed: a killed run keeps the finished seeds
     target_met = all(meets(r["methods"]["MAP-F primal-dual"]["levels"], r["methods"]["MAP-F primal-dual"]["se"],
                            r["c"], r["lam"]) for r in runs)
     kl_ratio = [r["methods"]["MAP-F primal-dual"]["kl"] / max(r["methods"]["MAP-D"]["kl"], 1e-9) for r in runs]
@@ -282,12 +282,12 @@ def main(seeds="0,1,2", model_name=models.DEFAULT_MODEL, value_list="sentiment,c
 def print_seed(run, values):
     c, lam = np.asarray(run["c"]), np.asarray(run["lam"])
     print(f"\nseed {run['seed']}: c = {np.round(c, 3).tolist()}, λ = {np.round(lam, 3).tolist()}")
-    head = "".join(f"{v + ' level':>22}{'|Δ|/SE':>8}" for v in values)
+    head = "".join(f"{v + ' level':>24}{'|Δ|/SE':>8}" for v in values)
     print(f"{'method':<20}{head}{'KL':>8}{'s':>7}")
     for name in METHODS:
         r = run["methods"][name]
-        cells = "".join(f"{r['levels'][i]:>15.3f}±{r['se'][i]:<6.3f}{abs(r['levels'][i] - c[i]) / max(r['se'][i], 1e-9):>8.2f}"
-                        for i in range(len(values)))
+        cells = "".join(f"{r['levels'][i]:>17.3f}±{r['se'][i]:<6.3f}"
+                        f"{abs(r['levels'][i] - c[i]) / max(r['se'][i], 1e-9):>8.2f}" for i in range(len(values)))
         print(f"{name:<20}{cells}{r['kl']:>8.3f}{r['seconds']:>7.0f}")
 
 
