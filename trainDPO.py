@@ -551,14 +551,12 @@ def _iterated_map_dpo(recs, values, lam, c, model_name, save_path, metadata, sam
     ref_model = None if use_lora else training.frozen_copy(model)
     tracker = primaldual.PaletteTracker(values, c, score, held_prompts, palette_samples, sampling, update=dual_update,
                                         step=dual_step, tol_se=palette_tol_se, seed=seed, first_id=10 ** 6)
+    # feasibility is proved (or refuted) on the results file's samples of p0, the largest sample at hand
+    primaldual.check_feasible(values, c, records.reward_matrix(recs, values), groups)
     if lam is None or dual_update == "exact":  # round 0: the reference model's levels (and λ, exact)
         lam0 = np.zeros(len(values)) if lam is None else lam
         lam, _ = tracker.round(model, tokenizer, lam0, step=0, ref_model=model if ref_model is None else ref_model)
         print(tracker.summary_line())
-        if tracker.history[-1]["status"] == "infeasible":
-            raise ValueError(f"--palette={','.join(f'{x:g}' for x in c)} is infeasible on the reference model's "
-                             "samples (proved by an LP certificate); suggested palette: --palette="
-                             + ",".join(f"{x:.4f}" for x in tracker.history[-1].get("suggested_palette") or []))
     trainer, log = None, []
     for r in range(1, int(rounds) + 1):
         if r == 1:

@@ -183,8 +183,11 @@ class PaletteCallback(TrainerCallback):
     trainer's reward weights (λ) to the tracker's update; stop training once every value is within
     tolerance. Attach with `trainer.add_callback(cb)` after `cb.trainer = trainer`."""
 
-    def __init__(self, tracker, every, tokenizer, lam=None, verbose=True):
+    def __init__(self, tracker, every, tokenizer, lam=None, verbose=True, refuse_at_start=True):
         self.tracker, self.every, self.tokenizer, self.verbose = tracker, int(every), tokenizer, verbose
+        # refuse a palette the first round proves infeasible on p0's held-out samples (when no larger
+        # sample of p0 was checked before training)
+        self.refuse_at_start = bool(refuse_at_start)
         self.lam = None if lam is None else np.asarray(lam, dtype=np.float64)
         self.trainer = None
         self.stopped_within = False
@@ -198,7 +201,7 @@ class PaletteCallback(TrainerCallback):
         entry = self.tracker.history[-1]
         if self.verbose:
             print(self.tracker.summary_line(entry))
-        if entry["status"] == "infeasible" and state.global_step == 0:  # proved on the reference model's samples
+        if entry["status"] == "infeasible" and state.global_step == 0 and self.refuse_at_start:
             raise ValueError(f"the palette {self.tracker.c.tolist()} is infeasible on the reference model's held-out "
                              "samples (proved by "
                              f"an LP certificate); suggested palette: --palette="
@@ -244,7 +247,9 @@ def main(lam_list=None, value_list=None, model_name=None, data_name="builtin", s
         allow_mismatch: train even when the sampling config or base model differs from the λ file's (the
             difference is recorded as a warning in the metadata).
         palette: target levels c1,c2,... (one per value): primal-dual tracking (primaldual.py) minimises
-            KL(π‖p0) subject to E_π[r_i] ≥ c_i by correcting λ from the policy's realized levels.
+            KL(π‖p0) subject to E_π[r_i] ≥ c_i by correcting λ from the policy's realized levels. A palette
+            proved infeasible is refused with the suggested palette (proved on the λ file's results file
+            when there is one, else on the first round's held-out samples of p0).
         palette_every: optimizer steps between λ updates; palette_prompts: held-out prompts (the last N of
             the source, never trained on); palette_samples: samples per held-out prompt per round.
         dual_update: "exact" (dual solve on importance weights of the policy's samples; the first round,
@@ -325,7 +330,15 @@ def main(lam_list=None, value_list=None, model_name=None, data_name="builtin", s
             values, c, lambda p, t: combined_reward(p, t, values, np.zeros(len(values)), scorers)[0], held_out,
             palette_samples, sampling, update=dual_update, step=dual_step, tol_se=palette_tol_se, seed=seed,
             first_id=len(prompts))
-        callback = PaletteCallback(tracker, palette_every, tokenizer, lam=lam)
+        checked = False
+        results_file = (target or {}).get("results_file")
+        if results_file and os.path.isfile(results_file):  # prove feasibility on the λ's own p0 samples
+            import records
+            recs = records.load_records(results_file)
+            primaldual.check_feasible(values, c, records.reward_matrix(recs, values, source=results_file),
+                                      records.prompt_groups(recs))
+            checked = True
+        callback = PaletteCallback(tracker, palette_every, tokenizer, lam=lam, refuse_at_start=not checked)
     trainer_obj = build_trainer(
         model, tokenizer, prompts, values, lam if lam is not None else np.zeros(len(values)), scorers, save_path,
         trainer=trainer, beta=beta, ref_model=ref_model, peft_config=peft_config, learning_rate=learning_rate,
