@@ -9,7 +9,6 @@ import torch
 
 import models
 import primaldual
-import records
 import solver
 import training
 import trainDPO
