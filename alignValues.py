@@ -10,7 +10,10 @@ problem in solver.py. This file is the command line and file layer over that sol
     python alignValues.py ... --solver=legacy optimize_lambda     # the original optimiser, for regression
 
 Outputs: one line per save appended to results/alignValues.txt in the original format (λ written
-only when it reaches the palette; otherwise "NaN"), and CSV rows for gen_rand_MAP_lambda.
+only when it reaches the palette; otherwise "NaN"), and CSV rows for gen_rand_MAP_lambda. Every λ
+saved is also appended as a JSON line to results/alignValues.jsonl, recording what it was fitted on
+(estimator, solver, the results file's sampling config and base model): the λ target that
+trainPPO.py / trainDPO.py take with --lambda_file. Fine-tuning should use --estimator=per_prompt.
 """
 import csv
 import io
@@ -344,6 +347,24 @@ class AlignValues:
         with open(path, "a", encoding="utf-8") as f:
             f.write(line)
         print(f"Results have been appended to {path}")
+        if lam_list != ["NaN"]:
+            self._save_target(c, lam_list, save_prefix + ".jsonl")
+
+    def _save_target(self, c, lam_list, path):
+        """Append the λ target (λ, values, palette, estimator, solver, and the sampling config, base model
+        and results file it was fitted on) to the JSON-lines sidecar the trainers read (--lambda_file)."""
+        import primaldual
+        sampling, model = primaldual.sampling_of_results(self.file_path)
+        status = None if self.result is None else self.result.status
+        primaldual.append_target(primaldual.make_target(
+            self.value_list, lam_list, c=c, estimator=self.estimator, sampling=sampling, base_model=model,
+            results_file=self.file_path, solver_name=self.solver, status=status), path)
+        if self.estimator == "pooled":
+            print("note: this λ uses the pooled estimator; for fine-tuning (trainPPO.py, trainDPO.py) solve with "
+                  "--estimator=per_prompt, the trainers' target (a policy cannot reweight its prompts)")
+        if sampling is None:
+            print(f"note: {self.file_path!r} has no metadata sidecar recording its sampling config; trainers given "
+                  f"this λ ({path}) will warn and sample with their documented default")
 
     def save_results_to_text(self, optimized_lambda, success, save_prefix="results/alignValues"):
         """Append `filepath: ..., c Levels: ..., values: [...], optimized lambda: ...` to

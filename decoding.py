@@ -188,16 +188,22 @@ def _prefill_shared(model, input_ids, attention_mask, num_samples):
 
 
 def sample_continuations(model, tokenizer, inputs, num_samples, max_new_tokens=50, temperature=1.0, top_k=50,
-                         seed=None, add_special_tokens=False, share_prefix=True, return_token_ids=False):
+                         seed=None, add_special_tokens=False, share_prefix=True, top_p=1.0, return_ids=False,
+                         return_token_ids=False):
     """Draw `num_samples` continuations of each input text in ONE generate call (top-k sampling).
 
     inputs: P model-ready strings (chat-formatted already when the template is used).
     seed: re-seed torch's RNG first (None: keep its state).
     add_special_tokens: True for raw prompts (BOS as the original), False for chat-formatted text.
     share_prefix: compute each prompt's KV cache once and share it among its samples.
+    top_p: nucleus sampling mass (1 = off).
+    return_ids: also return the exact token ids (see below).
     Returns (continuations, new_tokens): P lists of num_samples raw decoded continuations (special
     tokens skipped, not stripped), and the number of tokens generated (up to EOS, inclusive).
     return_token_ids: give each continuation as its new token ids (up to and including EOS) instead.
+    With return_ids, a third item: (prompt_ids, continuation_ids), P lists of the prompt's token ids
+    (unpadded) and P lists of num_samples lists of the sampled ids, up to and including the first EOS
+    (a continuation cut at max_new_tokens has no EOS).
     """
     import torch
     if seed is not None:
@@ -213,17 +219,22 @@ def sample_continuations(model, tokenizer, inputs, num_samples, max_new_tokens=5
     with torch.no_grad():
         out = model.generate(input_ids=ids.repeat_interleave(num_samples, 0),
                              attention_mask=mask.repeat_interleave(num_samples, 0), do_sample=True,
-                             temperature=float(temperature), top_k=int(top_k), top_p=1.0, num_beams=1,
+                             temperature=float(temperature), top_k=int(top_k), top_p=float(top_p), num_beams=1,
                              max_new_tokens=int(max_new_tokens), pad_token_id=tokenizer.pad_token_id,
                              eos_token_id=eos, **kwargs)
     new = out[:, ids.shape[1]:]
-    counts = count_new_tokens(new, [eos])
-    new_tokens = int(counts.sum())
+    lengths = count_new_tokens(new, [eos])
+    new_tokens = int(lengths.sum())
     if return_token_ids:
-        texts = [row[:n] for row, n in zip(new.tolist(), counts.tolist())]
+        texts = [row[:n] for row, n in zip(new.tolist(), lengths.tolist())]
     else:
         texts = tokenizer.batch_decode(new, skip_special_tokens=True)
-    return [texts[i * num_samples:(i + 1) * num_samples] for i in range(len(inputs))], new_tokens
+    grouped = [texts[i * num_samples:(i + 1) * num_samples] for i in range(len(inputs))]
+    if not return_ids:
+        return grouped, new_tokens
+    prompt_ids = [ids[i][mask[i].bool()].tolist() for i in range(len(inputs))]
+    rows = [new[j, :int(lengths[j])].tolist() for j in range(new.shape[0])]
+    return grouped, new_tokens, (prompt_ids, [rows[i * num_samples:(i + 1) * num_samples] for i in range(len(inputs))])
 
 
 def chunk_seeds(seed, first_prompt_index):

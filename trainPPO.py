@@ -22,10 +22,19 @@ perplexity), rewards see clean decoded text (raw prompt, continuation without sp
 original fed literal `</s>`), the KL weight is β (default 1, the theory's value) instead of TRL's
 adaptive KL, sampling uses the full distribution (top_k=0, top_p=1, temperature 1: the target is
 defined for p0 itself, so the original's top_k=50 is an option, not the default), and runs are seeded.
+
+Matched targets and the palette. `--lambda_file` takes a λ target written by alignValues.py (values, λ,
+estimator, and the sampling config and base model it was fitted on): the run samples with that config
+and refuses another (`--allow_mismatch`). `--palette=c1,c2,...` solves min KL(π‖p0) s.t. E_π[r_i] ≥ c_i
+by primal-dual tracking (primaldual.py, PaletteCallback): λ is corrected every `--palette_every` steps
+from the policy's realized levels on held-out prompts.
+
+    python trainPPO.py --lambda_file=results/alignValues.jsonl --palette=0.45,0.6 --use_lora=True ...
 """
 import os
 
 import numpy as np
+from transformers import TrainerCallback
 
 import cli
 import models
@@ -169,27 +178,91 @@ def build_trainer(model, tokenizer, prompts, values, lam, scorers, output_dir, t
     return built
 
 
+class PaletteCallback(TrainerCallback):
+    """Primal-dual palette tracking inside an RLOO/GRPO run (primaldual.py): at the start and every
+    `every` optimizer steps, measure the policy's realized levels on held-out prompts and set the
+    trainer's reward weights (λ) to the tracker's update; stop training once every value is within
+    tolerance. Attach with `trainer.add_callback(cb)` after `cb.trainer = trainer`."""
+
+    def __init__(self, tracker, every, tokenizer, lam=None, verbose=True, refuse_at_start=True):
+        self.tracker, self.every, self.tokenizer, self.verbose = tracker, int(every), tokenizer, verbose
+        # refuse a palette the first round proves infeasible on p0's held-out samples (when no larger
+        # sample of p0 was checked before training)
+        self.refuse_at_start = bool(refuse_at_start)
+        self.lam = None if lam is None else np.asarray(lam, dtype=np.float64)
+        self.trainer = None
+        self.stopped_within = False
+
+    def _round(self, state, control):
+        import torch
+        trainer = self.trainer
+        lam = self.lam if self.lam is not None else trainer.reward_weights.double().numpy()
+        new, ok = self.tracker.round(trainer.model, self.tokenizer, lam, ref_model=getattr(trainer, "ref_model", None),
+                                     step=int(state.global_step))
+        entry = self.tracker.history[-1]
+        if self.verbose:
+            print(self.tracker.summary_line(entry))
+        if entry["status"] == "infeasible" and state.global_step == 0 and self.refuse_at_start:
+            raise InputError(f"the palette {self.tracker.c.tolist()} is infeasible on the reference model's held-out "
+                             "samples (proved by "
+                             f"an LP certificate); suggested palette: --palette="
+                             + ",".join(f"{x:.4f}" for x in (entry.get("suggested_palette") or [])))
+        self.lam = np.asarray(new, dtype=np.float64)
+        trainer.reward_weights = torch.tensor(self.lam, dtype=torch.float32)
+        if ok and state.global_step > 0:
+            self.stopped_within = True
+            control.should_training_stop = True
+        return control
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if self.lam is None or self.tracker.update == "exact":
+            return self._round(state, control)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step % self.every == 0:
+            return self._round(state, control)
+
+
+
 def _world_size():
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
-def main(lam_list, value_list="all", model_name=models.DEFAULT_MODEL, data_name="builtin", save_path=None,
+def main(lam_list=None, value_list=None, model_name=None, data_name="builtin", save_path=None,
          learning_rate=1e-6, batch_size=20, mini_batch_size=2, nepoch=1, trainer="rloo", beta=1.0,
-         num_generations=2, max_new_tokens=50, temperature=1.0, top_k=0, top_p=1.0, max_prompts=None,
-         use_chat_template=None, use_lora=False, lora_r=16, lora_alpha=32, lora_dropout=0.05,
+         num_generations=2, max_new_tokens=None, temperature=None, top_k=None, top_p=None, max_prompts=None,
+         use_chat_template=None, lambda_file=None, allow_mismatch=False, palette=None, palette_every=10,
+         palette_prompts=16, palette_samples=4, dual_update="exact", dual_step=1.0, palette_tol_se=2.0,
+         use_lora=False, lora_r=16, lora_alpha=32, lora_dropout=0.05,
          lora_target_modules="all-linear", merge_lora=True, seed=0, resume_from_checkpoint=None,
          report_to="none", bf16=False, gradient_checkpointing=False, logging_steps=10, save_steps=50,
          max_steps=-1, num_iterations=1, grpo_loss_type="dapo", dtype=None, value_device=None, overwrite=False):
-    """Train MAP-F and save the model to `save_path` (with map_training.json: λ, values, base model, seed).
+    """Train MAP-F and save the model to `save_path` (with map_training.json: λ, values, base model, seed,
+    the λ target and, with --palette, the primal-dual rounds and palette_rounds.png).
 
     Args:
-        lam_list: λ, one per value, e.g. 1.548,1.148 (from alignValues.py).
-        value_list: "all" (the task's values) or a comma-separated list; the reward is Σ λ_i r_i over
-            every one of them, scored by the value registry on (raw prompt, clean continuation).
-        model_name: policy p0: "smollm2-135m" (embedded), opt1.3b, llama2_chat, gpt2, a folder or a hub id.
+        lam_list: λ, one per value, e.g. 1.548,1.148 (by hand: nothing records what it was fitted on).
+        lambda_file: a λ target from alignValues.py (results/alignValues.jsonl: its last entry, or a .json):
+            values, λ, estimator, sampling config, base model and results file. The run samples with that
+            config and refuses a different one (see allow_mismatch).
+        allow_mismatch: train even when the sampling config or base model differs from the λ file's (the
+            difference is recorded as a warning in the metadata).
+        palette: target levels c1,c2,... (one per value): primal-dual tracking (primaldual.py) minimises
+            KL(π‖p0) subject to E_π[r_i] ≥ c_i by correcting λ from the policy's realized levels. A palette
+            proved infeasible is refused with the suggested palette (proved on the λ file's results file
+            when there is one, else on the first round's held-out samples of p0).
+        palette_every: optimizer steps between λ updates; palette_prompts: held-out prompts (the last N of
+            the source, never trained on); palette_samples: samples per held-out prompt per round.
+        dual_update: "exact" (dual solve on importance weights of the policy's samples; the first round,
+            before training, is the exact solve on p0's samples) or "ascent" (λ ← max(0, λ + η(c − m̂)),
+            η = dual_step). palette_tol_se: stop once every value is within this many standard errors.
+        value_list: "all" (the task's values) or a comma-separated list (default: the λ file's values, else
+            all); the reward is Σ λ_i r_i over every one of them, scored on (raw prompt, clean continuation).
+        model_name: policy p0: "smollm2-135m" (embedded), opt1.3b, llama2_chat, gpt2, a folder or a hub id
+            (default: the λ file's base model, else smollm2-135m).
         data_name: prompt source for prompts.load_prompts ("builtin" offline, "Anthropic-harmless", "Imdb").
         save_path: output folder; default modelsPPO/{model}-{data}-lam_{λ}-val_{values} (the original's
-            name, "," and "=" replaced by "_"). Checkpoints go inside and are removed at the end.
+            name, "," and "=" replaced by "_"; with --palette, "pal_{c}" instead of λ).
         learning_rate: optimizer learning rate (original 1e-6 for full fine-tuning; LoRA needs ~1e-5..1e-4).
         batch_size: completions per optimizer step (original: rollouts per PPO step, 20).
         mini_batch_size: completions per forward/backward pass; gradient accumulation = batch/mini.
@@ -197,10 +270,10 @@ def main(lam_list, value_list="all", model_name=models.DEFAULT_MODEL, data_name=
         trainer: "rloo" (default; KL in the reward) or "grpo" (KL in the loss, scale_rewards="none").
         beta: KL weight β; the trained policy targets p0·exp(λᵀr/β), so β = 1 (default) aims at p_λ.
         num_generations: samples per prompt for the leave-one-out / group baseline (>= 2).
-        max_new_tokens, temperature, top_k, top_p: sampling (defaults sample p0 itself: 50 new tokens,
-            temperature 1, no top-k/top-p truncation).
-        max_prompts: use only the first N prompts (quick runs).
-        use_chat_template: None = auto (chat models get their template), True/False to force.
+        max_new_tokens, temperature, top_k, top_p, use_chat_template: sampling; default: the λ file's
+            (the config λ was fitted with), else the documented default: 50 new tokens, temperature 1,
+            no top-k/top-p truncation, chat template when the model has one.
+        max_prompts: use only the first N training prompts (quick runs).
         use_lora, lora_r, lora_alpha, lora_dropout, lora_target_modules: train a LoRA adapter (PEFT)
             instead of all weights; p0 is then the adapter-disabled base.
         merge_lora: save the merged full model in save_path (adapter in save_path/adapter); False saves
@@ -218,17 +291,32 @@ def main(lam_list, value_list="all", model_name=models.DEFAULT_MODEL, data_name=
     Returns:
         the save_path.
     """
-    values, lam = cli.values_and_lambda(value_list, lam_list)
+    import primaldual
+    values, lam, target, c = primaldual.training_target(lam_list, value_list, lambda_file, palette)
+    requested = {"temperature": temperature, "top_k": top_k, "top_p": top_p, "max_new_tokens": max_new_tokens,
+                 "use_chat_template": use_chat_template}
+    if target is None and model_name is None:
+        model_name = models.DEFAULT_MODEL
+    sampling, model_name, notes = primaldual.resolve_sampling(target, requested, model_name, allow_mismatch)
     if save_path is None:
         import prompts as prompt_sources
-        save_path = os.path.join("modelsPPO", training.map_model_name(
-            models.model_short_name(model_name), prompt_sources.data_tag(data_name), lam, values))
+        stem = training.map_model_name(models.model_short_name(model_name), prompt_sources.data_tag(data_name),
+                                       lam if lam is not None else c, values)
+        save_path = os.path.join("modelsPPO", stem.replace("-lam_", "-pal_") if c is not None else stem)
     save_path = training.sanitize_save_path(save_path)
     if training.is_finished(save_path) and not overwrite:
         print(f"{save_path} already holds a finished MAP-F model; pass --overwrite=True to retrain.")
         return save_path
     training.set_seed(seed)
-    prompts = load_training_prompts(data_name, seed=seed, max_prompts=max_prompts)
+    prompts = load_training_prompts(data_name, seed=seed)
+    held_out = []
+    if c is not None:
+        if len(prompts) <= int(palette_prompts):
+            raise InputError(f"--palette needs held-out prompts: the source has {len(prompts)} prompts and "
+                             f"--palette_prompts={palette_prompts}; lower it or use a larger source")
+        prompts, held_out = prompts[:-int(palette_prompts)], prompts[-int(palette_prompts):]
+    if max_prompts is not None:
+        prompts = prompts[:int(max_prompts)]
     model, tokenizer = models.load_model_and_tokenizer(model_name, device="cpu", dtype=dtype)
     model.train()
     peft_config = training.lora_config(lora_r, lora_alpha, lora_dropout, lora_target_modules) if use_lora else None
@@ -237,23 +325,52 @@ def main(lam_list, value_list="all", model_name=models.DEFAULT_MODEL, data_name=
         from accelerate import PartialState
         value_device = str(PartialState().device)
     scorers = load_scorers(values, device=value_device, basemodel_for_perplexity=model_name)
+    callback = None
+    if c is not None:
+        tracker = primaldual.PaletteTracker(
+            values, c, lambda p, t: combined_reward(p, t, values, np.zeros(len(values)), scorers)[0], held_out,
+            palette_samples, sampling, update=dual_update, step=dual_step, tol_se=palette_tol_se, seed=seed,
+            first_id=len(prompts))
+        checked = False
+        results_file = (target or {}).get("results_file")
+        if results_file and os.path.isfile(results_file):  # prove feasibility on the λ's own p0 samples
+            import records
+            recs = records.load_records(results_file)
+            primaldual.check_feasible(values, c, records.reward_matrix(recs, values, source=results_file),
+                                      records.prompt_groups(recs))
+            checked = True
+        callback = PaletteCallback(tracker, palette_every, tokenizer, lam=lam, refuse_at_start=not checked)
     trainer_obj = build_trainer(
-        model, tokenizer, prompts, values, lam, scorers, save_path, trainer=trainer, beta=beta, ref_model=ref_model,
-        peft_config=peft_config, learning_rate=learning_rate, batch_size=batch_size, mini_batch_size=mini_batch_size,
-        nepoch=nepoch, num_generations=num_generations, max_new_tokens=max_new_tokens, temperature=temperature,
-        top_k=top_k, top_p=top_p, use_chat_template=use_chat_template, seed=seed, report_to=report_to, bf16=bf16,
-        gradient_checkpointing=gradient_checkpointing, logging_steps=logging_steps, save_steps=save_steps,
-        max_steps=max_steps, num_iterations=num_iterations, grpo_loss_type=grpo_loss_type)
+        model, tokenizer, prompts, values, lam if lam is not None else np.zeros(len(values)), scorers, save_path,
+        trainer=trainer, beta=beta, ref_model=ref_model, peft_config=peft_config, learning_rate=learning_rate,
+        batch_size=batch_size, mini_batch_size=mini_batch_size, nepoch=nepoch, num_generations=num_generations,
+        max_new_tokens=sampling["max_new_tokens"], temperature=sampling["temperature"], top_k=sampling["top_k"],
+        top_p=sampling["top_p"], use_chat_template=sampling["use_chat_template"], seed=seed, report_to=report_to,
+        bf16=bf16, gradient_checkpointing=gradient_checkpointing, logging_steps=logging_steps, save_steps=save_steps,
+        max_steps=max_steps, num_iterations=num_iterations, grpo_loss_type=grpo_loss_type,
+        callbacks=None if callback is None else [callback])
+    if callback is not None:
+        callback.trainer = trainer_obj
     metadata = training.base_metadata(
-        "MAP-F", model_name, seed, trainer=type(trainer_obj).__name__, values=values, lam=lam, beta=float(beta),
+        "MAP-F", model_name, seed, trainer=type(trainer_obj).__name__, values=values,
+        lam=None if lam is None else [float(x) for x in lam], beta=float(beta),
         target="p ∝ p0·exp(λᵀr/β) (= p_λ at β = 1)", data_name=data_name, num_prompts=len(prompts),
         learning_rate=float(learning_rate), batch_size=int(batch_size), mini_batch_size=int(mini_batch_size),
-        nepoch=float(nepoch), num_generations=int(num_generations), max_new_tokens=int(max_new_tokens),
-        temperature=float(temperature), top_k=int(top_k), top_p=float(top_p), use_lora=bool(use_lora),
+        nepoch=float(nepoch), num_generations=int(num_generations), sampling=sampling,
+        max_new_tokens=int(sampling["max_new_tokens"]), temperature=float(sampling["temperature"]),
+        top_k=int(sampling["top_k"]), top_p=float(sampling["top_p"]), use_lora=bool(use_lora),
+        lambda_target=target, lambda_file=lambda_file, target_warnings=notes, allow_mismatch=bool(allow_mismatch),
         lora={"r": lora_r, "alpha": lora_alpha, "dropout": lora_dropout, "target_modules": lora_target_modules}
-        if use_lora else None, use_chat_template=use_chat_template, max_steps=int(max_steps))
+        if use_lora else None, use_chat_template=sampling["use_chat_template"], max_steps=int(max_steps))
     trainer_obj.train(resume_from_checkpoint=training.resume_checkpoint(save_path, resume_from_checkpoint))
     metadata["log_history"] = trainer_obj.state.log_history
+    if callback is not None:
+        metadata.update(palette=[float(x) for x in c], lam=[float(x) for x in callback.lam],
+                        objective="min KL(π‖p0) s.t. E_π[r_i] ≥ c_i", dual_update=dual_update,
+                        palette_rounds=callback.tracker.history, palette_within_tolerance=callback.stopped_within,
+                        held_out_prompts=len(held_out), palette_samples=int(palette_samples))
+        os.makedirs(save_path, exist_ok=True)
+        primaldual.plot_history(callback.tracker.history, values, c, os.path.join(save_path, "palette_rounds.png"))
     return training.save_trained(trainer_obj, tokenizer, save_path, metadata, merge_lora=merge_lora)
 
 

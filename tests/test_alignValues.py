@@ -296,3 +296,20 @@ def test_bad_files_give_one_clear_error_and_write_nothing(in_tmp, content, patte
     with pytest.raises(RecordsError, match=pattern):
         AlignValues("a", str(path), 0.0).optimize_lambda()
     assert not os.path.exists("results")
+
+
+def test_every_saved_lambda_records_its_target(in_tmp, small_file):
+    import primaldual
+    import records
+    records.save_metadata(small_file, {"model": "tiny-model", "sampling": {"temperature": 1.0, "top_k": 50,
+                                                                         "max_new_tokens": 24,
+                                                                         "use_chat_template": True}})
+    aligner = AlignValues("a,b", small_file, "0.1,0.0", estimator="pooled")
+    lam, ok = aligner.optimize_lambda()
+    assert ok
+    target = primaldual.load_target("results/alignValues.jsonl")
+    assert target["values"] == ["a", "b"] and target["lam"] == pytest.approx(lam)
+    assert target["estimator"] == "pooled" and target["solver"] == "exact" and target["status"] == "feasible"
+    assert target["base_model"] == "tiny-model" and target["results_file"] == small_file
+    assert target["sampling"] == {"temperature": 1.0, "top_k": 50, "top_p": 1.0, "max_new_tokens": 24,
+                                  "use_chat_template": True}

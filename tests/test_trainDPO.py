@@ -109,11 +109,41 @@ def test_map_dpo_loss_falls_end_to_end(tiny_lm_dir, tmp_path, monkeypatch):
     assert save_path == os.path.join("modelsDPO", "tiny-builtin-lam_2.000_-0.500-val_a_b-best_worst-sigmoid")
     meta = training.load_training_metadata(save_path)
     assert meta["method"] == "MAP-DPO" and meta["lam"] == [2.0, -0.5] and meta["base_model"] == tiny_lm_dir
-    assert meta["trainer"] == "DPOTrainer" and meta["num_examples"] == 4
+    assert meta["trainer"] == "TokenizedDPOTrainer" and meta["num_examples"] == 4  # exact ids, hard labels
     losses = [h["loss"] for h in meta["log_history"] if "loss" in h]
     assert losses[0] == pytest.approx(np.log(2), abs=1e-3)  # the policy starts at the reference
     assert np.mean(losses[-2:]) < 0.5 * losses[0]
     models.load_model_and_tokenizer(save_path, device="cpu")
+
+
+def test_exact_token_ids_keep_sampled_ids_and_add_eos_only_to_stopped_samples(tiny_lm_dir):
+    _, tokenizer = models.load_model_and_tokenizer(tiny_lm_dir, device="cpu")
+    eos = tokenizer.eos_token_id
+    short, long = " the cat", " the weather is lovely and the children are playing"
+    n_long = len(tokenizer(long, add_special_tokens=False)["input_ids"])
+    examples = [{"prompt": "Tell me", "chosen": short, "rejected": long, "gap": 1.0},
+                {"prompt": "Tell me", "chosen": "x", "rejected": "y", "gap": 1.0, "prompt_ids": [5, 6],
+                 "chosen_ids": [7, 8, eos], "rejected_ids": [9]}]
+    formatted = models.format_prompts(tokenizer, [e["prompt"] for e in examples])
+    out = trainDPO.exact_token_ids(tokenizer, examples, formatted, chat=True, max_new_tokens=n_long)
+    assert out["prompt_ids"][0] == tokenizer(formatted[0], add_special_tokens=False)["input_ids"]
+    assert out["chosen_ids"][0] == tokenizer(short, add_special_tokens=False)["input_ids"] + [eos]  # it stopped
+    assert out["rejected_ids"][0] == tokenizer(long, add_special_tokens=False)["input_ids"]  # cut: no EOS
+    # ids the sampler recorded are used as they are
+    assert (out["prompt_ids"][1], out["chosen_ids"][1], out["rejected_ids"][1]) == ([5, 6], [7, 8, eos], [9])
+    # the leading space sampled after the prompt is kept (the continuation is not stripped and re-joined)
+    assert tokenizer.decode(out["chosen_ids"][0][:1]).startswith(" ")
+    unknown = trainDPO.exact_token_ids(tokenizer, examples[:1], formatted[:1], chat=True, max_new_tokens=None)
+    assert eos not in unknown["chosen_ids"][0]
+
+
+def test_soft_pairs_need_the_sigmoid_loss(tiny_lm_dir, tmp_path):
+    model, tokenizer = models.load_model_and_tokenizer(tiny_lm_dir, device="cpu")
+    pairs = trainDPO.map_preference_pairs(make_records(), ["a"], [1.0])
+    assert all(0.5 <= p["soft_label"] < 1 and p["gap"] >= 0 for p in pairs)
+    with pytest.raises(ValueError, match="soft labels are defined for --loss_type=sigmoid"):
+        trainDPO.build_preference_trainer(model, tokenizer, pairs, str(tmp_path), loss_type="ipo",
+                                          ref_model=training.frozen_copy(model), max_steps=1)
 
 
 def test_dpo_loss_lists_and_kto_run(tiny_lm_dir, tmp_path):
@@ -184,3 +214,33 @@ def test_argument_helpers():
         "modelsPPO/sub/m-lam_1.000_2.000-val_a_b"
     assert training.map_model_name("opt1.3b", "Anthropic-harmless", [1.548, 1.148], ["gpt2-helpful", "gpt2-harmless"]) \
         == "opt1.3b-Anthropic-harmless-lam_1.548_1.148-val_gpt2-helpful_gpt2-harmless"
+
+
+def test_iterated_map_dpo_regenerates_pairs_and_tracks_the_palette(tiny_lm_dir, tmp_path, monkeypatch):
+    import values
+    values.register_value("test-e", fn=lambda p, c: np.array([x.count("e") / 4.0 for x in c]), overwrite=True)
+    monkeypatch.chdir(tmp_path)
+    recs = []
+    for p in range(6):
+        for s in range(3):
+            cont = WORDS[(p + s) % len(WORDS)]
+            recs.append({"prompt": f"prompt {p}?", "continuation": cont, "prompt_id": p, "sample_id": s,
+                         "test-e": cont.count("e") / 4.0})
+    path = str(tmp_path / "tiny-builtin.json")
+    records.save_json_atomic(recs, path)
+    records.save_metadata(path, {"model": tiny_lm_dir, "sampling": {"temperature": 1.0, "top_k": 0,
+                                                                    "max_new_tokens": 4, "use_chat_template": None}})
+    save = trainDPO.train_map_dpo(path, value_list="test-e", lam_list="1.0", palette="0.3", dual_update="ascent",
+                                  dual_step=0.5, palette_rounds=2, palette_prompts=2,
+                                  palette_samples=2, palette_tol_se=0.0, use_lora=True, lora_r=2, learning_rate=1e-3,
+                                  per_device_train_batch_size=4, gradient_accumulation_steps=1, max_steps=1,
+                                  logging_steps=1)
+    assert save == os.path.join("modelsDPO", "tiny-builtin-pal_0.300-val_test-e-soft-sigmoid")
+    meta = training.load_training_metadata(save)
+    assert meta["method"].startswith("iterated MAP-DPO") and meta["trainer"] == "SoftDPOTrainer"
+    assert meta["sampling"]["max_new_tokens"] == 4 and meta["palette"] == [0.3]
+    assert [e["step"] for e in meta["palette_rounds"]] == [1, 2] and len(meta["rounds"]) == 2  # round 2: fresh pairs
+    r1 = meta["palette_rounds"][0]
+    assert meta["rounds"][1]["lam"] == pytest.approx([max(0.0, 1.0 + 0.5 * (0.3 - r1["levels"][0]))])  # ascent
+    assert meta["rounds"][0]["pairs"] > 0 and os.path.isfile(os.path.join(save, "palette_rounds.png"))
+    values.REGISTRY.pop("test-e", None)

@@ -115,3 +115,33 @@ def tiny_bert_encoder(path, seed=0):
 def ensure_dir(path):
     os.makedirs(path, exist_ok=True)
     return path
+
+
+ONE_STEP_WORDS = ["apple", "bread", "cloud", "delta", "ember", "frost", "grape", "honey"]
+
+
+def one_step_lm(path, words=ONE_STEP_WORDS, seed=0):
+    """A one-step policy for tests with a known optimum: a word-level tokenizer (the prompt word "q", the
+    given words, 3 special tokens) and a tiny Llama whose one-token continuation distribution p0(y|"q")
+    over the whole vocabulary is exactly computable. Returns `path`."""
+    import torch
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    vocab = {tok: i for i, tok in enumerate(["<unk>", "<|im_start|>", "<|im_end|>", "q", *words])}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<|im_start|>",
+                                   eos_token="<|im_end|>", pad_token="<|im_end|>")
+    fast.save_pretrained(path)
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=64,
+                         tie_word_embeddings=False, bos_token_id=1, eos_token_id=2, pad_token_id=2)
+    model = LlamaForCausalLM(config)
+    with torch.no_grad():  # a clearly non-uniform p0 (logit spread ~1.5 nats)
+        model.lm_head.weight.mul_(8.0)
+    model.generation_config.pad_token_id = 2
+    model.generation_config.eos_token_id = 2
+    model.save_pretrained(path)
+    return path
