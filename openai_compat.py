@@ -27,11 +27,12 @@ import urllib.error
 import urllib.request
 
 import records
+from errors import InputError
 
 RETRY_STATUS = (408, 409, 429, 500, 502, 503, 504)
 
 
-class EndpointError(OSError):
+class EndpointError(InputError, OSError):
     """An endpoint gave no usable answer after the allowed tries; the message names the URL."""
 
 
@@ -54,10 +55,10 @@ class Client:
     def __init__(self, base_url, model=None, api_key_env="OPENAI_API_KEY", timeout=60.0, max_tries=5,
                  backoff=1.0, max_backoff=30.0, cache_dir=None):
         if not base_url or not str(base_url).startswith(("http://", "https://")):
-            raise ValueError(f"base_url must start with http:// or https://; got {base_url!r} "
+            raise InputError(f"base_url must start with http:// or https://; got {base_url!r} "
                              "(e.g. --judge_base_url=http://127.0.0.1:8000/v1)")
         if int(max_tries) < 1:
-            raise ValueError(f"max_tries must be ≥ 1; got {max_tries}")
+            raise InputError(f"max_tries must be ≥ 1; got {max_tries}")
         self.base_url = str(base_url).rstrip("/")
         self.model = model
         self.api_key_env = api_key_env
@@ -89,7 +90,7 @@ class Client:
     def _payload(self, model, temperature, n, seed, max_tokens, extra, **content):
         model = model or self.model
         if not model:
-            raise ValueError("no model name: pass model= (e.g. --judge_model=...) for the OpenAI-compatible endpoint "
+            raise InputError("no model name: pass model= (e.g. --judge_model=...) for the OpenAI-compatible endpoint "
                              f"{self.base_url}")
         payload = dict(model=model, **content, temperature=float(temperature), n=int(n))
         if seed is not None:

@@ -37,6 +37,7 @@ a killed run resumes from the newest one; the folder is complete once training.M
 """
 import models
 import training
+from errors import InputError
 
 
 def _sft_trainer_class():
@@ -79,13 +80,13 @@ def freeze_bottom_layers(model, unfrozen_layers_ratio):
     import torch
     ratio = float(unfrozen_layers_ratio)
     if not 0.0 < ratio <= 1.0:
-        raise ValueError(f"unfrozen_layers_ratio must be in (0, 1]; got {unfrozen_layers_ratio}")
+        raise InputError(f"unfrozen_layers_ratio must be in (0, 1]; got {unfrozen_layers_ratio}")
     if ratio == 1.0:
         return 0
     n = getattr(model.config, "num_hidden_layers", None) or getattr(model.config, "n_layer", None)
     blocks = next((m for m in model.modules() if isinstance(m, torch.nn.ModuleList) and len(m) == n), None)
     if blocks is None:
-        raise ValueError(f"cannot find the {n} transformer blocks of {type(model).__name__} to freeze; "
+        raise InputError(f"cannot find the {n} transformer blocks of {type(model).__name__} to freeze; "
                          "use unfrozen_layers_ratio=1.0")
     frozen = n - max(1, round(n * ratio))
     for block in list(blocks)[:frozen]:
@@ -130,10 +131,10 @@ def build_sft_trainer(model, tokenizer, examples, output_dir, loss_fn=None, peft
     from datasets import Dataset
     from trl import SFTConfig
     if not examples:
-        raise ValueError("no training examples: the datapool or data file is empty")
+        raise InputError("no training examples: the datapool or data file is empty")
     bad = [i for i, e in enumerate(examples) if "prompt" not in e or "completion" not in e]
     if bad:
-        raise ValueError(f"SFT examples need 'prompt' and 'completion'; example {bad[0]} has {sorted(examples[bad[0]])}")
+        raise InputError(f"SFT examples need 'prompt' and 'completion'; example {bad[0]} has {sorted(examples[bad[0]])}")
     if all(isinstance(e["prompt"], str) for e in examples):
         dataset = Dataset.from_list(tokenize_examples(tokenizer, examples))
     else:  # conversational: TRL applies the chat template (which closes the turn itself)

@@ -37,6 +37,7 @@ import models
 import records
 import training
 from gendata import TextGeneration, parse_chat_flag
+from errors import InputError
 
 DEFAULT_SAMPLES = {"quark": 96, "alt_rm": 96, "palette": 96, "alt_lmc": 20, "alt_lmu": 20}
 
@@ -118,7 +119,7 @@ class ALT:
         if use_lora is None:
             use_lora = feedback != "quark"
         if feedback == "quark" and use_lora:
-            raise ValueError("--feedback=quark trains the new token embeddings and the head, which TRL does not allow "
+            raise InputError("--feedback=quark trains the new token embeddings and the head, which TRL does not allow "
                              "under a LoRA adapter; drop --use_lora or use textual feedback (alt_rm).")
         self.output_dir = output_dir
         self.model_name = model_name
@@ -142,9 +143,9 @@ class ALT:
         if judge_base_url:
             judge = "endpoint"
         if judge not in ("local", "endpoint"):
-            raise ValueError(f"--judge must be 'local' or 'endpoint'; got {judge!r}")
+            raise InputError(f"--judge must be 'local' or 'endpoint'; got {judge!r}")
         if judge == "endpoint" and not (judge_base_url and judge_model):
-            raise ValueError("--judge=endpoint needs --judge_base_url (e.g. http://127.0.0.1:8000/v1) and --judge_model")
+            raise InputError("--judge=endpoint needs --judge_base_url (e.g. http://127.0.0.1:8000/v1) and --judge_model")
         self.judge_cfg = dict(judge=judge, base_url=judge_base_url, model=judge_model or (
             models.DEFAULT_MODEL if judge == "local" else None), api_key_env=judge_api_key_env,
             concurrency=int(judge_concurrency), tries=int(judge_tries),
@@ -156,7 +157,7 @@ class ALT:
         self.device, self.dtype = device, dtype
         self.overwrite, self.progress = bool(overwrite), bool(progress)
         if self.num_train < 1 or self.num_valid < 0:
-            raise ValueError("--num_train_prompts must be ≥ 1 and --num_valid_prompts ≥ 0")
+            raise InputError("--num_train_prompts must be ≥ 1 and --num_valid_prompts ≥ 0")
 
     # -----------------------------------------------------------------------------------------
     # paths
@@ -171,9 +172,9 @@ class ALT:
     def _check_iteration(self, iteration, stage):
         k = int(iteration)
         if k < 1:
-            raise ValueError(f"--iteration must be ≥ 1 for {stage}; got {iteration}")
+            raise InputError(f"--iteration must be ≥ 1 for {stage}; got {iteration}")
         if k > 1 and not training.is_finished(self.policy(k - 1)):
-            raise ValueError(f"{stage} of iteration {k} needs the model of iteration {k - 1} "
+            raise InputError(f"{stage} of iteration {k} needs the model of iteration {k - 1} "
                              f"({self.policy(k - 1)!r}); run `train --iteration={k - 1}` first.")
         return k
 
@@ -201,7 +202,7 @@ class ALT:
     def _inference_feedback(self, feedback_text=None, palette=None):
         if palette is not None:
             if self.fb.kind != "palette":
-                raise ValueError("--palette needs --feedback=palette")
+                raise InputError("--palette needs --feedback=palette")
             return self.fb.render_palette(cli.float_list(palette, "palette"))
         if feedback_text is not None:
             return self.fb.check_feedback(str(feedback_text))
@@ -212,7 +213,7 @@ class ALT:
         k = self._check_iteration(iteration, "sample")
         gen = self._sampler(k)
         if self.num_train > len(gen.prompts):
-            raise ValueError(f"--num_train_prompts={self.num_train} but {self.data_name!r} has {len(gen.prompts)} prompts")
+            raise InputError(f"--num_train_prompts={self.num_train} but {self.data_name!r} has {len(gen.prompts)} prompts")
         return gen.generate_from_original_model(batch_size=self.batch_size, start_index=0, end_index=self.num_train)
 
     def feedback(self, iteration=1, chunk=64):
@@ -306,12 +307,12 @@ class ALT:
         k = int(iteration)
         fb_path = os.path.join(self.iter_dir(k), "feedback.json")
         if not records.load_metadata(fb_path).get("fingerprint"):
-            raise ValueError(f"{fb_path!r} is missing or unfinished; run `feedback --iteration={k}` first.")
+            raise InputError(f"{fb_path!r} is missing or unfinished; run `feedback --iteration={k}` first.")
         new = records.load_records(fb_path)
         prev = os.path.join(self.iter_dir(k - 1), "datapool.json")
         if k > 1 and self.drop_factor < 1.0:
             if not os.path.isfile(prev):
-                raise ValueError(f"--drop_factor={self.drop_factor} replays the pool of iteration {k - 1}, but "
+                raise InputError(f"--drop_factor={self.drop_factor} replays the pool of iteration {k - 1}, but "
                                  f"{prev!r} does not exist; train iteration {k - 1} first.")
             pool = alt.DataPool.load(prev, self.fb)
             pool.drop_factor, pool.quantiles = self.drop_factor, self.quantiles
@@ -321,7 +322,7 @@ class ALT:
         replayed = len(pool.samples)
         dropped = pool.add(new)
         if not pool.samples:
-            raise ValueError(f"the datapool of iteration {k} is empty: every one of the {len(new)} samples in "
+            raise InputError(f"the datapool of iteration {k} is empty: every one of the {len(new)} samples in "
                              f"{fb_path!r} lacks feedback (judge down or unparseable answers?); check the judge "
                              "and rerun `feedback` with --overwrite=True.")
         return pool, {"new": len(new), "dropped_no_feedback": dropped, "replayed": replayed, "pool": len(pool.samples)}
@@ -358,7 +359,7 @@ class ALT:
         tokenizer = models.load_tokenizer(models.resolve_model_name(start)[1])
         examples = self.training_examples(pool, tokenizer, self.seed + k)
         if not examples:
-            raise ValueError(f"no training example left in the datapool of iteration {k} after balancing")
+            raise InputError(f"no training example left in the datapool of iteration {k} after balancing")
         state = {}
         prepare = None
         if self.fb.kind == "quark":
@@ -396,11 +397,11 @@ class ALT:
         import values as registry
         k = int(iteration)
         if self.num_valid < 1:
-            raise ValueError("--num_valid_prompts is 0: there is nothing to validate")
+            raise InputError("--num_valid_prompts is 0: there is nothing to validate")
         if not self.fb.values:
-            raise ValueError("validate scores --value_list; name at least one value")
+            raise InputError("validate scores --value_list; name at least one value")
         if k > 0 and not training.is_finished(self.policy(k)):
-            raise ValueError(f"validate --iteration={k} needs the trained model {self.policy(k)!r}; train it first.")
+            raise InputError(f"validate --iteration={k} needs the trained model {self.policy(k)!r}; train it first.")
         if k == 0:
             text, tag, cond = None, "reference", None
         else:
@@ -412,7 +413,7 @@ class ALT:
                               cond, self.valid_samples, self.valid_temperature or 1.0,
                               do_sample=self.valid_temperature > 0)
         if self.num_train + self.num_valid > len(gen.prompts):
-            raise ValueError(f"{self.num_train} training + {self.num_valid} validation prompts exceed the "
+            raise InputError(f"{self.num_train} training + {self.num_valid} validation prompts exceed the "
                              f"{len(gen.prompts)} prompts of {self.data_name!r}")
         path = gen.generate_from_original_model(batch_size=self.batch_size, start_index=self.num_train,
                                                 end_index=self.num_train + self.num_valid)

@@ -21,6 +21,7 @@ import cli
 import engines
 import records
 from models import DEFAULT_MODEL, cache_dir
+from errors import InputError
 
 
 def state_dir():
@@ -64,7 +65,7 @@ class Server:
         Returns the API root URL (pass it as --engine_url).
         """
         if int(port) in _states():
-            raise ValueError(f"a server started here already listens on port {port}; `python vllmServer.py stop "
+            raise InputError(f"a server started here already listens on port {port}; `python vllmServer.py stop "
                              f"--port={port}` first, or choose another --port")
         server = engines.ManagedServer(model_name, port=port, dtype=dtype, threads=threads,
                                        max_model_len=max_model_len, kv_cache_gb=kv_cache_gb, stop_at_exit=False)
@@ -92,7 +93,7 @@ class Server:
         ports = sorted(states) if port is None else [int(port)]
         for p in ports:
             if p not in states:
-                raise ValueError(f"no server started here runs on port {p}; running: {sorted(states) or 'none'}")
+                raise InputError(f"no server started here runs on port {p}; running: {sorted(states) or 'none'}")
             engines.stop_process_group(states[p]["pid"])
             os.remove(os.path.join(state_dir(), f"{p}.json"))
             print(f"vllmServer: stopped the server on port {p}")
