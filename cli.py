@@ -32,10 +32,9 @@ def report_input_errors(fn, *args, **kwargs):
 
 def float_list(x, name):
     """A list of floats from what fire passes: a number (`--c=0.5`), a tuple (`--c=1,2`), a string
-    ("1, 2" or "[1,2]"), or a list/array, or "@FILE": the "lambda" list of a JSON file written by
+    ("1, 2" or "[1,2]"), a list/array, or "@FILE": the "lambda" list of a JSON file written by
     `alignValues.py ... optimize_lambda --save_lambda=FILE` (how pipelines pass a solved λ on).
-    Raises errors.InputError naming `--{name}` for anything else,
-    an empty list or non-finite numbers."""
+    Raises errors.InputError naming `--{name}` for anything else, an empty list or non-finite numbers."""
     if isinstance(x, str) and x.startswith("@"):
         x = _lambda_file(x[1:], name)
     if isinstance(x, str):
