@@ -177,8 +177,9 @@ class AlignValues:
                 optimiser starts the optimised entries at 1, as the original).
             optimize_indices: indices of the values whose λ is optimised; the others stay at lambda_init.
             verbose: print the report and append a line to results/alignValues.txt.
-            save_lambda: also write λ to this JSON file ({"lambda", "values", "c", "status", "file_path"}),
-                which other CLIs read as `--lam_list=@FILE` (the pipelines chain λ this way). When λ does not
+            save_lambda: also write the λ target to this JSON file (the record `_target` makes: λ, values,
+                palette, estimator, solver and what it was fitted on), which the trainers read as
+                `--lambda_file=FILE` and other CLIs as `--lam_list=@FILE` (the pipelines chain λ this way). When λ does not
                 reach the palette nothing is written and the command fails (exit 2), so jobs waiting for λ
                 do not start.
         Returns:
@@ -198,10 +199,7 @@ class AlignValues:
                 raise InputError(f"no λ reaches the palette {self._require_palette().tolist()} of {self.value_list} on "
                                  f"{self.file_path} (status {result.status}); {save_lambda} was not written. "
                                  "Choose a feasible palette (the report above suggests one).")
-            records.save_json_atomic({"lambda": lam_list, "values": self.value_list,
-                                      "c": [float(x) for x in self._require_palette()], "status": result.status,
-                                      "file_path": self.file_path, "solver": self.solver,
-                                      "estimator": self.estimator}, save_lambda, indent=2)
+            records.save_json_atomic(self._target(self._require_palette(), lam_list), save_lambda, indent=2)
             print(f"optimize_lambda: wrote λ to {save_lambda}")
         return lam_list, success
 
@@ -354,17 +352,23 @@ class AlignValues:
         """Append the λ target (λ, values, palette, estimator, solver, and the sampling config, base model
         and results file it was fitted on) to the JSON-lines sidecar the trainers read (--lambda_file)."""
         import primaldual
-        sampling, model = primaldual.sampling_of_results(self.file_path)
-        status = None if self.result is None else self.result.status
-        primaldual.append_target(primaldual.make_target(
-            self.value_list, lam_list, c=c, estimator=self.estimator, sampling=sampling, base_model=model,
-            results_file=self.file_path, solver_name=self.solver, status=status), path)
+        target = self._target(c, lam_list)
+        primaldual.append_target(target, path)
         if self.estimator == "pooled":
             print("note: this λ uses the pooled estimator; for fine-tuning (trainPPO.py, trainDPO.py) solve with "
                   "--estimator=per_prompt, the trainers' target (a policy cannot reweight its prompts)")
-        if sampling is None:
+        if target["sampling"] is None:
             print(f"note: {self.file_path!r} has no metadata sidecar recording its sampling config; trainers given "
                   f"this λ ({path}) will warn and sample with their documented default")
+
+    def _target(self, c, lam_list):
+        """The λ target record (primaldual.make_target) for λ on palette c, fitted on this results file."""
+        import primaldual
+        sampling, model = primaldual.sampling_of_results(self.file_path)
+        status = None if self.result is None else self.result.status
+        return primaldual.make_target(self.value_list, lam_list, c=c, estimator=self.estimator, sampling=sampling,
+                                      base_model=model, results_file=self.file_path, solver_name=self.solver,
+                                      status=status)
 
     def save_results_to_text(self, optimized_lambda, success, save_prefix="results/alignValues"):
         """Append `filepath: ..., c Levels: ..., values: [...], optimized lambda: ...` to

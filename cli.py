@@ -32,7 +32,7 @@ def report_input_errors(fn, *args, **kwargs):
 
 def float_list(x, name):
     """A list of floats from what fire passes: a number (`--c=0.5`), a tuple (`--c=1,2`), a string
-    ("1, 2" or "[1,2]"), a list/array, or "@FILE": the "lambda" list of a JSON file written by
+    ("1, 2" or "[1,2]"), a list/array, or "@FILE": the λ of a target file written by
     `alignValues.py ... optimize_lambda --save_lambda=FILE` (how pipelines pass a solved λ on).
     Raises errors.InputError naming `--{name}` for anything else, an empty list or non-finite numbers."""
     if isinstance(x, str) and x.startswith("@"):
@@ -55,20 +55,8 @@ def float_list(x, name):
 
 
 def _lambda_file(path, name):
-    import json
-    if not os.path.isfile(path):
-        raise InputError(f"--{name}=@{path}: file not found; write it with python alignValues.py --c_list=... "
-                         f"--value_list=... --file_path=... optimize_lambda --save_lambda={path}")
-    with open(path, encoding="utf-8") as f:
-        try:
-            data = json.load(f)
-        except json.JSONDecodeError as e:
-            raise InputError(f"--{name}=@{path}: not valid JSON ({e.msg}); rewrite it with optimize_lambda "
-                             "--save_lambda") from None
-    if not isinstance(data, dict) or "lambda" not in data:
-        raise InputError(f"--{name}=@{path}: expected a JSON object with a \"lambda\" list (from optimize_lambda "
-                         "--save_lambda)")
-    return data["lambda"]
+    import primaldual  # imported here: it pulls in the solver, which most CLIs never need
+    return primaldual.load_target(path, flag=f"--{name}=@")["lam"]
 
 
 def str_list(x, name):

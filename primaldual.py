@@ -81,24 +81,30 @@ def append_target(target, path):
         f.write(json.dumps(target) + "\n")
 
 
-def load_target(path, index=-1):
-    """A λ target from a .json file (one object) or a .jsonl sidecar (entry `index`, default the last)."""
+def load_target(path, index=-1, flag="--lambda_file="):
+    """A λ target from a .json file (one object, e.g. `optimize_lambda --save_lambda`) or a .jsonl sidecar
+    (entry `index`, default the last). `flag` is how error messages name the input."""
+    where = f"{flag}{path!r}"
     if not os.path.isfile(path):
-        raise NotFoundError(f"--lambda_file={path!r} does not exist; alignValues.py writes "
-                                "results/alignValues.jsonl next to alignValues.txt")
+        raise NotFoundError(f"{where} does not exist; alignValues.py writes results/alignValues.jsonl next to "
+                            "alignValues.txt, and `optimize_lambda --save_lambda=FILE` one target")
     with open(path, encoding="utf-8") as f:
         text = f.read()
-    if path.endswith(".jsonl"):
-        lines = [json.loads(x) for x in text.splitlines() if x.strip()]
-        if not lines:
-            raise InputError(f"--lambda_file={path!r} holds no λ")
-        target = lines[int(index)]
-    else:
-        target = json.loads(text)
+    try:
+        if path.endswith(".jsonl"):
+            lines = [json.loads(x) for x in text.splitlines() if x.strip()]
+            if not lines:
+                raise InputError(f"{where} holds no λ")
+            target = lines[int(index)]
+        else:
+            target = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise InputError(f"{where} is not valid JSON ({e.msg}, line {e.lineno}); rewrite it with alignValues.py "
+                         "optimize_lambda") from None
     if not isinstance(target, dict) or "lam" not in target or "values" not in target:
-        raise InputError(f"--lambda_file={path!r}: expected an object with 'values' and 'lam'")
+        raise InputError(f"{where}: expected an object with 'values' and 'lam'")
     if any(not isinstance(x, (int, float)) for x in target["lam"]):
-        raise InputError(f"--lambda_file={path!r}: its λ is {target['lam']} (the palette was not reached)")
+        raise InputError(f"{where}: its λ is {target['lam']} (the palette was not reached)")
     return target
 
 
