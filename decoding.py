@@ -188,8 +188,7 @@ def _prefill_shared(model, input_ids, attention_mask, num_samples):
 
 
 def sample_continuations(model, tokenizer, inputs, num_samples, max_new_tokens=50, temperature=1.0, top_k=50,
-                         seed=None, add_special_tokens=False, share_prefix=True, top_p=1.0, return_ids=False,
-                         return_token_ids=False):
+                         seed=None, add_special_tokens=False, share_prefix=True, top_p=1.0, return_ids=False):
     """Draw `num_samples` continuations of each input text in ONE generate call (top-k sampling).
 
     inputs: P model-ready strings (chat-formatted already when the template is used).
@@ -200,7 +199,6 @@ def sample_continuations(model, tokenizer, inputs, num_samples, max_new_tokens=5
     return_ids: also return the exact token ids (see below).
     Returns (continuations, new_tokens): P lists of num_samples raw decoded continuations (special
     tokens skipped, not stripped), and the number of tokens generated (up to EOS, inclusive).
-    return_token_ids: give each continuation as its new token ids (up to and including EOS) instead.
     With return_ids, a third item: (prompt_ids, continuation_ids), P lists of the prompt's token ids
     (unpadded) and P lists of num_samples lists of the sampled ids, up to and including the first EOS
     (a continuation cut at max_new_tokens has no EOS).
@@ -225,10 +223,7 @@ def sample_continuations(model, tokenizer, inputs, num_samples, max_new_tokens=5
     new = out[:, ids.shape[1]:]
     lengths = count_new_tokens(new, [eos])
     new_tokens = int(lengths.sum())
-    if return_token_ids:
-        texts = [row[:n] for row, n in zip(new.tolist(), lengths.tolist())]
-    else:
-        texts = tokenizer.batch_decode(new, skip_special_tokens=True)
+    texts = tokenizer.batch_decode(new, skip_special_tokens=True)
     grouped = [texts[i * num_samples:(i + 1) * num_samples] for i in range(len(inputs))]
     if not return_ids:
         return grouped, new_tokens

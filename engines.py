@@ -201,10 +201,11 @@ class HFEngine:
             raise InputError("the hf engine's batched sampler samples with top-k only (do_sample, temperature > 0, "
                              f"top_p=1, no min_new_tokens); got {sampling}")
         torch_seed, _ = decoding.chunk_seeds(seed, first_prompt_index)
-        return decoding.sample_continuations(self.model, self.tokenizer, inputs, num_samples, sampling.max_new_tokens,
-                                             sampling.temperature, sampling.top_k or 0, seed=torch_seed,
-                                             add_special_tokens=add_special_tokens, share_prefix=self.share_prefix,
-                                             return_token_ids=return_token_ids)
+        texts, new_tokens, (_, token_ids) = decoding.sample_continuations(
+            self.model, self.tokenizer, inputs, num_samples, sampling.max_new_tokens, sampling.temperature,
+            sampling.top_k or 0, seed=torch_seed, add_special_tokens=add_special_tokens,
+            share_prefix=self.share_prefix, return_ids=True)
+        return (token_ids if return_token_ids else texts), new_tokens
 
     def close(self):
         pass
