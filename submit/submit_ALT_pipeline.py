@@ -12,7 +12,7 @@
 
 Each stage is `python trainALT.py <stage> --output_dir=D --iteration=i ...`; iteration i ≥ 2 samples from
 iteration i-1's model (trainALT.py finds it under D). The files each stage leaves (its completion markers)
-are OUTPUTS below, under D/iter_{i}/.
+are OUTPUTS below, under D.
 
     python submit/submit_ALT_pipeline.py --settings=my.yaml --value_list=sentiment --iterations=3 --output_dir=models/ALT
 """
@@ -43,9 +43,10 @@ import cli  # noqa: E402
 import pipeline  # noqa: E402
 from errors import InputError  # noqa: E402
 
-# what each stage leaves under {output_dir}/iter_{i}/ when it is finished
-OUTPUTS = {"sample": "samples.jsonl", "feedback": "feedback.jsonl", "train": "model/map_training.json",
-           "validate": "validation.json"}
+# what each stage leaves under {output_dir} when it is finished (trainALT.py's layout); the samples are
+# gendata's shard of the iteration's sampling model ({base}: its short name and the prompt source's tag)
+OUTPUTS = {"sample": "iter{i}/samples/temp/{base}_0to{n}.json", "feedback": "iter{i}/feedback.json",
+           "train": "iter{i}/model", "validate": "iter{i}/validate.json"}
 KINDS = {"sample": "generation", "feedback": "scoring", "train": "training", "validate": "generation"}
 
 
@@ -58,9 +59,10 @@ def main(value_list, iterations=3, model_name="smollm2-135m", data_name="builtin
         value_list: the values whose rewards become textual feedback (comma-separated).
         iterations: number of sample → feedback → train → validate rounds.
         model_name: the initial policy (iteration 1 samples from it; later ones from the previous model).
-        data_name: prompt source; num_prompts and samples_per_prompt size each round's sampling.
+        data_name: prompt source; num_prompts (trainALT's --num_train_prompts, default 64) and
+            samples_per_prompt size each round's sampling.
         output_dir: the run's folder (D above).
-        num_validation_prompts: prompts of each validation.
+        num_validation_prompts: prompts of each validation (trainALT's --num_valid_prompts; 0 = none).
         seed: base seed (trainALT.py seeds iteration i with seed + i).
         stage_options: further flags per stage as a dict, e.g.
             "{train: {learning_rate: 1e-5}, sample: {max_new_tokens: 64}}".
@@ -79,19 +81,20 @@ def main(value_list, iterations=3, model_name="smollm2-135m", data_name="builtin
     pipe = pipeline.Pipeline(name, workdir)
     os.chdir(pipe.workdir)
     pipeline.count_prompts(data_name, num_prompts, seed=seed)  # the prompt source must load here
-    common = {"output_dir": output_dir, "model_name": model_name, "seed": seed}
-    per_stage = {
-        "sample": {"data_name": data_name, "num_prompts": num_prompts, "samples_per_prompt": samples_per_prompt},
-        "feedback": {"value_list": values},
-        "train": {},
-        "validate": {"data_name": data_name, "num_prompts": num_validation_prompts, "value_list": values},
-    }
+    n_train = int(num_prompts) if num_prompts else 64  # trainALT.py's --num_train_prompts default
+    common = {"output_dir": output_dir, "model_name": model_name, "seed": seed, "value_list": values,
+              "data_name": data_name, "num_train_prompts": n_train, "num_valid_prompts": num_validation_prompts,
+              "samples_per_prompt": samples_per_prompt}
     previous_train = None
     for i in range(1, int(iterations) + 1):
+        sampler = model_name if i == 1 else os.path.join(output_dir, f"iter{i - 1}", "model")
+        base = pipeline.base_name(sampler, data_name)
         after = [previous_train]
         for stage in ("sample", "feedback", "train", "validate"):
-            args = [stage] + pipeline.flags(iteration=i, **common, **per_stage[stage], **(options.get(stage) or {}))
-            marker = pipeline.file_done(os.path.join(output_dir, f"iter_{i}", OUTPUTS[stage]))
+            args = [stage] + pipeline.flags(iteration=i, **common, **(options.get(stage) or {}))
+            path = os.path.join(output_dir, OUTPUTS[stage].format(i=i, base=base, n=n_train))
+            marker = pipeline.results_done(path) if stage == "sample" else (
+                pipeline.model_done(path) if stage == "train" else pipeline.file_done(path))
             name_i = pipe.add(f"{stage}-{i}", "trainALT.py", args, done=marker, kind=KINDS[stage], after=after)
             if stage == "train":
                 previous_train = name_i

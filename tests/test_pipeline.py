@@ -153,7 +153,8 @@ def test_dry_run_prints_the_chain_and_submits_nothing(tmp_path):
 
 @pytest.mark.parametrize("script, stages, flags", [
     ("submit_ALT_pipeline.py", ["sample", "feedback", "train", "validate"],
-     "trainALT.py train --iteration=2 --output_dir=models/ALT --model_name=smollm2-135m --seed=0"),
+     "trainALT.py train --iteration=2 --output_dir=models/ALT --model_name=smollm2-135m --seed=0 "
+     "--value_list=sentiment,length --data_name=builtin --num_train_prompts=64"),
     ("submit_DPA_pipeline.py", ["sample", "score", "select", "train", "evaluate"],
      "trainDPA.py select --iteration=2 --output_dir=models/DPA --model_name=smollm2-135m --seed=0"),
 ])
@@ -165,6 +166,24 @@ def test_alt_and_dpa_chain_one_job_per_stage_and_iteration(tmp_path, script, sta
     assert [line.split()[1] for line in graph] == [f"{s}-{i}" for i in (1, 2) for s in stages]
     assert f"#   {stages[0]}-2 [generation] to run <- train-1" in out.stdout   # the next round samples the new model
     assert flags in out.stdout
+
+
+def test_alt_chain_runs_trainALT_for_real_and_its_markers_see_each_stage(tmp_path, tiny_lm_dir):
+    """The ALT pipeline's flags and completion markers match trainALT.py: one local iteration on a tiny
+    model runs sample → feedback → train → validate, and a rerun finds every stage complete."""
+    options = "{max_new_tokens: 6, num_train_epochs: 1, batch_size: 8}"
+    args = ("--value_list=length", "--iterations=1", f"--model_name={tiny_lm_dir}", "--num_prompts=2",
+            "--samples_per_prompt=5", "--num_validation_prompts=2", "--backend=local", f"--workdir={tmp_path}",
+            "--output_dir=alt", "--stage_options={" + ", ".join(f"{s}: {options}" for s in
+                                                          ("sample", "feedback", "train", "validate")) + "}")
+    out = submit("submit_ALT_pipeline.py", *args, cwd=tmp_path)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert [line.split(":")[0] for line in out.stdout.splitlines() if line.endswith(" s")] \
+        == ["sample-1", "feedback-1", "train-1", "validate-1"]
+    with open(tmp_path / "alt" / "iter1" / "validate.json") as f:
+        assert json.load(f)["best"]["n"] == 2
+    again = submit("submit_ALT_pipeline.py", *args, cwd=tmp_path)
+    assert again.returncode == 0 and "every stage is complete; nothing to do" in again.stdout
 
 
 def test_missing_input_is_one_error_before_anything_is_submitted(tmp_path):
