@@ -240,9 +240,10 @@ def main(seeds="0,1,2", model_name=models.DEFAULT_MODEL, value_list="sentiment,c
         samples_per_prompt: M of gendata (λ, palette, DPO pairs); eval_/trained_/dual_samples_per_prompt:
             samples per prompt for p0/MAP-D, trained models, and each primal-dual round.
         max_new_tokens: continuation length everywhere.
-        ppo_steps, ppo_batch_size, ppo_learning_rate, palette_every, dual_update, dual_step: MAP-F budget and
-            the primal-dual settings (λ update every palette_every steps; training stops once the held-out
-            levels are within palette_tol_se SE of c; the target below is always judged at 2 SE on the eval prompts).
+        ppo_steps, ppo_batch_size, ppo_learning_rate, palette_every, dual_update, dual_step, palette_tol_se:
+            MAP-F budget and the primal-dual settings (λ update every palette_every steps; both primal-dual
+            loops stop once the held-out levels are within palette_tol_se SE of c; the target is always
+            judged at 2 SE on the eval prompts).
         dpo_epochs, dpo_rounds, dpo_max_pairs_per_prompt, dpo_batch_size, dpo_learning_rate: MAP-DPO budgets
             (dpo_rounds: rounds of iterated MAP-DPO, one epoch each).
         lora_r: LoRA rank; out_file: JSON results (relative to the repository).
