@@ -154,7 +154,7 @@ def run_seed(seed, cfg, work):
         if palette:
             tracker = primaldual.PaletteTracker(values, c, score, dual_prompts, cfg["dual_samples_per_prompt"],
                                                 sampling, update=cfg["dual_update"], step=cfg["dual_step"],
-                                                tol_se=2.0, seed=seed + 5, first_id=n_train)
+                                                tol_se=cfg["palette_tol_se"], seed=seed + 5, first_id=n_train)
             callback = trainPPO.PaletteCallback(tracker, cfg["palette_every"], tok, lam=lam)
         trainer = trainPPO.build_trainer(
             model, tok, train_prompts, values, lam, scorers, os.path.join(tmp, "mapf"), beta=1.0, peft_config=lora,
@@ -201,7 +201,8 @@ def run_seed(seed, cfg, work):
     save = trainDPO.train_map_dpo(
         path, lambda_file=lam_file, palette=",".join(f"{x:.6f}" for x in c), palette_rounds=cfg["dpo_rounds"],
         palette_prompts=n_dual, palette_samples=cfg["dual_samples_per_prompt"], dual_update=cfg["dual_update"],
-        dual_step=cfg["dual_step"], max_pairs_per_prompt=cfg["dpo_max_pairs_per_prompt"], beta=1.0, use_lora=True,
+        dual_step=cfg["dual_step"], palette_tol_se=cfg["palette_tol_se"],
+        max_pairs_per_prompt=cfg["dpo_max_pairs_per_prompt"], beta=1.0, use_lora=True,
         lora_r=cfg["lora_r"], lora_alpha=2 * cfg["lora_r"], lora_dropout=0.0, learning_rate=cfg["dpo_learning_rate"],
         num_train_epochs=1, per_device_train_batch_size=cfg["dpo_batch_size"], gradient_accumulation_steps=1,
         logging_steps=4, save_steps=10 ** 6, seed=seed, save_path=os.path.join(tmp, "iterdpo"), overwrite=True)
@@ -226,7 +227,8 @@ def main(seeds="0,1,2", model_name=models.DEFAULT_MODEL, value_list="sentiment,c
          raise_value="sentiment", palette_frac=0.5, data_name="builtin", n_train_prompts=24, n_dual_prompts=8,
          n_eval_prompts=16, samples_per_prompt=4, eval_samples_per_prompt=8, trained_samples_per_prompt=4,
          dual_samples_per_prompt=4, max_new_tokens=16, ppo_steps=16, ppo_batch_size=8, ppo_learning_rate=5e-4,
-         palette_every=4, dual_update="exact", dual_step=2.0, dpo_epochs=1, dpo_rounds=2, dpo_max_pairs_per_prompt=3,
+         palette_every=4, dual_update="exact", dual_step=2.0, palette_tol_se=2.0, dpo_epochs=1, dpo_rounds=2,
+         dpo_max_pairs_per_prompt=3,
          dpo_batch_size=4, dpo_learning_rate=3e-4, lora_r=16, out_file="results/bench_alignment.json"):
     """Run the attainment experiment (module docstring) for each seed and print the table.
 
@@ -238,8 +240,10 @@ def main(seeds="0,1,2", model_name=models.DEFAULT_MODEL, value_list="sentiment,c
         samples_per_prompt: M of gendata (λ, palette, DPO pairs); eval_/trained_/dual_samples_per_prompt:
             samples per prompt for p0/MAP-D, trained models, and each primal-dual round.
         max_new_tokens: continuation length everywhere.
-        ppo_steps, ppo_batch_size, ppo_learning_rate, palette_every, dual_update, dual_step: MAP-F budget and
-            the primal-dual settings (λ update every palette_every steps).
+        ppo_steps, ppo_batch_size, ppo_learning_rate, palette_every, dual_update, dual_step, palette_tol_se:
+            MAP-F budget and the primal-dual settings (λ update every palette_every steps; both primal-dual
+            loops stop once the held-out levels are within palette_tol_se SE of c; the target is always
+            judged at 2 SE on the eval prompts).
         dpo_epochs, dpo_rounds, dpo_max_pairs_per_prompt, dpo_batch_size, dpo_learning_rate: MAP-DPO budgets
             (dpo_rounds: rounds of iterated MAP-DPO, one epoch each).
         lora_r: LoRA rank; out_file: JSON results (relative to the repository).
