@@ -71,8 +71,8 @@ def fmt(x):
     return f"{x['mean']:+.3f} ± {x['se']:.3f}"
 
 
-def main(model_name=models.DEFAULT_MODEL, n_train=6, n_valid=32, samples_per_prompt=10, iterations=2,
-         max_new_tokens=20, valid_samples=1, learning_rate=1e-3, num_train_epochs=2, batch_size=8, kl_coef=0.0,
+def main(model_name=models.DEFAULT_MODEL, n_train=16, n_valid=64, samples_per_prompt=10, iterations=2,
+         max_new_tokens=20, valid_samples=2, learning_rate=1e-3, num_train_epochs=3, batch_size=8, kl_coef=0.0,
          chat=False, drop_factor=1.0, mapf_lam=1.0, mapf_beta=0.1, mapf_learning_rate=5e-4, mapf_batch=8, methods="alt_rm,palette",
          seed=0, workdir="results/.bench_alt", out_file="results/bench_alt.json", keep=False):
     """Run the benchmark (module docstring) and print the table.
