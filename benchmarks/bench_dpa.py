@@ -1,22 +1,24 @@
 """DPA and MAP × DPA on the offline demo: does the front expand, do directions steer, do palettes land?
 
-    .venv/bin/python benchmarks/bench_dpa.py          # ~15 min on one shared CPU thread
+    .venv/bin/python benchmarks/bench_dpa.py          # ~30 min on one CPU thread of a busy 2-core machine
 
 Embedded SmolLM2-135M-Instruct + LoRA, builtin prompts (training: the first 12, held out: the next 6, reward
-model: 16 others). Two objectives available offline:
-  helpfulness  a ridge-probe reward model head (rewardmodels.py; frozen SmolLM2, last-token embeddings)
-               fitted to coherence-minilm (prompt/response relevance) as a helpfulness proxy, on DPA's 0-100
-               scale, named as the value rm:{out}/rm/helpfulness;
+model: 32 others), 40 new tokens (long enough for some responses to end with EOS, so verbosity can move).
+Two objectives available offline:
+  helpfulness  a ridge-probe reward model head (rewardmodels.py; frozen SmolLM2, mean-pooled embeddings)
+               fitted to the registry value `sentiment` (VADER compound of the response; deterministic, so a
+               learnable proxy) on DPA's 0-100 scale, named as the value rm:{out}/rm/helpfulness;
   verbosity    the registry value `length` (words).
 Steps:
-  1. reward model: 3 samples for each of 16 other prompts, labelled with coherence-minilm and length;
-  2. DPA: trainDPA's direction mode, T = 2 iterations, K = 4, 2 extra re-ranked directions per prompt,
-     evaluated on the θ grid (15° steps) for π0, π1, π2: the front per iteration, the direction-control
-     Spearman (θ vs realized verbosity/helpfulness) and the mean length per direction;
-  3. MAP × DPA: trainDPA's palette mode (K = 6 samples per prompt from p0, a pool of feasible palettes drawn
+  1. reward model: 3 samples (48 new tokens) for each of 32 other prompts, labelled with sentiment and length;
+  2. DPA: trainDPA's direction mode, T = 2 iterations, K = 4, 3 extra re-ranked directions per prompt (48 SFT
+     examples per iteration, 3 epochs at LoRA lr 5e-4), evaluated on the θ grid (15° steps) for π0, π1, π2: the
+     front per iteration, the direction-control Spearman (θ vs realized verbosity/helpfulness) and the mean
+     length per direction;
+  3. MAP × DPA: trainDPA's palette mode (K = 4 samples per prompt from p0, a pool of feasible palettes drawn
      with the gen_rand_MAP_lambda draw, importance resampling with softmax(λᵀr), 3 palettes per prompt,
      one iteration of SFT); for 3 palettes of the pool, the realized levels on the held-out prompts of the
-     conditioned model (one sample per prompt), of MAP-D (M = 8 samples per prompt from p0, resampled with
+     conditioned model (one sample per prompt), of MAP-D (M = 4 samples per prompt from p0, resampled with
      the palette's λ) and of the unconditioned p0, with standard errors and the generation cost per prompt.
 Writes results/bench_dpa/summary.json and the figure results/gallery/fig_dpa_front.png. Ends with
 `ratio=<MAP-D seconds per prompt / conditioned seconds per prompt>` (same run, same machine).
@@ -47,21 +49,21 @@ import records  # noqa: E402
 import rewardmodels  # noqa: E402
 
 
-def train_reward_model(out, prompts, max_new_tokens, seed):
-    """Ridge probes (helpfulness := coherence-minilm, verbosity := length) on 3 samples per prompt."""
+def train_reward_model(out, prompts, max_new_tokens, seed, label="sentiment", pooling="mean"):
+    """Ridge probes (helpfulness := the registry value `label`, verbosity := length) on 3 samples per prompt."""
     folder = os.path.join(out, "rm")
     if os.path.isfile(os.path.join(folder, rewardmodels.RM_FILE)):
         return folder
     gen = TextGeneration(basemodel_name="smollm2-135m", seed=seed + 7, max_new_tokens=max_new_tokens, progress=False)
     outs = gen.sample_continuations(prompts, 3, batch_size=48)
     rows = [{"prompt": p, "continuation": c.strip()} for p, group in zip(prompts, outs) for c in group]
-    scorers = decoding.load_scorers(["coherence-minilm", "length"])
-    R = decoding.score_samples(["coherence-minilm", "length"], scorers, [r["prompt"] for r in rows],
+    scorers = decoding.load_scorers([label, "length"])
+    R = decoding.score_samples([label, "length"], scorers, [r["prompt"] for r in rows],
                                [r["continuation"] for r in rows])
     for r, h, v in zip(rows, R[0], R[1]):
         r["helpfulness"], r["verbosity"] = float(h), float(v)
     return rewardmodels.train_ridge_reward_model("smollm2-135m", rows, ["helpfulness", "verbosity"], folder,
-                                                 pooling="last", output_scale="0-100", seed=seed, progress=False)
+                                                 pooling=pooling, output_scale="0-100", seed=seed, progress=False)
 
 
 def levels(recs, values):
@@ -69,27 +71,32 @@ def levels(recs, values):
     return x.mean(0), np.array([standard_error(x[:, i]) for i in range(x.shape[1])])
 
 
-def main(out="results/bench_dpa", num_train_prompts=12, num_eval_prompts=6, max_new_tokens=20, iterations=2,
-         mc_samples=8, seed=0, figure="results/gallery/fig_dpa_front"):
+def main(out="results/bench_dpa", num_train_prompts=12, num_eval_prompts=6, max_new_tokens=40, iterations=2,
+         mc_samples=4, rm_prompts=32, rm_max_new_tokens=48, rm_label="sentiment", rm_pooling="mean",
+         samples_per_prompt=4,
+         rerank_directions=3, learning_rate=5e-4, num_train_epochs=3.0, seed=0,
+         figure="results/gallery/fig_dpa_front"):
     torch.set_num_threads(1)
     t_start = time.time()
     from prompts import load_prompts
     allp = load_prompts("builtin", seed=seed)
     n = num_train_prompts + num_eval_prompts
-    rm = train_reward_model(out, allp[n:n + 16], max_new_tokens, seed)
+    rm = train_reward_model(out, allp[n:n + rm_prompts], rm_max_new_tokens, seed, label=rm_label, pooling=rm_pooling)
     info = rewardmodels.read_info(rm)
     print(f"reward model {rm}: validation MSE {dict(zip(info['attributes'], np.round(info['val_mse'], 4)))}, "
           f"alpha {info['alpha']}  ({time.time() - t_start:.0f} s)")
     objectives = f"rm:{rm}/helpfulness,length"
     common = dict(model_name="smollm2-135m", objectives=objectives, objective_names="helpfulness,verbosity",
                   num_train_prompts=num_train_prompts, num_eval_prompts=num_eval_prompts,
-                  max_new_tokens=max_new_tokens, batch_size=48, learning_rate=2e-4, num_train_epochs=1.0,
+                  max_new_tokens=max_new_tokens, batch_size=48, learning_rate=learning_rate,
+                  num_train_epochs=num_train_epochs,
                   per_device_train_batch_size=8, seed=seed)
 
     # --- DPA: direction-conditioned RSF
     t0 = time.time()
-    direction = dpatrainer.DPATrainer(dpatrainer.DPAConfig(mode="direction", iterations=iterations, samples_per_prompt=4,
-                                                           rerank_directions=2, eval_grid_step=15.0, **common),
+    direction = dpatrainer.DPATrainer(dpatrainer.DPAConfig(mode="direction", iterations=iterations,
+                                                           samples_per_prompt=samples_per_prompt,
+                                                           rerank_directions=rerank_directions, eval_grid_step=15.0, **common),
                                       os.path.join(out, "dpa"), progress=False)
     direction.run()
     values = direction.values
@@ -112,7 +119,8 @@ def main(out="results/bench_dpa", num_train_prompts=12, num_eval_prompts=6, max_
 
     # --- MAP × DPA: palette-conditioned SFT
     t0 = time.time()
-    palette = dpatrainer.DPATrainer(dpatrainer.DPAConfig(mode="palette", iterations=1, samples_per_prompt=6,
+    palette = dpatrainer.DPATrainer(dpatrainer.DPAConfig(mode="palette", iterations=1,
+                                                         samples_per_prompt=samples_per_prompt,
                                                          rerank_directions=2, num_palettes=8, **common),
                                     os.path.join(out, "palette"), progress=False)
     palette.run(evaluate=False)
@@ -189,7 +197,10 @@ def main(out="results/bench_dpa", num_train_prompts=12, num_eval_prompts=6, max_
                                                                  "p0": list(base_cost)}, "seconds": {"dpa": dpa_seconds, "palette": palette_seconds,
                                                         "total": time.time() - t_start},
                "settings": dict(num_train_prompts=num_train_prompts, num_eval_prompts=num_eval_prompts,
-                                max_new_tokens=max_new_tokens, iterations=iterations, mc_samples=mc_samples, seed=seed)}
+                                max_new_tokens=max_new_tokens, iterations=iterations, mc_samples=mc_samples, seed=seed,
+                                rm_prompts=rm_prompts, rm_max_new_tokens=rm_max_new_tokens, rm_label=rm_label, rm_pooling=rm_pooling,
+                                samples_per_prompt=samples_per_prompt, rerank_directions=rerank_directions,
+                                learning_rate=learning_rate, num_train_epochs=num_train_epochs)}
     path = os.path.join(out, "summary.json")
     records.save_json_atomic(records.canonical(summary), path, indent=2)
     from plot import plot_dpa_front
