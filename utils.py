@@ -1,10 +1,11 @@
 """Names the original MAP `utils` module exported, kept so old imports and scripts keep working.
 
-The code itself lives in modules named for their concern: values.py (the value registry),
-models.py (model loading), records.py (the record store), training.py (trainer helpers).
+The code itself lives in the mapalign package, in modules named for their concern: mapalign.values
+(the value registry), mapalign.models (model loading), mapalign.records (the record store),
+mapalign.training (trainer helpers).
 """
-from training import sanitize_save_path
-from values import ALL_SUPPORTED_VALUES, TASK_NAME, TASK_VALUES  # TASK_NAME: 'conversation' or 'sentiment_control'
+from mapalign.training import sanitize_save_path
+from mapalign.values import ALL_SUPPORTED_VALUES, TASK_NAME, TASK_VALUES  # TASK_NAME: 'conversation' or 'sentiment_control'
 
 __all__ = ["ALL_SUPPORTED_VALUES", "TASK_NAME", "TASK_VALUES", "convert_ppo_modelname_to_huggingface_valid"]
 

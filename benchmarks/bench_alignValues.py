@@ -9,15 +9,13 @@ verdict agrees with the LP certificate. Ends with `ratio=<legacy/exact median ti
     python benchmarks/bench_alignValues.py [--repeats=5]
 """
 import os
-import sys
 import time
 
 import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-import solver  # noqa: E402
-from records import load_records, reward_matrix  # noqa: E402
+from mapalign import solver  # noqa: E402
+from mapalign.records import load_records, reward_matrix  # noqa: E402
 
 SIX = ["humor", "gpt2-helpful", "gpt2-harmless", "diversity", "coherence", "perplexity"]
 REFERENCE = os.path.join(os.path.dirname(ROOT), "shared", "reference", "map", "llama2_chat-Anthropic-harmless.json")

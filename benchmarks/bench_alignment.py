@@ -24,7 +24,6 @@ target: ≤ 1.5 with MAP-F primal-dual within 2 SE of c, or above c where λ = 0
 """
 import os
 import shutil
-import sys
 import tempfile
 import time
 
@@ -33,23 +32,22 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 
 import fire  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-import cli  # noqa: E402
-import decoding  # noqa: E402
-import models  # noqa: E402
-import primaldual  # noqa: E402
-import records  # noqa: E402
-import training  # noqa: E402
-import trainDPO  # noqa: E402
-import trainPPO  # noqa: E402
-import values as value_registry  # noqa: E402
-from alignValues import AlignValues  # noqa: E402
-from gendata import TextGeneration  # noqa: E402
+from mapalign import cli  # noqa: E402
+from mapalign import decoding  # noqa: E402
+from mapalign import models  # noqa: E402
+from mapalign import primaldual  # noqa: E402
+from mapalign import records  # noqa: E402
+from mapalign import training  # noqa: E402
+from mapalign import train_dpo as trainDPO  # noqa: E402
+from mapalign import train_ppo as trainPPO  # noqa: E402
+from mapalign import values as value_registry  # noqa: E402
+from mapalign.align import AlignValues  # noqa: E402
+from mapalign.generation import TextGeneration  # noqa: E402
 
 METHODS = ("p0", "MAP-D", "MAP-F fixed", "MAP-F primal-dual", "MAP-DPO soft", "iterated MAP-DPO")
 
@@ -123,7 +121,7 @@ def run_seed(seed, cfg, work):
     print(f"[seed {seed}] palette c = {np.round(c, 3).tolist()}  λ = {np.round(lam, 3).tolist()}  sampling {sampling}"
           f"  [{time.time() - t0:.0f} s]", flush=True)
     prompts = gen.prompts
-    from prompts import load_prompts
+    from mapalign.prompts import load_prompts
     all_prompts = [p["prompt"] if isinstance(p, dict) else p for p in load_prompts(cfg["data_name"], seed=seed)]
     train_prompts = all_prompts[:n_train]
     dual_prompts = all_prompts[n_train:n_train + n_dual]

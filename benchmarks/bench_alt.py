@@ -17,7 +17,6 @@ Ends with `ratio=<(ALT-RM best − reference) / (MAP-F − reference)>` (gain at
 """
 import os
 import shutil
-import sys
 import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -25,21 +24,20 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 
 import fire  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-import alt  # noqa: E402
-import models  # noqa: E402
-import records  # noqa: E402
-import training  # noqa: E402
-import trainALT  # noqa: E402
-import trainPPO  # noqa: E402
-import values as value_registry  # noqa: E402
-from evaluation import standard_error  # noqa: E402
-from gendata import TextGeneration  # noqa: E402
+from mapalign import alt  # noqa: E402
+from mapalign import models  # noqa: E402
+from mapalign import records  # noqa: E402
+from mapalign import training  # noqa: E402
+from mapalign import train_alt as trainALT  # noqa: E402
+from mapalign import train_ppo as trainPPO  # noqa: E402
+from mapalign import values as value_registry  # noqa: E402
+from mapalign.evaluation import standard_error  # noqa: E402
+from mapalign.generation import TextGeneration  # noqa: E402
 
 
 def evaluate(model_path, prompts_range, out_dir, seed, valid_samples, max_new_tokens, chat, conditioning=None,

@@ -18,7 +18,6 @@ import shutil
 import sys
 import tempfile
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import fire  # noqa: E402
 
@@ -30,7 +29,7 @@ def written_bytes():
 
 
 def make_file(folder, n):
-    import records
+    from mapalign import records
     recs = [{"prompt": f"Question number {i}: how do I bake bread?", "generated": f"Question number {i}: how do I "
              f"bake bread? Mix flour, water, salt and yeast, then wait {i % 9} hours.", "continuation":
              f"Mix flour, water, salt and yeast, then wait {i % 9} hours.", "id": f"{i}-0", "prompt_id": i,
@@ -42,7 +41,7 @@ def make_file(folder, n):
 
 def journal_run(path, batch_size):
     """Bytes written by RewardProcessor.add_reward (records.Checkpoint journal)."""
-    from rewardProcessor import RewardProcessor
+    from mapalign.rewarding import RewardProcessor
     before = written_bytes()
     with contextlib.redirect_stdout(io.StringIO()):
         RewardProcessor(file_path=path, batch_size=batch_size, progress=False).add_reward("length")
@@ -53,9 +52,9 @@ def rewrite_run(path, batch_size):
     """Bytes written by the previous protocol: the temp file rewritten atomically after every batch."""
     import numpy as np
 
-    import records
-    import values
-    from mergeProcessor import temp_reward_path
+    from mapalign import records
+    from mapalign import values
+    from mapalign.merging import temp_reward_path
     recs = records.load_records(path)
     scorer = values.load_scorer("length", batch_size=batch_size)
     temp = temp_reward_path(path, "length") + ".baseline.json"

@@ -25,7 +25,6 @@ Writes results/bench_dpa/summary.json and the figure results/gallery/fig_dpa_fro
 """
 import json
 import os
-import sys
 import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -33,20 +32,19 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 
 import fire  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-import decoding  # noqa: E402
-import dpa  # noqa: E402
-import dpatrainer  # noqa: E402
-from evaluation import standard_error  # noqa: E402
-from gendata import TextGeneration  # noqa: E402
-import models  # noqa: E402
-import records  # noqa: E402
-import rewardmodels  # noqa: E402
+from mapalign import decoding  # noqa: E402
+from mapalign import dpa  # noqa: E402
+from mapalign import dpatrainer  # noqa: E402
+from mapalign.evaluation import standard_error  # noqa: E402
+from mapalign.generation import TextGeneration  # noqa: E402
+from mapalign import models  # noqa: E402
+from mapalign import records  # noqa: E402
+from mapalign import rewardmodels  # noqa: E402
 
 
 def train_reward_model(out, prompts, max_new_tokens, seed, label="sentiment", pooling="mean"):
@@ -78,7 +76,7 @@ def main(out="results/bench_dpa", num_train_prompts=12, num_eval_prompts=6, max_
          figure="results/gallery/fig_dpa_front"):
     torch.set_num_threads(1)
     t_start = time.time()
-    from prompts import load_prompts
+    from mapalign.prompts import load_prompts
     allp = load_prompts("builtin", seed=seed)
     n = num_train_prompts + num_eval_prompts
     rm = train_reward_model(out, allp[n:n + rm_prompts], rm_max_new_tokens, seed, label=rm_label, pooling=rm_pooling)
@@ -203,7 +201,7 @@ def main(out="results/bench_dpa", num_train_prompts=12, num_eval_prompts=6, max_
                                 learning_rate=learning_rate, num_train_epochs=num_train_epochs)}
     path = os.path.join(out, "summary.json")
     records.save_json_atomic(records.canonical(summary), path, indent=2)
-    from plot import plot_dpa_front
+    from mapalign.plots import plot_dpa_front
     plot_dpa_front.plot_front(os.path.join(out, "dpa"), output_prefix=figure, points_file=path)
     print(f"wrote {path}; total {time.time() - t_start:.0f} s (shared 2-core CPU, other jobs running)")
     print(f"ratio={mapd_s / cond_s:.2f}")

@@ -10,17 +10,15 @@ said so on the line before).
     .venv/bin/python benchmarks/bench_gendata.py [--num_prompts=32 --max_new_tokens=32 --batch_size=32]
 """
 import os
-import sys
 import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import fire  # noqa: E402
 
-from gendata import TextGeneration, fast_dtype  # noqa: E402
-from models import DEFAULT_MODEL  # noqa: E402
+from mapalign.generation import TextGeneration, fast_dtype  # noqa: E402
+from mapalign.models import DEFAULT_MODEL  # noqa: E402
 
 
 def timed_generation(tg, prompts, batch_size):
@@ -61,7 +59,7 @@ def main(num_prompts=32, max_new_tokens=32, batch_size=32, dtype=None, threads=1
     cand_s, cand_tokens = timed_generation(tg, prompts, int(batch_size))
     print(f"batched ({batch_size}):        {cand_tokens} tokens in {cand_s:.2f} s = {cand_tokens / cand_s:.1f} tok/s")
     batched_ratio = (base_s / base_tokens) / (cand_s / cand_tokens)
-    import engines
+    from mapalign import engines
     if engine == "none" or not engines.vllm_available():
         print(f"vLLM: not run ({'--engine=none' if engine == 'none' else 'not available here: make vllm'}); the ratio "
               "below is batched HF / one at a time")

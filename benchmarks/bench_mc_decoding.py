@@ -19,18 +19,16 @@ resampling). Prints the thread count; the last line is `ratio=<vLLM tokens/s ÷ 
 (batched HF ÷ loop when vLLM is not available here, said so on the line before).
 """
 import os
-import sys
 import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import fire  # noqa: E402
 import numpy as np  # noqa: E402
 
-import cli  # noqa: E402
-import decoding  # noqa: E402
+from mapalign import cli  # noqa: E402
+from mapalign import decoding  # noqa: E402
 
 
 def original_loop(model, tokenizer, prompts, inputs, lam, value_names, scorers, M, max_new_tokens, top_k=50,
@@ -76,8 +74,8 @@ def main(model_name="smollm2-135m", num_prompts=8, MC_nsamples=16, max_new_token
             timed here; "none" skips it.
     """
     import torch
-    from models import format_prompts, load_model_and_tokenizer
-    from prompts import load_prompts
+    from mapalign.models import format_prompts, load_model_and_tokenizer
+    from mapalign.prompts import load_prompts
 
     torch.set_num_threads(int(threads))
     model, tokenizer = load_model_and_tokenizer(model_name, device=device, dtype=dtype)
@@ -123,7 +121,7 @@ def main(model_name="smollm2-135m", num_prompts=8, MC_nsamples=16, max_new_token
               f"(x{tokens / seconds / base_rate:.2f}; mean ESS {ess:.1f} of {MC_nsamples})")
         rate = rate or tokens / seconds
     hf_rate = rate
-    import engines
+    from mapalign import engines
     if engine == "none" or not engines.vllm_available():
         print(f"vLLM: not run ({'--engine=none' if engine == 'none' else 'not available here: make vllm'}); the ratio "
               "below is batched HF / per-prompt loop")

@@ -14,11 +14,9 @@ Usage: python benchmarks/bench_rewards.py [--n=64] [--batch_size=16] [--rounds=2
 import json
 import os
 import random
-import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -41,7 +39,7 @@ SENTENCES = [
 def load_texts(n, seed=0):
     """n (prompt, continuation) pairs: the reference file's first n records, else synthetic ones."""
     if os.path.isfile(REFERENCE):
-        import records
+        from mapalign import records
         recs = json.load(open(REFERENCE, encoding="utf-8"))[:n]
         return [r["prompt"] for r in recs], [records.continuation_of(r) for r in recs], "reference file"
     rng = random.Random(seed)
@@ -54,7 +52,7 @@ def build_model(folder):
     """GPT-2-small-shaped sequence classifier (1 output) with random weights + SmolLM2 tokenizer."""
     import torch
     from transformers import AutoTokenizer, GPT2Config, GPT2ForSequenceClassification
-    import models
+    from mapalign import models
     tokenizer = AutoTokenizer.from_pretrained(models.ensure_smollm2())
     torch.manual_seed(0)
     config = GPT2Config(vocab_size=len(tokenizer), n_positions=1024, n_embd=768, n_layer=12, n_head=12,
@@ -81,7 +79,7 @@ def main(n=64, batch_size=16, rounds=2, threads=1):
     import numpy as np
     import torch
     torch.set_num_threads(int(threads))
-    import values
+    from mapalign import values
     prompts, continuations, source = load_texts(int(n))
     with tempfile.TemporaryDirectory() as tmp:
         folder = build_model(os.path.join(tmp, "gpt2-small-rm"))

@@ -12,7 +12,6 @@ sides build and train on identical inputs with identical configs, alternating or
 Prints seconds per side and ends with `ratio=<baseline/candidate>` over both trainers.
 """
 import os
-import sys
 import tempfile
 import time
 
@@ -20,18 +19,16 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-sys.path.insert(0, os.path.join(ROOT, "tests"))
 
 import fire  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-import models  # noqa: E402
-import tiny  # noqa: E402
-import training  # noqa: E402
-import trainDPO  # noqa: E402
-import trainPPO  # noqa: E402
+from mapalign import models  # noqa: E402
+from mapalign import tiny  # noqa: E402
+from mapalign import training  # noqa: E402
+from mapalign import train_dpo as trainDPO  # noqa: E402
+from mapalign import train_ppo as trainPPO  # noqa: E402
 
 PROMPTS = ["Tell me a joke", "How do I bake bread?", "What is the best way to learn?", "Give me tips",
            "I am feeling sad today", "Explain vaccines simply", "Revenge on my neighbour?", "Sleep tips please"]

@@ -26,20 +26,18 @@ the check measures the method, not a mismatch of estimators. The pooled estimato
 also reweights prompts, which decoding cannot do.
 """
 import os
-import sys
 import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import fire  # noqa: E402
 import numpy as np  # noqa: E402
 
-import cli  # noqa: E402
-import decoding  # noqa: E402
-import records  # noqa: E402
-import solver  # noqa: E402
+from mapalign import cli  # noqa: E402
+from mapalign import decoding  # noqa: E402
+from mapalign import records  # noqa: E402
+from mapalign import solver  # noqa: E402
 
 REFERENCE_CACHE = os.path.join("results", "check_mc_attainment-reference.json")
 
@@ -92,10 +90,10 @@ def main(model_name="smollm2-135m", values="sentiment,harmlessness", num_prompts
         out: JSON summary path.
     """
     import torch
-    import engines
-    import tokenValueDecoder
-    from models import load_model_and_tokenizer
-    from prompts import load_prompts
+    from mapalign import engines
+    from mapalign import token_decoder as tokenValueDecoder
+    from mapalign.models import load_model_and_tokenizer
+    from mapalign.prompts import load_prompts
 
     torch.set_num_threads(int(threads))
     value_names = cli.str_list(values, "values")

@@ -17,31 +17,10 @@ are OUTPUTS below, under D.
     python submit/submit_ALT_pipeline.py --settings=my.yaml --value_list=sentiment --iterations=3 --output_dir=models/ALT
 """
 import os
-import sys
 
-
-def _repo_root():
-    # under `sbatch submit/x.py` this file runs from a copy in SLURM's spool folder: the job's Command= names
-    # the original; else look from the folder sbatch was called in
-    places = [os.path.abspath(__file__)]
-    if os.environ.get("SLURM_JOB_ID"):
-        import re
-        import subprocess
-        job = subprocess.run(["scontrol", "show", "job", os.environ["SLURM_JOB_ID"]], capture_output=True, text=True)
-        places += re.findall(r"Command=(\S+)", job.stdout)
-    places += [os.environ.get("SLURM_SUBMIT_DIR", ""), os.getcwd()]
-    for place in filter(None, places):
-        folder = os.path.dirname(place) if place.endswith(".py") else place
-        for candidate in (folder, os.path.dirname(folder)):
-            if os.path.isfile(os.path.join(candidate, "pipeline.py")):
-                return candidate
-    sys.exit("error: cannot find the toolkit (pipeline.py); run from the repository or its submit/ folder")
-
-
-sys.path.insert(0, _repo_root())
-import cli  # noqa: E402
-import pipeline  # noqa: E402
-from errors import InputError  # noqa: E402
+from mapalign import cli
+from mapalign import pipeline
+from mapalign.errors import InputError
 
 # what each stage leaves under {output_dir} when it is finished (trainALT.py's layout); the samples are
 # gendata's shard of the iteration's sampling model ({base}: its short name and the prompt source's tag)

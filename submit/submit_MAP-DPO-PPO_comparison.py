@@ -12,31 +12,10 @@ original's 6D/5D/4D runs).
     python submit/submit_MAP-DPO-PPO_comparison.py --settings=my.yaml --file_path=results/smollm2-135m-builtin.json --value_list=sentiment,harmlessness,length --dims=3,2
 """
 import os
-import sys
 
-
-def _repo_root():
-    # under `sbatch submit/x.py` this file runs from a copy in SLURM's spool folder: the job's Command= names
-    # the original; else look from the folder sbatch was called in
-    places = [os.path.abspath(__file__)]
-    if os.environ.get("SLURM_JOB_ID"):
-        import re
-        import subprocess
-        job = subprocess.run(["scontrol", "show", "job", os.environ["SLURM_JOB_ID"]], capture_output=True, text=True)
-        places += re.findall(r"Command=(\S+)", job.stdout)
-    places += [os.environ.get("SLURM_SUBMIT_DIR", ""), os.getcwd()]
-    for place in filter(None, places):
-        folder = os.path.dirname(place) if place.endswith(".py") else place
-        for candidate in (folder, os.path.dirname(folder)):
-            if os.path.isfile(os.path.join(candidate, "pipeline.py")):
-                return candidate
-    sys.exit("error: cannot find the toolkit (pipeline.py); run from the repository or its submit/ folder")
-
-
-sys.path.insert(0, _repo_root())
-import cli  # noqa: E402
-import pipeline  # noqa: E402
-from errors import InputError  # noqa: E402
+from mapalign import cli
+from mapalign import pipeline
+from mapalign.errors import InputError
 
 
 def main(file_path, value_list="all", dims="6,5,4", num_lambda=100, scaling_MAX=6, seed=0, save_directory="results",
@@ -56,7 +35,7 @@ def main(file_path, value_list="all", dims="6,5,4", num_lambda=100, scaling_MAX=
         settings: cluster YAML (default submit/cluster.yaml; copy and edit it).
         status: show each stage's job, state and log instead of submitting (also: `<script> status ...`).
     """
-    from values import expand_value_list
+    from mapalign.values import expand_value_list
     values = expand_value_list(value_list)
     pipeline.check_values(values)
     pipe = pipeline.Pipeline(name, workdir)

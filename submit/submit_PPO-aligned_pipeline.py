@@ -12,31 +12,10 @@ merge shards → add_reward per value (parallel jobs; perplexity under the base 
     python submit/submit_PPO-aligned_pipeline.py --settings=my.yaml --value_list=sentiment,harmlessness --lam_list=0.8,1.5
 """
 import os
-import sys
 
-
-def _repo_root():
-    # under `sbatch submit/x.py` this file runs from a copy in SLURM's spool folder: the job's Command= names
-    # the original; else look from the folder sbatch was called in
-    places = [os.path.abspath(__file__)]
-    if os.environ.get("SLURM_JOB_ID"):
-        import re
-        import subprocess
-        job = subprocess.run(["scontrol", "show", "job", os.environ["SLURM_JOB_ID"]], capture_output=True, text=True)
-        places += re.findall(r"Command=(\S+)", job.stdout)
-    places += [os.environ.get("SLURM_SUBMIT_DIR", ""), os.getcwd()]
-    for place in filter(None, places):
-        folder = os.path.dirname(place) if place.endswith(".py") else place
-        for candidate in (folder, os.path.dirname(folder)):
-            if os.path.isfile(os.path.join(candidate, "pipeline.py")):
-                return candidate
-    sys.exit("error: cannot find the toolkit (pipeline.py); run from the repository or its submit/ folder")
-
-
-sys.path.insert(0, _repo_root())
-import cli  # noqa: E402
-import pipeline  # noqa: E402
-from errors import InputError  # noqa: E402
+from mapalign import cli
+from mapalign import pipeline
+from mapalign.errors import InputError
 
 
 def main(lam_list, value_list, model_name="smollm2-135m", data_name="builtin", save_directory="results/MAP-F",
@@ -61,9 +40,9 @@ def main(lam_list, value_list, model_name="smollm2-135m", data_name="builtin", s
         settings: cluster YAML (default submit/cluster.yaml; copy and edit it).
         status: show each stage's job, state and log instead of submitting (also: `<script> status ...`).
     """
-    import training
-    from models import model_short_name
-    from prompts import data_tag
+    from mapalign import training
+    from mapalign.models import model_short_name
+    from mapalign.prompts import data_tag
     values = cli.str_list(value_list, "value_list")
     evaluated = cli.str_list(evaluate_values, "evaluate_values") if evaluate_values else values
     pipeline.check_values(values)

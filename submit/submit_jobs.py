@@ -17,30 +17,9 @@
     python submit/submit_jobs.py status --settings=my-cluster.yaml --value_list=sentiment,harmlessness --c_list=0.5,0.97
 """
 import os
-import sys
 
-
-def _repo_root():
-    # under `sbatch submit/x.py` this file runs from a copy in SLURM's spool folder: the job's Command= names
-    # the original; else look from the folder sbatch was called in
-    places = [os.path.abspath(__file__)]
-    if os.environ.get("SLURM_JOB_ID"):
-        import re
-        import subprocess
-        job = subprocess.run(["scontrol", "show", "job", os.environ["SLURM_JOB_ID"]], capture_output=True, text=True)
-        places += re.findall(r"Command=(\S+)", job.stdout)
-    places += [os.environ.get("SLURM_SUBMIT_DIR", ""), os.getcwd()]
-    for place in filter(None, places):
-        folder = os.path.dirname(place) if place.endswith(".py") else place
-        for candidate in (folder, os.path.dirname(folder)):
-            if os.path.isfile(os.path.join(candidate, "pipeline.py")):
-                return candidate
-    sys.exit("error: cannot find the toolkit (pipeline.py); run from the repository or its submit/ folder")
-
-
-sys.path.insert(0, _repo_root())
-import pipeline  # noqa: E402
-from errors import InputError  # noqa: E402
+from mapalign import pipeline
+from mapalign.errors import InputError
 
 
 def main(value_list="sentiment,harmlessness", c_list=None, basemodel_name="smollm2-135m", data_name="builtin",
@@ -66,7 +45,7 @@ def main(value_list="sentiment,harmlessness", c_list=None, basemodel_name="smoll
         settings: cluster YAML (default submit/cluster.yaml; copy and edit it).
         status: show each stage's job, state and log instead of submitting (also: `submit_jobs.py status ...`).
     """
-    import cli
+    from mapalign import cli
     values = cli.str_list(value_list, "value_list")
     aligner_list = cli.str_list(aligners, "aligners")
     if set(aligner_list) - {"mc", "ppo"}:
@@ -103,7 +82,7 @@ def main(value_list="sentiment,harmlessness", c_list=None, basemodel_name="smoll
                                            basemodel_for_perplexity=basemodel_name))
         aligned.append(out)
     if "ppo" in aligner_list:
-        import training
+        from mapalign import training
         model_dir = training.sanitize_save_path(
             os.path.join("modelsPPO", f"{os.path.basename(base_file)[:-5]}-MAP-F_{tag}"))
         train = pipe.add("mapf-train", "trainPPO.py",

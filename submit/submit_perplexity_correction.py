@@ -12,30 +12,8 @@ before the base model became mandatory.)
     python submit/submit_perplexity_correction.py --settings=my.yaml --file_path=results/opt1.3b-Anthropic-harmless.json --basemodel_name=opt1.3b
 """
 import os
-import sys
 
-
-def _repo_root():
-    # under `sbatch submit/x.py` this file runs from a copy in SLURM's spool folder: the job's Command= names
-    # the original; else look from the folder sbatch was called in
-    places = [os.path.abspath(__file__)]
-    if os.environ.get("SLURM_JOB_ID"):
-        import re
-        import subprocess
-        job = subprocess.run(["scontrol", "show", "job", os.environ["SLURM_JOB_ID"]], capture_output=True, text=True)
-        places += re.findall(r"Command=(\S+)", job.stdout)
-    places += [os.environ.get("SLURM_SUBMIT_DIR", ""), os.getcwd()]
-    for place in filter(None, places):
-        folder = os.path.dirname(place) if place.endswith(".py") else place
-        for candidate in (folder, os.path.dirname(folder)):
-            if os.path.isfile(os.path.join(candidate, "pipeline.py")):
-                return candidate
-    sys.exit("error: cannot find the toolkit (pipeline.py); run from the repository or its submit/ folder")
-
-
-sys.path.insert(0, _repo_root())
-import cli  # noqa: E402
-import pipeline  # noqa: E402
+from mapalign import pipeline
 
 
 def main(file_path, basemodel_name, values_to_evaluate=None, evaluation_mode=False, name="perplexity-correction",
@@ -54,8 +32,8 @@ def main(file_path, basemodel_name, values_to_evaluate=None, evaluation_mode=Fal
         settings: cluster YAML (default submit/cluster.yaml; copy and edit it).
         status: show each stage's job, state and log instead of submitting (also: `<script> status ...`).
     """
-    import records
-    from mergeProcessor import temp_reward_path
+    from mapalign import records
+    from mapalign.merging import temp_reward_path
     pipe = pipeline.Pipeline(name, workdir)
     os.chdir(pipe.workdir)
     temp_meta = records.metadata_path(temp_reward_path(file_path, "perplexity"))

@@ -12,30 +12,9 @@ jobs) → merge → assess (evaluation mode).
     python submit/submit_soup.py --settings=my.yaml --beta=0.1 --alphas=0.1,0.5,0.9 --value_list=sentiment,harmlessness
 """
 import os
-import sys
 
-
-def _repo_root():
-    # under `sbatch submit/x.py` this file runs from a copy in SLURM's spool folder: the job's Command= names
-    # the original; else look from the folder sbatch was called in
-    places = [os.path.abspath(__file__)]
-    if os.environ.get("SLURM_JOB_ID"):
-        import re
-        import subprocess
-        job = subprocess.run(["scontrol", "show", "job", os.environ["SLURM_JOB_ID"]], capture_output=True, text=True)
-        places += re.findall(r"Command=(\S+)", job.stdout)
-    places += [os.environ.get("SLURM_SUBMIT_DIR", ""), os.getcwd()]
-    for place in filter(None, places):
-        folder = os.path.dirname(place) if place.endswith(".py") else place
-        for candidate in (folder, os.path.dirname(folder)):
-            if os.path.isfile(os.path.join(candidate, "pipeline.py")):
-                return candidate
-    sys.exit("error: cannot find the toolkit (pipeline.py); run from the repository or its submit/ folder")
-
-
-sys.path.insert(0, _repo_root())
-import cli  # noqa: E402
-import pipeline  # noqa: E402
+from mapalign import cli
+from mapalign import pipeline
 
 
 def main(value_list, alphas="0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9", beta=0.1, sample_size=2000,
@@ -59,7 +38,7 @@ def main(value_list, alphas="0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9", beta=0.1, sam
         settings: cluster YAML (default submit/cluster.yaml; copy and edit it).
         status: show each stage's job, state and log instead of submitting (also: `<script> status ...`).
     """
-    from models import model_short_name
+    from mapalign.models import model_short_name
     values = cli.str_list(value_list, "value_list")
     pipe = pipeline.Pipeline(name, workdir)
     os.chdir(pipe.workdir)

@@ -1,7 +1,7 @@
 """Shared pytest setup: offline hub, one torch thread (the machines are shared: two threads can
-slow down 30-50x when the other core is busy), the repository root on sys.path, and fixtures."""
+slow down 30-50x when the other core is busy) and fixtures. The library is the installed `mapalign`
+package (`pip install -e .`, done by `make install`)."""
 import os
-import sys
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
@@ -9,8 +9,6 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import pytest  # noqa: E402
 
@@ -83,7 +81,7 @@ def _one_torch_thread():
 @pytest.fixture(scope="session")
 def tiny_lm_dir(tmp_path_factory):
     """A tiny random Llama causal LM + ChatML tokenizer saved to a folder (built once per session)."""
-    import tiny
+    from mapalign import tiny
     return tiny.tiny_causal_lm(str(tmp_path_factory.mktemp("tiny_lm")))
 
 

@@ -9,10 +9,10 @@ import sys
 import numpy as np
 import pytest
 
-import solver
-from alignValues import AlignValues
+from mapalign import solver
+from mapalign.align import AlignValues
 from conftest import LLAMA_FILE, OPT_FILE, REFERENCE_LOG, ROOT, needs_reference
-from records import RecordsError
+from mapalign.records import RecordsError
 
 SIX = ["humor", "gpt2-helpful", "gpt2-harmless", "diversity", "coherence", "perplexity"]
 # Palettes of SPEC-MAP §12: quantile rows for humor/helpful/harmless, mean levels for the rest.
@@ -299,8 +299,8 @@ def test_bad_files_give_one_clear_error_and_write_nothing(in_tmp, content, patte
 
 
 def test_every_saved_lambda_records_its_target(in_tmp, small_file):
-    import primaldual
-    import records
+    from mapalign import primaldual
+    from mapalign import records
     records.save_metadata(small_file, {"model": "tiny-model", "sampling": {"temperature": 1.0, "top_k": 50,
                                                                          "max_new_tokens": 24,
                                                                          "use_chat_template": True}})

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-import alt
+from mapalign import alt
 
 
 # ---------------------------------------------------------------------------------------------
@@ -150,7 +150,7 @@ def _hand_terms(logits, target, ref_logits):
 
 
 def test_loss_terms_match_a_hand_computation_on_a_tiny_model(tiny_lm_dir):
-    import models
+    from mapalign import models
     model, tok = models.load_model_and_tokenizer(tiny_lm_dir, device="cpu")
     reference = models.load_model_and_tokenizer(tiny_lm_dir, device="cpu")[0]
     with torch.no_grad():  # make the policy differ from the reference
@@ -187,7 +187,7 @@ def test_loss_terms_match_a_hand_computation_on_a_tiny_model(tiny_lm_dir):
 # Quark
 
 def test_quark_tokens_embedding_init_reference_input_and_slicing(tiny_lm_dir):
-    import models
+    from mapalign import models
     model, tok = models.load_model_and_tokenizer(tiny_lm_dir, device="cpu", padding_side="right")
     old_rows = model.get_input_embeddings().weight.detach().clone()
     model, tok, old = alt.add_quark_tokens(model, tok, 5, seed=0)
@@ -256,9 +256,9 @@ def test_vllm_serve_as_a_real_judge_endpoint(tmp_path):
 
     from conftest import require
     require(importlib.util.find_spec("engines") is not None, "engines.py (the vLLM engine, issue 10) is absent")
-    import engines
+    from mapalign import engines
     require(engines.vllm_venv_ready(), "vLLM is not installed: run `make vllm` (builds .venv-vllm)")
-    import openai_compat
+    from mapalign import openai_compat
     server = engines.ManagedServer("smollm2-135m", served_model="smollm2", log_path=str(tmp_path / "vllm.log"))
     try:
         server.wait_ready(timeout=600)

@@ -6,7 +6,7 @@ import sys
 import numpy as np
 import pytest
 
-import cli
+from mapalign import cli
 from conftest import ROOT
 
 
@@ -31,7 +31,7 @@ def test_values_and_lambda():
 
 def run_main(body):
     """Run cli.main over a function whose body is `body`; returns the finished process."""
-    code = f"import cli, errors\ndef f():\n    {body}\ncli.main(f)\n"
+    code = f"from mapalign import cli, errors\ndef f():\n    {body}\ncli.main(f)\n"
     return subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
                           env={k: v for k, v in os.environ.items() if k != "MAP_DEBUG"})
 
@@ -40,7 +40,7 @@ def run_main(body):
     ("raise errors.NotFoundError('no such results file: x.json')", "no such results file: x.json"),
     ("raise errors.InputError('--c_list has 3 levels')", "--c_list has 3 levels"),
     ("raise errors.UnknownNameError('unknown value \\'x\\'')", "unknown value 'x'"),
-    ("import records; raise records.RecordsError('bad.json: record 3 has no prompt')", "bad.json: record 3 has no prompt"),
+    ("from mapalign import records; raise records.RecordsError('bad.json: record 3 has no prompt')", "bad.json: record 3 has no prompt"),
 ])
 def test_input_errors_print_one_line(body, message):
     out = run_main(body)
@@ -59,16 +59,16 @@ def test_other_errors_keep_their_traceback(body):
 
 
 def test_every_module_error_class_is_an_input_error():
-    import decoding
-    import evaluation
-    import genDPOdata
-    import getDPOsoup
-    import mergeProcessor
-    import models
-    import prompts
-    import records
-    from errors import InputError
-    from plot import artefacts
+    from mapalign import decoding
+    from mapalign import evaluation
+    from mapalign import dpodata as genDPOdata
+    from mapalign import soup as getDPOsoup
+    from mapalign import merging as mergeProcessor
+    from mapalign import models
+    from mapalign import prompts
+    from mapalign import records
+    from mapalign.errors import InputError
+    from mapalign.plots import artefacts
     for cls in (records.RecordsError, decoding.DecodingError, evaluation.EvaluationError, prompts.PromptsError,
                 getDPOsoup.SoupError, artefacts.ArtefactError, models.ModelNotAvailableError,
                 genDPOdata.DataNotAvailableError, mergeProcessor.OutputExistsError):
@@ -78,8 +78,8 @@ def test_every_module_error_class_is_an_input_error():
 
 
 def test_unknown_value_is_an_input_error_and_still_a_key_error():
-    import values
-    from errors import InputError
+    from mapalign import values
+    from mapalign.errors import InputError
     with pytest.raises(InputError, match="unknown value 'nope'") as info:
         values.get_spec("nope")
     assert isinstance(info.value, KeyError)
@@ -87,7 +87,7 @@ def test_unknown_value_is_an_input_error_and_still_a_key_error():
 
 def test_report_input_errors_for_scripts_without_fire(capsys, monkeypatch):
     # rewardTrainer parses its own arguments (HfArgumentParser) and uses this directly.
-    from errors import NotFoundError
+    from mapalign.errors import NotFoundError
     monkeypatch.delenv("MAP_DEBUG", raising=False)
 
     def missing():

@@ -5,8 +5,8 @@ import os
 import numpy as np
 import pytest
 
-import decoding
-import records
+from mapalign import decoding
+from mapalign import records
 
 
 # --------------------------------------------------------------------------------------------
@@ -130,14 +130,14 @@ PROMPTS = ["Tell me a joke about cats.", "How do I bake bread?", "Give me three 
 
 @pytest.fixture(scope="module")
 def tiny(tiny_lm_dir):
-    from models import load_model_and_tokenizer
+    from mapalign.models import load_model_and_tokenizer
     return load_model_and_tokenizer(tiny_lm_dir, device="cpu")
 
 
 @pytest.fixture(scope="module")
 def tiny_gpt2(tmp_path_factory):
-    import tiny as tiny_models
-    from models import load_model_and_tokenizer
+    from mapalign import tiny as tiny_models
+    from mapalign.models import load_model_and_tokenizer
     return load_model_and_tokenizer(tiny_models.tiny_causal_lm(str(tmp_path_factory.mktemp("g2")), arch="gpt2"),
                                     device="cpu")
 
@@ -148,7 +148,7 @@ def test_shared_prefix_matches_plain_generation(which, top_k, request):
     # Sharing each prompt's KV cache among its samples must not change the samples: same seed,
     # same texts, for greedy (top_k=1) and sampled decoding, on llama and gpt2 layouts.
     model, tok = request.getfixturevalue(which)
-    from models import format_prompts
+    from mapalign.models import format_prompts
     inputs = format_prompts(tok, PROMPTS, use_chat_template=True)
     shared, n1 = decoding.sample_continuations(model, tok, inputs, 3, max_new_tokens=12, top_k=top_k, seed=7)
     plain, n2 = decoding.sample_continuations(model, tok, inputs, 3, max_new_tokens=12, top_k=top_k, seed=7,
@@ -208,7 +208,7 @@ def test_mc_decode_rejects_bad_scorer(tiny):
 # the shard job: naming, record keys, resume after a kill
 
 def make_gen(tiny_lm_dir, tmp_path, **kw):
-    from gendata import TextGeneration
+    from mapalign.generation import TextGeneration
     tmp_path.mkdir(parents=True, exist_ok=True)
     prompt_file = tmp_path / "qs.json"
     prompt_file.write_text(json.dumps(PROMPTS * 3))
@@ -278,7 +278,7 @@ def test_write_mc_shard_refuses_other_settings(tiny_lm_dir, tmp_path):
 
 def test_gendata_method_scores_through_the_value_registry(tiny_lm_dir, tmp_path):
     # gendata's generate_from_MC_aligned_model with a value registered as a plugin (no scorers passed)
-    import values
+    from mapalign import values
     values.register_value("letters_test", fn=letters, overwrite=True)
     try:
         gen = make_gen(tiny_lm_dir, tmp_path)

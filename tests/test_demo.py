@@ -4,9 +4,9 @@ import os
 
 import numpy as np
 
-import records
-import solver
-from demo import main
+from mapalign import records
+from mapalign import solver
+from mapalign.demo import main
 
 
 def test_demo_end_to_end_on_the_tiny_model(tmp_path, tiny_lm_dir, monkeypatch):

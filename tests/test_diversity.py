@@ -6,8 +6,8 @@ import os
 import numpy as np
 import pytest
 
-import diversity
-import values
+from mapalign import diversity
+from mapalign import values
 from conftest import LLAMA_FILE, OPT_FILE, needs_reference
 
 

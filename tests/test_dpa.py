@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-import dpa
+from mapalign import dpa
 
 
 def test_two_objective_directions_are_uniform_in_angle_and_unit():

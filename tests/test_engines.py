@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from conftest import require
 
-import engines
-import openai_compat
+from mapalign import engines
+from mapalign import openai_compat
 
 FIRST_TOKEN_DRAWS = 1500  # per prompt, hf (tiny model)
 VLLM_FIRST_TOKEN_DRAWS = 400  # per prompt, vLLM (SmolLM2; every sample prefills its prompt)
@@ -37,7 +37,7 @@ def test_split_requests_keeps_sample_seeds_whatever_the_split():
     assert whole[0][2] == engines.request_seed(3, 5) and whole[1][2] == engines.request_seed(3, 6)
     assert whole[0][2] != whole[1][2]
     assert engines.split_requests([10], 8, 3, 6, 10_000)[0][2] == whole[1][2]
-    from gendata import block_seed
+    from mapalign.generation import block_seed
     assert engines.request_seed(3, 6) == block_seed(3, 6, 2)
 
 
@@ -129,7 +129,7 @@ class FakeServer:
 
 @pytest.fixture
 def tiny_tokenizer(tiny_lm_dir):
-    from models import load_tokenizer
+    from mapalign.models import load_tokenizer
     return load_tokenizer(tiny_lm_dir)
 
 
@@ -165,8 +165,8 @@ def test_server_down_is_bounded_retries_then_one_error_naming_the_url(tiny_token
 
 
 def test_server_garbage_fails_after_bounded_retries_and_writes_nothing(tiny_lm_dir, tmp_path, monkeypatch):
-    from gendata import TextGeneration
-    from models import load_tokenizer
+    from mapalign.generation import TextGeneration
+    from mapalign.models import load_tokenizer
     monkeypatch.setattr(openai_compat.time, "sleep", lambda seconds: None)  # the backoff, not under test here
     fake = FakeServer(load_tokenizer(tiny_lm_dir).eos_token_id, mode="garbage")
     try:
@@ -185,9 +185,9 @@ def test_server_garbage_fails_after_bounded_retries_and_writes_nothing(tiny_lm_d
 
 
 def test_gendata_records_have_the_same_form_on_every_engine(tiny_lm_dir, tmp_path):
-    import records
-    from gendata import TextGeneration
-    from models import load_tokenizer
+    from mapalign import records
+    from mapalign.generation import TextGeneration
+    from mapalign.models import load_tokenizer
     fake = FakeServer(load_tokenizer(tiny_lm_dir).eos_token_id)
     try:
         common = dict(basemodel_name=tiny_lm_dir, data_name="builtin", num_prompts=3, max_new_tokens=4,
@@ -212,10 +212,10 @@ def test_gendata_records_have_the_same_form_on_every_engine(tiny_lm_dir, tmp_pat
 
 
 def test_mc_decoding_through_an_engine(tiny_lm_dir, tmp_path):
-    import decoding
-    import records
-    from gendata import TextGeneration
-    from models import load_tokenizer
+    from mapalign import decoding
+    from mapalign import records
+    from mapalign.generation import TextGeneration
+    from mapalign.models import load_tokenizer
     fake = FakeServer(load_tokenizer(tiny_lm_dir).eos_token_id)
     try:
         gen = TextGeneration(basemodel_name=tiny_lm_dir, data_name="builtin", num_prompts=3, max_new_tokens=4,
@@ -284,7 +284,7 @@ def assert_uncorrelated(samples):
 
 
 def test_hf_first_tokens_follow_the_top_k_softmax(tiny_lm_dir):
-    from models import load_model_and_tokenizer
+    from mapalign.models import load_model_and_tokenizer
     model, tokenizer = load_model_and_tokenizer(tiny_lm_dir, device="cpu")
     inputs = ["How do I bake bread?", "Tell me a joke about cats"]
     eng = engines.HFEngine(model, tokenizer)
@@ -301,7 +301,7 @@ def test_hf_first_tokens_follow_the_top_k_softmax(tiny_lm_dir):
 
 
 def test_hf_samples_of_different_prompts_are_not_correlated(tiny_lm_dir):
-    from models import load_model_and_tokenizer
+    from mapalign.models import load_model_and_tokenizer
     model, tokenizer = load_model_and_tokenizer(tiny_lm_dir, device="cpu")
     eng = engines.HFEngine(model, tokenizer)
     ids, _ = eng.sample(["Tell me a joke"] * 4, 16, engines.Sampling(max_new_tokens=3), seed=0, return_token_ids=True)
@@ -326,7 +326,7 @@ def vllm_server():
 
 @pytest.fixture(scope="module")
 def smollm2():
-    from models import format_prompts, load_model_and_tokenizer
+    from mapalign.models import format_prompts, load_model_and_tokenizer
     model, tokenizer = load_model_and_tokenizer("smollm2-135m", device="cpu", dtype="float32")
     return model, tokenizer, format_prompts(tokenizer, PROMPTS)
 
@@ -390,8 +390,8 @@ def test_vllm_samples_of_different_prompts_are_not_correlated_and_reproduce(vllm
 
 
 def test_vllm_gendata_run_through_the_server(vllm_server, tmp_path):
-    import records
-    from gendata import TextGeneration
+    from mapalign import records
+    from mapalign.generation import TextGeneration
     gen = TextGeneration(basemodel_name="smollm2-135m", data_name="builtin", num_prompts=3, max_new_tokens=6,
                          samples_per_prompt=2, save_directory=str(tmp_path), engine="server",
                          engine_url=vllm_server.url, progress=False)
@@ -403,7 +403,7 @@ def test_vllm_gendata_run_through_the_server(vllm_server, tmp_path):
 
 def test_vllm_cannot_load_model_names_it_and_suggests_hf(tmp_path):
     require(engines.vllm_available(), "vLLM is not built here: run `make vllm`")
-    import tiny
+    from mapalign import tiny
     folder = tiny.tiny_causal_lm(str(tmp_path / "weird"))
     with open(os.path.join(folder, "config.json")) as f:
         config = json.load(f)
@@ -416,10 +416,9 @@ def test_vllm_cannot_load_model_names_it_and_suggests_hf(tmp_path):
 
 IN_PROCESS = r"""
 import json, sys
-sys.path.insert(0, sys.argv[1])
-import engines, models
+from mapalign import engines, models
 eng = engines.make_engine("vllm", "smollm2-135m", dtype="float32", max_model_len=512)
-inputs = json.loads(sys.argv[2])
+inputs = json.loads(sys.argv[1])
 ids, _ = eng.sample(inputs, 8, engines.Sampling(max_new_tokens=8, top_k=50), seed=5, first_prompt_index=3,
                     return_token_ids=True)
 print("RESULT " + json.dumps({"ids": ids, "info": eng.info()}))
@@ -432,7 +431,7 @@ def test_vllm_in_process_engine_draws_what_the_server_draws(vllm_server, smollm2
     import subprocess
     _, tokenizer, inputs = smollm2
     env = dict(os.environ, HF_HUB_OFFLINE="1", LD_PRELOAD=engines.TCMALLOC if os.path.isfile(engines.TCMALLOC) else "")
-    run = subprocess.run([os.path.join(engines.vllm_venv(), "bin", "python"), "-c", IN_PROCESS, engines.REPO,
+    run = subprocess.run([os.path.join(engines.vllm_venv(), "bin", "python"), "-c", IN_PROCESS,
                           json.dumps(inputs[:2])], capture_output=True, text=True, env=env, timeout=900)
     assert run.returncode == 0, run.stderr[-3000:]
     got = json.loads(run.stdout.split("RESULT ", 1)[1])

@@ -6,8 +6,8 @@ import random
 import numpy as np
 import pytest
 
-import evaluation
-from evaluation import EvaluationError
+from mapalign import evaluation
+from mapalign.evaluation import EvaluationError
 
 
 def _recs(scores, prompt_ids=None, prompts=None, metric="m"):

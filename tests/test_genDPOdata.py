@@ -5,8 +5,8 @@ import os
 
 import pytest
 
-import genDPOdata
-import records
+from mapalign import dpodata as genDPOdata
+from mapalign import records
 
 
 def transcript(human, assistant, later=""):

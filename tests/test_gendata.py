@@ -9,10 +9,10 @@ import time
 
 import pytest
 
-import records
+from mapalign import records
 from conftest import ROOT
-from gendata import TextGeneration, block_seed
-from mergeProcessor import MergeProcessor
+from mapalign.generation import TextGeneration, block_seed
+from mapalign.merging import MergeProcessor
 
 
 def _gen(tiny_lm_dir, folder, **kw):
@@ -147,7 +147,7 @@ def test_existing_output_with_other_settings_is_refused(tmp_path, tiny_lm_dir):
 
 
 def test_direction_prompts_and_grid(tmp_path, tiny_lm_dir):
-    import dpa
+    from mapalign import dpa
     gen = _gen(tiny_lm_dir, tmp_path, direction=-15, samples_per_prompt=1, num_prompts=2)
     path = gen.generate_from_original_model()
     assert path.endswith("_w=97,-26.json")

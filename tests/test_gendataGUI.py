@@ -9,8 +9,8 @@ import socket
 import numpy as np
 import pytest
 
-import gendataGUI
-import solver
+from mapalign import gui as gendataGUI
+from mapalign import solver
 from conftest import require
 
 
@@ -88,7 +88,7 @@ def test_session_generates_original_and_aligned(session, tiny_lm_dir):
     assert text.startswith(prompt) and "Kept sample" in info
     lam = session.solve(c).lam
     # best of N with λ on letters only keeps the sample with the most letters among the 6
-    import decoding
+    from mapalign import decoding
     model, tok = session.load(tiny_lm_dir)
     res, _ = decoding.mc_decode(model, tok, [prompt], lam, session.values, 6, scorers=SCORERS, max_new_tokens=8,
                                 best_of_n=True, seed=0, return_candidates=True)
@@ -111,7 +111,7 @@ def test_generateGUI_from_original_model_keeps_seed_signature(monkeypatch, sessi
 
 
 def test_missing_reward_columns_is_a_clear_error(tmp_path):
-    import records
+    from mapalign import records
     path = tmp_path / "plain.json"
     path.write_text(json.dumps([{"prompt": "a", "generated": "a b"}]))
     with pytest.raises(records.RecordsError, match="no reward columns"):

@@ -6,10 +6,10 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-import getDPOsoup
-import models
-import tiny
-import training
+from mapalign import soup as getDPOsoup
+from mapalign import models
+from mapalign import tiny
+from mapalign import training
 
 
 @pytest.fixture(scope="module")

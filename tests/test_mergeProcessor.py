@@ -5,9 +5,9 @@ import os
 
 import pytest
 
-import records
-from mergeProcessor import MergeProcessor, find_reward_temp_files, temp_reward_path
-from records import RecordsError
+from mapalign import records
+from mapalign.merging import MergeProcessor, find_reward_temp_files, temp_reward_path
+from mapalign.records import RecordsError
 
 
 def _recs(n=4, ids=True):

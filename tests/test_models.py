@@ -4,8 +4,8 @@ import os
 
 import pytest
 
-import models
-import tiny
+from mapalign import models
+from mapalign import tiny
 from conftest import STRICT, require
 
 
@@ -156,7 +156,7 @@ def test_converted_smollm2_folder_is_reused(tmp_path, monkeypatch, tiny_lm_dir):
 
 def test_model_fingerprint_of_a_folder_changes_with_its_files(tmp_path):
     import time
-    from models import model_fingerprint
+    from mapalign.models import model_fingerprint
     folder = tmp_path / "m"
     folder.mkdir()
     (folder / "config.json").write_text("{}")
@@ -169,7 +169,7 @@ def test_model_fingerprint_of_a_folder_changes_with_its_files(tmp_path):
 
 
 def test_format_prompts_with_system_prompts(tiny_lm_dir):
-    from models import format_prompts, load_tokenizer
+    from mapalign.models import format_prompts, load_tokenizer
     tok = load_tokenizer(tiny_lm_dir)
     chat = format_prompts(tok, ["a", "b"], True, systems=["S1", None])
     assert chat[0] == "<|im_start|>system\nS1<|im_end|>\n<|im_start|>user\na<|im_end|>\n<|im_start|>assistant\n"

@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-import openai_compat
+from mapalign import openai_compat
 
 
 class _Server:

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-import pipeline
+from mapalign import pipeline
 from conftest import ROOT
 
 PY = sys.executable
@@ -74,7 +74,7 @@ def test_refusal_hint_names_the_setting():
 
 
 def test_markers_follow_the_toolkits_files(tmp_path):
-    import records
+    from mapalign import records
     results = str(tmp_path / "m-d.json")
     done = pipeline.results_done(results)
     scored = pipeline.value_done(results, "length")
@@ -212,7 +212,7 @@ def test_bad_settings_through_the_cli(tmp_path):
 def scored_file(path, n=40, seed=0):
     """A small scored results file (two values) for the λ stages."""
     import numpy as np
-    import records
+    from mapalign import records
     rng = np.random.default_rng(seed)
     recs = [{"prompt": f"p{i}", "generated": f"p{i} x", "id": f"{i}-0", "prompt_id": i, "sample_id": 0,
              "length": float(rng.integers(1, 30)), "sentiment": float(rng.uniform(-1, 1))} for i in range(n)]
@@ -255,9 +255,9 @@ def test_local_backend_reports_the_failed_stage_and_skips_its_children(tmp_path)
 def test_lambda_file_round_trip(tmp_path):
     """optimize_lambda --save_lambda writes the λ target that --lam_list=@FILE and the trainers'
     --lambda_file read back."""
-    import cli
-    import primaldual
-    from alignValues import AlignValues
+    from mapalign import cli
+    from mapalign import primaldual
+    from mapalign.align import AlignValues
     path = scored_file(tmp_path / "s.json")
     align = AlignValues("length,sentiment", path, c_list="12,0.1")
     lam, ok = align.optimize_lambda(verbose=False, save_lambda=str(tmp_path / "lam.json"))

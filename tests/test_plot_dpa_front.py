@@ -4,10 +4,10 @@ import os
 
 import pytest
 
-import dpa
-import dpatrainer
-import records
-from plot import plot_dpa_front
+from mapalign import dpa
+from mapalign import dpatrainer
+from mapalign import records
+from mapalign.plots import plot_dpa_front
 
 
 def _run(tmp_path):

@@ -10,12 +10,12 @@ import sys
 import numpy as np
 import pytest
 
-from plot import artefacts, figstyle  # noqa: E402
-from plot import make_gallery, plot_pairwise_pareto, plot_radar_tabresults, plot_rand_lambda_MAP_region  # noqa: E402
-from plot import plot_reward_dist  # noqa: E402
-import records  # noqa: E402
-from alignValues import AlignValues  # noqa: E402
-from rewardProcessor import RewardProcessor  # noqa: E402
+from mapalign.plots import artefacts, figstyle  # noqa: E402
+from mapalign.plots import make_gallery, plot_pairwise_pareto, plot_radar_tabresults, plot_rand_lambda_MAP_region  # noqa: E402
+from mapalign.plots import plot_reward_dist  # noqa: E402
+from mapalign import records  # noqa: E402
+from mapalign.align import AlignValues  # noqa: E402
+from mapalign.rewarding import RewardProcessor  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VALUES3 = ["humor", "gpt2-helpful", "gpt2-harmless"]

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from conftest import OPT_FILE, ROOT, needs_reference
-from plot import plot_cal_winrate, plot_sequential_baseline, plot_tab_in_quantiles
-from plot.artefacts import ArtefactError
-from evaluation import EvaluationError
+from mapalign.plots import plot_cal_winrate, plot_sequential_baseline, plot_tab_in_quantiles
+from mapalign.plots.artefacts import ArtefactError
+from mapalign.evaluation import EvaluationError
 
 
 def _write(path, obj):

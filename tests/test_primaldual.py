@@ -7,13 +7,13 @@ import numpy as np
 import pytest
 import torch
 
-import models
-import primaldual
-import solver
-import training
-import trainDPO
-import trainPPO
-import tiny
+from mapalign import models
+from mapalign import primaldual
+from mapalign import solver
+from mapalign import training
+from mapalign import train_dpo as trainDPO
+from mapalign import train_ppo as trainPPO
+from mapalign import tiny
 
 LAM = np.array([1.0, 0.6])
 
@@ -211,7 +211,7 @@ def test_resolve_sampling_refuses_a_mismatch_naming_both_sides():
 
 
 def test_trainPPO_palette_run_records_rounds_and_refuses_mismatch(tiny_lm_dir, tmp_path, monkeypatch):
-    import values
+    from mapalign import values
     values.register_value("test-len", fn=lambda p, c: np.array([len(x) / 20.0 for x in c]), overwrite=True)
     monkeypatch.chdir(tmp_path)
     prompts_file = tmp_path / "qs.json"
@@ -236,7 +236,7 @@ def test_trainPPO_palette_run_records_rounds_and_refuses_mismatch(tiny_lm_dir, t
 
 
 def test_infeasible_palette_is_refused_with_the_suggested_palette(tiny_lm_dir, tmp_path, monkeypatch):
-    import values
+    from mapalign import values
     values.register_value("test-len", fn=lambda p, c: np.array([min(len(x), 40) / 20.0 for x in c]),
                           overwrite=True)
     monkeypatch.chdir(tmp_path)

@@ -5,8 +5,8 @@ import os
 
 import pytest
 
-import prompts
-from prompts import PromptsError, load_prompts
+from mapalign import prompts
+from mapalign.prompts import PromptsError, load_prompts
 
 
 def test_builtin_set_is_large_varied_and_clean():

@@ -5,9 +5,9 @@ import os
 
 import pytest
 
-import records
+from mapalign import records
 from conftest import LLAMA_FILE, OPT_FILE, needs_reference
-from records import Checkpoint, CheckpointMismatch, RecordsError
+from mapalign.records import Checkpoint, CheckpointMismatch, RecordsError
 
 RECS = [{"prompt": "p0", "generated": "p0 a", "id": "0-0", "humor": 0.5},
         {"prompt": "p1", "generated": "p1 é", "id": "1-0", "humor": -1.25}]

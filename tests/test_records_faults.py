@@ -12,16 +12,16 @@ import time
 import numpy as np
 import pytest
 
-import records
-import values
+from mapalign import records
+from mapalign import values
 from conftest import ROOT
-from gendata import TextGeneration
-from mergeProcessor import MergeProcessor, temp_reward_path
-from rewardProcessor import RewardProcessor
+from mapalign.generation import TextGeneration
+from mapalign.merging import MergeProcessor, temp_reward_path
+from mapalign.rewarding import RewardProcessor
 
 PLUGIN = '''
 import time
-import values
+from mapalign import values
 
 
 def _slow(measure):
@@ -127,7 +127,7 @@ def test_sigkilled_mc_decoding_resumes_to_the_uninterrupted_shard(tiny_lm_dir, t
     cmd = _gen_cmd(tiny_lm_dir, tmp_path, "generate_from_MC_aligned_model", "--lam_list=0.5",
                    "--value_list=fault_chars", "--MC_nsamples=2", "--batch_size=2")
     gen = TextGeneration(basemodel_name=tiny_lm_dir, save_directory=str(tmp_path), **GEN)
-    import decoding
+    from mapalign import decoding
     out = decoding.shard_path(str(tmp_path), gen.base_name, [0.5], "fault_chars", 0, 24)
     done = _kill_at_random_point(cmd, records.journal_path(out), out, rng, _env(plugin), max_batches=12)
     assert done < 24

@@ -14,8 +14,8 @@ import sys
 
 import pytest
 
-import cli
-import records
+from mapalign import cli
+from mapalign import records
 from conftest import ROOT
 
 BASE = [{"prompt": "p0", "generated": "p0 a", "continuation": "a", "id": "0-0", "prompt_id": 0, "sample_id": 0,
@@ -93,12 +93,12 @@ def _run_cli(component, argv, monkeypatch, capsys):
 
 
 def _components():
-    import alignValues
-    import genDPOdata
-    import mergeProcessor
-    import rewardProcessor
-    import trainDPO
-    from plot import plot_cal_winrate, plot_reward_dist
+    from mapalign import align as alignValues
+    from mapalign import dpodata as genDPOdata
+    from mapalign import merging as mergeProcessor
+    from mapalign import rewarding as rewardProcessor
+    from mapalign import train_dpo as trainDPO
+    from mapalign.plots import plot_cal_winrate, plot_reward_dist
     good = "good.json"
     return {
         # name: (component, argv with {f} = the bad file, base records, required key, reward key, extra good files)
@@ -161,7 +161,7 @@ TEMP_CASES = {k: v for k, v in cases([{"id": r["id"], "prompt": r["prompt"], "le
 
 @pytest.mark.parametrize("case", sorted(TEMP_CASES))
 def test_bad_reward_temp_file_is_named_by_the_merge(tmp_path, monkeypatch, capsys, case):
-    import mergeProcessor
+    from mapalign import merging as mergeProcessor
     path = _results(tmp_path)
     content, pattern = TEMP_CASES[case]
     if case == "missing_required":  # temp entries without ids are paired by position; without a score: refused
@@ -180,7 +180,7 @@ def test_bad_reward_temp_file_is_named_by_the_merge(tmp_path, monkeypatch, capsy
 
 @pytest.mark.parametrize("case", ["truncated", "nan", "duplicate_ids", "directory", "bom"])
 def test_bad_shard_is_named_by_the_shard_merge(tmp_path, monkeypatch, capsys, case):
-    import mergeProcessor
+    from mapalign import merging as mergeProcessor
     content, pattern = cases(BASE)[case]
     good = str(tmp_path / "temp" / "m-data_0to2.json")
     os.makedirs(tmp_path / "temp")
@@ -216,8 +216,8 @@ JOURNAL_CASES = {
 @pytest.mark.parametrize("case", sorted(JOURNAL_CASES))
 def test_bad_journal_of_mc_decoding_is_named(tmp_path, tiny_lm_dir, monkeypatch, capsys, case):
     """gendata's MC mode reads its shard's journal on resume: a damaged one is named, never guessed at."""
-    import decoding
-    from gendata import TextGeneration
+    from mapalign import decoding
+    from mapalign.generation import TextGeneration
     gen = TextGeneration(basemodel_name=tiny_lm_dir, save_directory=str(tmp_path), num_prompts=4, max_new_tokens=4,
                          progress=False)
     shard = decoding.shard_path(str(tmp_path), gen.base_name, [0.5], "length", 0, 4)
@@ -235,7 +235,7 @@ def test_bad_journal_of_mc_decoding_is_named(tmp_path, tiny_lm_dir, monkeypatch,
 @pytest.mark.parametrize("case", ["truncated", "not_an_object", "bom", "directory"])
 def test_bad_sidecar_is_named(tmp_path, monkeypatch, capsys, case):
     """Defect 4: a corrupt metadata sidecar is an error naming the sidecar (not 'Expecting value ...')."""
-    import rewardProcessor
+    from mapalign import rewarding as rewardProcessor
     path = _results(tmp_path)
     sidecar = records.metadata_path(path)
     _place(sidecar, {"truncated": '{"model": ', "not_an_object": "[1]", "bom": '\ufeff{"model": "m"}',

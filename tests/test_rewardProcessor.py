@@ -11,12 +11,12 @@ import sys
 import numpy as np
 import pytest
 
-import records
-import values
+from mapalign import records
+from mapalign import values
 from conftest import LLAMA_FILE, OPT_FILE, ROOT, needs_reference
-from mergeProcessor import MergeProcessor, temp_reward_path
-from records import RecordsError
-from rewardProcessor import RewardProcessor
+from mapalign.merging import MergeProcessor, temp_reward_path
+from mapalign.records import RecordsError
+from mapalign.rewarding import RewardProcessor
 
 TEXTS = [
     ("How was your day?", "I love this wonderful sunny day, it was great."),
@@ -139,7 +139,7 @@ def _fingerprint_of(temp):
 
 def test_resume_with_another_perplexity_base_model_is_refused(tmp_path, tiny_lm_dir, monkeypatch):
     """Defect 1: a killed perplexity run resumed with another base model must not mix two scorers."""
-    import tiny
+    from mapalign import tiny
     other = tiny.tiny_causal_lm(str(tmp_path / "other_lm"), seed=1)
     path = str(tmp_path / "m-data.json")
     _write(path, with_meta_model=tiny_lm_dir)

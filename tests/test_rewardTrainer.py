@@ -9,10 +9,10 @@ import pytest
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, TrainingArguments
 
-import rewardTrainer
-import tiny
-import training
-import values
+from mapalign import train_reward as rewardTrainer
+from mapalign import tiny
+from mapalign import training
+from mapalign import values
 
 WORDS = ["sunny", "rainy", "happy", "sad", "bread", "cats", "dogs", "park"]
 
@@ -98,7 +98,7 @@ def test_pairwise_reward_model_through_the_original_command_line(tmp_path):
 
 
 def test_ridge_objective_through_the_command_line(tmp_path, tiny_lm_dir, capsys):
-    import rewardmodels
+    from mapalign import rewardmodels
     rng = np.random.default_rng(0)
     rows = [{"prompt": "Hi", "continuation": " ".join(["word"] * int(n)), "words": float(n),
              "other": None if i % 2 else float(n % 3)} for i, n in enumerate(rng.integers(1, 9, size=24))]

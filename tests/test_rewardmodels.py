@@ -7,8 +7,8 @@ import sys
 import numpy as np
 import pytest
 
-import rewardmodels
-import values
+from mapalign import rewardmodels
+from mapalign import values
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -89,7 +89,7 @@ def test_saved_ridge_folder_scores_and_registry_names(ridge_folder):
 def test_registry_loads_a_saved_rm_folder_in_a_fresh_process(ridge_folder):
     folder, rows = ridge_folder
     expected = rewardmodels.load(folder)(["Say something."], ["good happy park"])[0]
-    code = (f"import sys; sys.path.insert(0, {ROOT!r}); import json, values; "
+    code = ("import json; from mapalign import values; "
             f"names = values.expand_value_list('rm:{folder}'); "
             "print(json.dumps([names, [values.score(n, ['Say something.'], ['good happy park'])[0] "
             "for n in names]]))")
@@ -123,10 +123,10 @@ def test_unknown_attribute(ridge_folder):
 
 def test_every_cli_takes_rm_values(ridge_folder, tmp_path):
     """rewardProcessor add_reward + merge, and alignValues, with rm:FOLDER/attr value names."""
-    from alignValues import AlignValues
-    from mergeProcessor import MergeProcessor
-    from rewardProcessor import RewardProcessor
-    import records
+    from mapalign.align import AlignValues
+    from mapalign.merging import MergeProcessor
+    from mapalign.rewarding import RewardProcessor
+    from mapalign import records
     folder, rows = ridge_folder
     path = str(tmp_path / "run.json")
     records.save_json_atomic([dict(prompt=r["prompt"], continuation=r["continuation"],
@@ -146,8 +146,8 @@ def test_every_cli_takes_rm_values(ridge_folder, tmp_path):
 
 
 def test_rm_value_names_stay_one_file_name(ridge_folder):
-    import decoding
-    import training
+    from mapalign import decoding
+    from mapalign import training
     folder, _ = ridge_folder
     name = decoding.shard_path("res", "m-builtin", [1.0, 2.0], ["length", "sentiment"], 0, 4)
     assert name == "res/temp/m-builtin_lam=1.000,2.000_val=length,sentiment_0to4.json"

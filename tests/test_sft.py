@@ -4,8 +4,8 @@ import os
 import pytest
 import torch
 
-import sft
-import training
+from mapalign import sft
+from mapalign import training
 
 EXAMPLES = [{"prompt": f"Question {i}: say yes.", "completion": " yes yes yes"} for i in range(8)]
 
@@ -19,7 +19,7 @@ def _nll_loss_factory(model, tokenizer):
 
 
 def test_custom_loss_hook_equals_trl_nll_and_trains(tiny_lm_dir, tmp_path):
-    import models
+    from mapalign import models
     model, tok = models.load_model_and_tokenizer(tiny_lm_dir, device="cpu", padding_side="right")
     native = sft.build_sft_trainer(model, tok, EXAMPLES, str(tmp_path / "a"), per_device_train_batch_size=4)
     custom = sft.build_sft_trainer(model, tok, EXAMPLES, str(tmp_path / "b"), per_device_train_batch_size=4,
@@ -43,7 +43,7 @@ def test_custom_loss_hook_equals_trl_nll_and_trains(tiny_lm_dir, tmp_path):
 
 
 def test_completion_logits_are_the_full_logits_at_completion_positions(tiny_lm_dir):
-    import models
+    from mapalign import models
     model, tok = models.load_model_and_tokenizer(tiny_lm_dir, device="cpu", padding_side="right")
     enc = tok(["Tell me a joke", "Hi"], return_tensors="pt", padding=True)
     labels = enc["input_ids"].clone()
@@ -56,7 +56,7 @@ def test_completion_logits_are_the_full_logits_at_completion_positions(tiny_lm_d
 
 
 def test_freeze_bottom_layers(tiny_lm_dir):
-    import models
+    from mapalign import models
     model, _ = models.load_model_and_tokenizer(tiny_lm_dir, device="cpu")
     assert sft.freeze_bottom_layers(model, 0.5) == 1  # 2 blocks: the bottom one freezes
     layers = model.model.layers
@@ -67,14 +67,14 @@ def test_freeze_bottom_layers(tiny_lm_dir):
 
 
 def test_empty_examples_are_refused(tiny_lm_dir, tmp_path):
-    import models
+    from mapalign import models
     model, tok = models.load_model_and_tokenizer(tiny_lm_dir, device="cpu")
     with pytest.raises(ValueError, match="empty"):
         sft.build_sft_trainer(model, tok, [], str(tmp_path))
 
 
 def test_eos_is_appended_unless_the_example_says_not(tiny_lm_dir):
-    import models
+    from mapalign import models
     _, tok = models.load_model_and_tokenizer(tiny_lm_dir, device="cpu")
     a, b = sft.tokenize_examples(tok, [{"prompt": "Tell me", "completion": " a joke"},
                                        {"prompt": "Tell me", "completion": " a joke", "eos": False}])

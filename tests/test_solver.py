@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-import solver
+from mapalign import solver
 
 
 def kkt_holds(R, c, res, tol=1e-6, groups=None):

@@ -131,7 +131,7 @@ def test_slurm_outputs_equal_the_local_backends(base_run, tiny_lm_dir):
 
 FLAKY_PLUGIN = '''
 import os
-from values import register_value
+from mapalign.values import register_value
 
 def flaky(prompts, continuations):
     if os.path.exists(os.environ["FLAKY_FLAG"]):
@@ -235,7 +235,7 @@ def test_unsatisfiable_request_fails_at_submission_naming_the_setting(tmp_path):
 def test_refusal_after_some_submissions_cancels_them(tmp_path):
     """The second stage asks for a GPU the node lacks: the first, already queued, is cancelled."""
     need_slurm()
-    import pipeline
+    from mapalign import pipeline
     from test_pipeline import scored_file
     os.makedirs(tmp_path / "results")
     scored_file(tmp_path / "results" / "s.json")
@@ -259,7 +259,7 @@ def test_refusal_after_some_submissions_cancels_them(tmp_path):
 def test_status_falls_back_to_the_job_completion_log(tmp_path, monkeypatch):
     """Once slurmctld has forgotten a job (scontrol: invalid job id), its state comes from `sacct -c`."""
     need_slurm()
-    import pipeline
+    from mapalign import pipeline
     out = subprocess.run(["sbatch", "--parsable", "--output=/dev/null", "--wrap=exit 3"], capture_output=True,
                          text=True)
     assert out.returncode == 0, out.stderr

@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 import torch
 
-import decoding
-import tokenValueDecoder as tvd
+from mapalign import decoding
+from mapalign import token_decoder as tvd
 
 PROMPTS = ["Tell me a joke about cats.", "How do I bake bread?", "Give me three tips for sleep."]
 
@@ -15,7 +15,7 @@ def letters(prompts, continuations):
 
 @pytest.fixture(scope="module")
 def tiny(tiny_lm_dir):
-    from models import load_model_and_tokenizer
+    from mapalign.models import load_model_and_tokenizer
     return load_model_and_tokenizer(tiny_lm_dir, device="cpu")
 
 
@@ -23,7 +23,7 @@ def test_zero_lambda_is_plain_top_k_sampling(tiny):
     # with λ = 0 the processor only applies temperature and top-k: the same seed must give exactly
     # what transformers' own top-k sampling gives
     model, tok = tiny
-    from models import format_prompts
+    from mapalign.models import format_prompts
     conts, stats = tvd.value_aligned_decode(model, tok, PROMPTS, ["letters"], [0.0], max_decode_length=10, top_k=5,
                                             temperature=0.7, scorers={"letters": letters}, seed=3)
     enc = tok(format_prompts(tok, PROMPTS), return_tensors="pt", padding=True, add_special_tokens=False)

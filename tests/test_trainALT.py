@@ -8,11 +8,11 @@ import sys
 
 import pytest
 
-import alt
-import gendata
-import records
-import training
-import trainALT
+from mapalign import alt
+from mapalign import generation as gendata
+from mapalign import records
+from mapalign import training
+from mapalign import train_alt as trainALT
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -103,7 +103,7 @@ def test_sample_and_feedback_stages_resume_after_a_kill(tiny_lm_dir, tmp_path, m
 
 
 def test_train_and_validate_resume_after_a_kill(tiny_lm_dir, tmp_path, monkeypatch):
-    import sft
+    from mapalign import sft
     import transformers
     a = _alt(tmp_path, tiny_lm_dir, per_device_train_batch_size=2)
     a.sample(1)

@@ -8,10 +8,10 @@ import sys
 import numpy as np
 import pytest
 
-import dpa
-import dpatrainer
-import records
-import training
+from mapalign import dpa
+from mapalign import dpatrainer
+from mapalign import records
+from mapalign import training
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VALUES = ["sentiment", "length"]
@@ -138,7 +138,7 @@ def test_palette_conditioned_sft_and_one_pass_generation(tiny_lm_dir, tmp_path):
     selected = records.load_records(trainer.path(1, "selected.json"))
     meta = records.load_metadata(trainer.path(1, "selected.json"))
     scored = records.load_records(trainer.path(1, "scored.json"))
-    import solver
+    from mapalign import solver
     R = records.reward_matrix(scored, VALUES)
     groups = records.prompt_groups(scored)
     for pal in meta["palettes"]:
@@ -179,7 +179,7 @@ def test_bad_input_one_clear_error_nothing_written(tmp_path):
 
 
 def test_cli_stage_of_an_existing_run_needs_only_the_folder(tmp_path):
-    import trainDPA
+    from mapalign import train_dpa as trainDPA
     run = tmp_path / "run"
     first = trainDPA.settings(run, {"objectives": ("sentiment", "length"), "iterations": 2})
     dpatrainer.DPATrainer(dpatrainer.DPAConfig(**first), run, progress=False)

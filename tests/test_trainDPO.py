@@ -6,10 +6,10 @@ import os
 import numpy as np
 import pytest
 
-import models
-import records
-import training
-import trainDPO
+from mapalign import models
+from mapalign import records
+from mapalign import training
+from mapalign import train_dpo as trainDPO
 from test_genDPOdata import write_source
 
 WORDS = ["sunny happy day", "grey rainy night", "good kind friend", "sad broken toy", "warm bread smell"]
@@ -217,7 +217,7 @@ def test_argument_helpers():
 
 
 def test_iterated_map_dpo_regenerates_pairs_and_tracks_the_palette(tiny_lm_dir, tmp_path, monkeypatch):
-    import values
+    from mapalign import values
     values.register_value("test-e", fn=lambda p, c: np.array([x.count("e") / 4.0 for x in c]), overwrite=True)
     monkeypatch.chdir(tmp_path)
     recs = []

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-import models
-import training
-import trainPPO
-import values
+from mapalign import models
+from mapalign import training
+from mapalign import train_ppo as trainPPO
+from mapalign import values
 
 PROMPTS = ["Tell me a joke", "How do I bake bread?", "What is the best way to learn?", "Give me tips"] * 4
 

@@ -6,8 +6,8 @@ import sys
 import numpy as np
 import pytest
 
-import tiny
-import values
+from mapalign import tiny
+from mapalign import values
 from conftest import ROOT
 
 PROMPTS = ["How do I bake bread at home without a mixer?", "Tell me a joke about cats and dogs.", "hi",
@@ -97,7 +97,7 @@ def test_unknown_value_lists_registered_values():
 
 def test_uncached_hub_value_names_model_and_override(monkeypatch, empty_hub_cache):
     monkeypatch.delenv("MAP_MODEL_HUMOR", raising=False)
-    import models
+    from mapalign import models
     assert models.hub_snapshot("mohameddhiab/humor-no-humor") is None
     with pytest.raises(models.ModelNotAvailableError) as err:
         values.load_scorer("humor")
@@ -105,7 +105,7 @@ def test_uncached_hub_value_names_model_and_override(monkeypatch, empty_hub_cach
 
 
 def test_import_is_cheap():
-    code = "import sys, values; print('torch' in sys.modules, 'transformers' in sys.modules)"
+    code = "import sys; from mapalign import values; print('torch' in sys.modules, 'transformers' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "False"]
 
@@ -206,7 +206,7 @@ def test_perplexity_batched_equals_original_per_text_loss(tiny_models):
 
 
 def test_perplexity_accepts_loaded_model_and_defaults_to_smollm2(tiny_models, monkeypatch):
-    import models
+    from mapalign import models
     model, tokenizer = models.load_model_and_tokenizer(tiny_models["lm"], device="cpu")
     by_name = values.load_scorer("perplexity", basemodel_for_perplexity=tiny_models["lm"])(PROMPTS, CONTINUATIONS)
     by_object = values.load_scorer("perplexity", basemodel_for_perplexity=(model, tokenizer))(PROMPTS, CONTINUATIONS)
@@ -281,7 +281,7 @@ def test_register_value_python_plugin():
 
 def test_load_plugins_from_file_and_env(tmp_path, monkeypatch):
     plugin = tmp_path / "my_values.py"
-    plugin.write_text("import values\n"
+    plugin.write_text("from mapalign import values\n"
                       "values.register_value('shouting', lambda p, c: [sum(ch.isupper() for ch in x) for x in c])\n")
     assert values.load_plugins(str(plugin)) == ["shouting"]
     np.testing.assert_array_equal(values.score("shouting", ["q"], ["HeLLo"]), [3.0])
@@ -289,7 +289,7 @@ def test_load_plugins_from_file_and_env(tmp_path, monkeypatch):
     with pytest.raises(FileNotFoundError, match="plugin file not found"):
         values.load_plugins(str(tmp_path / "missing.py"))
     other = tmp_path / "env_values.py"
-    other.write_text("import values\nvalues.register_value('exclaims', lambda p, c: [x.count('!') for x in c])\n")
+    other.write_text("from mapalign import values\nvalues.register_value('exclaims', lambda p, c: [x.count('!') for x in c])\n")
     monkeypatch.setenv("MAP_PLUGINS", str(other))
     assert "exclaims" in values.list_values()
 

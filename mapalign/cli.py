@@ -6,7 +6,7 @@ import sys
 
 import fire
 
-from errors import InputError
+from mapalign.errors import InputError
 
 
 def main(component, **fire_kwargs):
@@ -55,7 +55,7 @@ def float_list(x, name):
 
 
 def _lambda_file(path, name):
-    import primaldual  # imported here: it pulls in the solver, which most CLIs never need
+    from mapalign import primaldual  # imported here: it pulls in the solver, which most CLIs never need
     return primaldual.load_target(path, flag=f"--{name}=@")["lam"]
 
 
@@ -78,7 +78,7 @@ def str_list(x, name):
 def values_and_lambda(value_list, lam_list):
     """The aligned values (values.expand_value_list) and their λ, one per value, as lists.
     Raises errors.InputError when the counts differ."""
-    from values import expand_value_list
+    from mapalign.values import expand_value_list
     values = expand_value_list(value_list)
     lam = float_list(lam_list, "lam_list")
     if len(lam) != len(values):

@@ -16,9 +16,9 @@ Fixes against the original plot_cal_winrate (SPEC-MAP §10, §14):
 """
 import numpy as np
 
-import records
-from errors import InputError
-import solver
+from mapalign import records
+from mapalign.errors import InputError
+from mapalign import solver
 
 
 class EvaluationError(InputError):

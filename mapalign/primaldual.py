@@ -34,9 +34,9 @@ import warnings
 
 import numpy as np
 
-import records
-import solver
-from errors import InputError, NotFoundError
+from mapalign import records
+from mapalign import solver
+from mapalign.errors import InputError, NotFoundError
 
 TARGET_KEYS = ("temperature", "top_k", "top_p", "max_new_tokens", "use_chat_template")
 # what a trainer samples with when its λ records no sampling config (older λ files, original MAP files)
@@ -232,8 +232,8 @@ def within_tolerance(levels, se, c, lam, tol_se=2.0, tol_abs=0.0):
 def sample_policy(model, tokenizer, prompts, per_prompt, sampling, seed, first_id=0, batch_size=32):
     """Records {prompt, continuation, prompt_id, sample_id, prompt_ids, continuation_ids} of `per_prompt`
     samples per raw prompt, drawn with `sampling` (decoding.sample_continuations; exact sampled ids)."""
-    import decoding
-    import models
+    from mapalign import decoding
+    from mapalign import models
     was_training = model.training
     model.eval()
     inputs = models.format_prompts(tokenizer, prompts, use_chat_template=sampling.get("use_chat_template"))
@@ -412,8 +412,8 @@ def training_target(lam_list=None, value_list=None, lambda_file=None, palette=No
     λ comes from --lambda_file (a λ target written by alignValues.py, with what it was fitted on) or
     --lam_list (by hand: nothing recorded); --palette alone starts from the exact solve on the reference
     model's held-out samples. --value_list defaults to the λ file's values."""
-    import cli
-    from values import expand_value_list
+    from mapalign import cli
+    from mapalign.values import expand_value_list
     target = None
     if lambda_file is not None:
         if lam_list is not None:

@@ -24,10 +24,10 @@ import warnings
 
 import numpy as np
 
-import cli
-import records
-from errors import InputError
-import values as values_registry
+from mapalign import cli
+from mapalign import records
+from mapalign.errors import InputError
+from mapalign import values as values_registry
 
 MC_KEYS = ("chosen_index", "mc_ess")
 
@@ -234,7 +234,7 @@ def sample_continuations(model, tokenizer, inputs, num_samples, max_new_tokens=5
 
 def chunk_seeds(seed, first_prompt_index):
     """(torch seed for sampling, numpy seed for resampling) of the batch starting at that prompt."""
-    from gendata import block_seed
+    from mapalign.generation import block_seed
     return block_seed(seed, first_prompt_index, 0), block_seed(seed, first_prompt_index, 1)
 
 
@@ -264,10 +264,10 @@ def mc_decode(model, tokenizer, prompts, lam, value_names, MC_nsamples=16, score
         mc_ess, rewards ({value: float} of the chosen sample), and with return_candidates: candidates
         (M raw texts), candidate_rewards ((k, M) list) and weights (M); plus the generated-token count.
     """
-    from models import format_prompts
+    from mapalign.models import format_prompts
     from tqdm.auto import tqdm
 
-    import engines
+    from mapalign import engines
     lam = np.asarray(lam, dtype=np.float64).reshape(-1)
     value_names = list(value_names)
     if len(value_names) != lam.size:

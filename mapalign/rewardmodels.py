@@ -23,7 +23,7 @@ import os
 
 import numpy as np
 
-from errors import InputError, NotFoundError
+from mapalign.errors import InputError, NotFoundError
 
 RM_FILE = "map_reward_model.json"
 RIDGE_FILE = "ridge_probes.npz"
@@ -115,7 +115,7 @@ def label_range(Y, output_scale, given=None):
 def load_backbone(name, device=None):
     """(base model without LM head, tokenizer with right padding) of a models.py model name."""
     from transformers import AutoModel
-    import models
+    from mapalign import models
     _, location = models.resolve_model_name(name)
     tokenizer = models.load_tokenizer(location, padding_side="right")
     model = AutoModel.from_pretrained(location).to(device or models.default_device()).eval()
@@ -185,7 +185,7 @@ def train_ridge_reward_model(backbone, rows, attributes, output_dir, pooling="la
     The probes are written first and map_reward_model.json last (atomically), so a folder with the
     json is complete.
     """
-    import records
+    from mapalign import records
     import time
     attributes = list(attributes)
     Y = np.full((len(rows), len(attributes)), np.nan)

@@ -14,7 +14,7 @@ import matplotlib
 matplotlib.use("Agg")  # headless: no display on servers and CI
 import matplotlib.pyplot as plt  # noqa: E402
 
-import values  # noqa: E402
+from mapalign import values  # noqa: E402
 
 FORMATS = ("pdf", "png")
 

@@ -37,10 +37,11 @@ import sys
 import time
 from dataclasses import dataclass, field
 
-import records
-from errors import InputError
+from mapalign import REPO_ROOT
+from mapalign import records
+from mapalign.errors import InputError
 
-ROOT = os.path.dirname(os.path.abspath(__file__))
+ROOT = REPO_ROOT
 DEFAULT_SETTINGS = os.path.join(ROOT, "submit", "cluster.yaml")
 KINDS = ("generation", "scoring", "training", "cpu")
 ACTIVE_STATES = {"PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "SUSPENDED", "REQUEUED", "RESIZING"}
@@ -93,7 +94,7 @@ def _holds_value(path, value):
 def value_done(path, value):
     """A reward column: merged into the results file, or scored completely into its temp file (add_reward
     writes the temp file's sidecar last)."""
-    from mergeProcessor import temp_reward_path
+    from mapalign.merging import temp_reward_path
     temp = temp_reward_path(path, value)
     return Marker(lambda: os.path.isfile(records.metadata_path(temp)) or _holds_value(path, value),
                   f"{value!r} scored for {path}")
@@ -665,7 +666,7 @@ def execute(pipe, backend="slurm", dry=False, settings=None, show_status=False):
 
 def check_values(values):
     """Every value must be registered (values.py); one error naming the unknown ones."""
-    import values as registry
+    from mapalign import values as registry
     try:
         for v in values:
             registry.get_spec(v)
@@ -679,14 +680,14 @@ MODEL_FREE_VALUE_KINDS = {"length", "diversity", "vader", "profanity"}
 
 def scoring_kind(value):
     """"cpu" for a value scored without a model (length, diversity, sentiment, profanity), else "scoring"."""
-    import values as registry
+    from mapalign import values as registry
     return "cpu" if registry.get_spec(value).kind in MODEL_FREE_VALUE_KINDS else "scoring"
 
 
 def count_prompts(data_name, num_prompts=None, seed=0, **prompt_options):
     """How many prompts a generation will cover: loads the source (so a data set that is not available
     fails here, before anything is submitted) and applies num_prompts."""
-    from prompts import load_prompts
+    from mapalign.prompts import load_prompts
     try:
         n = len(load_prompts(data_name, seed=seed, **prompt_options))
     except (OSError, ValueError, KeyError) as e:
@@ -696,8 +697,8 @@ def count_prompts(data_name, num_prompts=None, seed=0, **prompt_options):
 
 def base_name(model, data_name):
     """`{model short name}-{data tag}`, the stem gendata gives the outputs of this model × prompt set."""
-    from models import model_short_name
-    from prompts import data_tag
+    from mapalign.models import model_short_name
+    from mapalign.prompts import data_tag
     return f"{model_short_name(model)}-{data_tag(data_name)}"
 
 
@@ -749,7 +750,7 @@ def add_mc_generation(pipe, name, model, data_name, save_directory, n_prompts, l
     The shards go to `{save_directory}/temp/` under the original's names, which hold λ; with "@FILE" λ is
     unknown until the pipeline runs, so give each λ file its own save_directory (shards of another λ there
     would be taken for this one's)."""
-    from decoding import lam_string
+    from mapalign.decoding import lam_string
     base = base_name(model, data_name)
     temp = os.path.join(save_directory, "temp")
     val = ",".join(values)
@@ -826,7 +827,7 @@ def add_histograms(pipe, name, results_path, after=()):
 def main(build):
     """Entry point of a submit/ script: `python submit/x.py [status] --flags`. A leading `status`
     word means --status=True; the rest goes to `build` through cli.main (fire)."""
-    import cli
+    from mapalign import cli
     if len(sys.argv) > 1 and sys.argv[1] == "status":
         sys.argv = [sys.argv[0]] + sys.argv[2:] + ["--status=True"]
     cli.main(build)

@@ -50,9 +50,9 @@ import re
 import numpy as np
 import pandas as pd
 
-import records
-import solver
-from errors import InputError
+from mapalign import records
+from mapalign import solver
+from mapalign.errors import InputError
 
 
 class ArtefactError(InputError):
@@ -196,7 +196,7 @@ def read_json_artefact(path, what, how_to_make):
 def load_points(points_file):
     """Read and validate a points table (format in the module docstring). Returns its dict."""
     table = read_json_artefact(points_file, "points table", "Write one (format: python -c "
-                               "\"import plot.artefacts as a; help(a)\") or run plot/make_gallery.py.")
+                               "\"from mapalign.plots import artefacts; help(artefacts)\") or run plot/make_gallery.py.")
     points = table.get("points") if isinstance(table, dict) else None
     if not isinstance(points, list) or not points:
         raise ArtefactError(f"points table {points_file!r} needs a non-empty list under \"points\".")

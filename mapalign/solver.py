@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.optimize import linprog
 
-from errors import InputError
+from mapalign.errors import InputError
 
 FEASIBLE, INFEASIBLE, NOT_CONVERGED = "feasible", "infeasible", "not_converged"
 

@@ -26,7 +26,7 @@ import re
 
 import numpy as np
 
-from errors import InputError
+from mapalign.errors import InputError
 
 PREAMBLE = "You are a helpful, respectful and honest assistant."
 TEMPLATE = PREAMBLE + " Your response should maximize weighted rating = {terms}."
@@ -208,7 +208,7 @@ def select(rewards, vectors, rng, mode="argmax"):
     (resample: draw j with probability softmax(λᵀr)_j, importance resampling toward p ∝ p·exp(λᵀr)).
     Returns (chosen (P,) int, scores (P, K)). Uses decoding.choose_samples for the draw.
     """
-    import decoding
+    from mapalign import decoding
     R = np.asarray(rewards, dtype=np.float64)
     V = np.asarray(vectors, dtype=np.float64)
     if R.ndim != 3 or V.shape != (R.shape[0], R.shape[2]):
@@ -235,7 +235,7 @@ def spearman(x, y):
 def system_prompt_for(direction=None, weights=None, objectives="helpfulness,verbosity"):
     """What `gendata.py --direction=θ` / `--weights=w1,w2` mean: (record fields {theta, weights, system},
     system prompt), or (None, None) when neither is given. θ needs exactly two objectives."""
-    import cli
+    from mapalign import cli
     if direction is None and weights is None:
         return None, None
     names = cli.str_list(objectives, "objectives")

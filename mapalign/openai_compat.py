@@ -26,8 +26,8 @@ import time
 import urllib.error
 import urllib.request
 
-import records
-from errors import InputError
+from mapalign import records
+from mapalign.errors import InputError
 
 RETRY_STATUS = (408, 409, 429, 500, 502, 503, 504)
 

@@ -30,7 +30,7 @@ import os
 import random
 import re
 
-from errors import InputError
+from mapalign.errors import InputError
 
 BUILTIN_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "builtin_prompts.json")
 ANTHROPIC_REPO, ANTHROPIC_DIR, ANTHROPIC_SPLIT = "Anthropic/hh-rlhf", "harmless-base", "test"

@@ -23,8 +23,8 @@ import shutil
 import sys
 import tempfile
 
-import records
-from errors import InputError, NotFoundError
+from mapalign import records
+from mapalign.errors import InputError, NotFoundError
 
 DEFAULT_MODEL = "smollm2-135m"
 

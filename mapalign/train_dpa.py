@@ -1,0 +1,152 @@
+"""DPA: directional preference alignment by rejection-sampling fine-tuning, and MAP × DPA palette-conditioned
+SFT (see dpatrainer.py for the method, dpa.py for directions, weights and templates).
+
+    # a two-head reward model (ridge probes on a frozen backbone, DPA's 0-100 scale)
+    python rewardTrainer.py --objective=ridge --model_name_or_path=smollm2-135m --data_source_path=FILE \\
+        --attributes=helpfulness,verbosity --output_dir=models/rm --output_scale=0-100
+    # T iterations of sample -> score -> select -> train, with the θ-grid evaluation of every iterate
+    python trainDPA.py --output_dir=runs/dpa --objectives=rm:models/rm --iterations=3 run
+    # or stage by stage (each resumable; a finished stage is skipped)
+    python trainDPA.py --output_dir=runs/dpa --objectives=rm:models/rm sample --iteration=1
+    ... score --iteration=1; select --iteration=1; train --iteration=1; evaluate --iteration=1
+    python trainDPA.py --output_dir=runs/dpa --objectives=rm:models/rm front     # the front per iteration
+    # palette-conditioned SFT, then one-pass generation for a palette (checked by the solver first)
+    python trainDPA.py --output_dir=runs/pal --mode=palette --objectives=sentiment,length --iterations=1 run
+    python trainDPA.py --output_dir=runs/pal --mode=palette --objectives=sentiment,length generate_palette \\
+        --c_list=0.4,20
+At inference, `gendata.py --direction=-15` (or `--weights=97,-26`, `--objectives=...`) writes the same
+system prompt as training; `generate_direction_grid --step=15` covers θ = −45°…45°.
+"""
+import dataclasses
+import json
+import os
+
+from mapalign import cli
+from mapalign.errors import NotFoundError
+from mapalign import dpatrainer
+from mapalign.dpatrainer import DPAConfig
+
+
+FIELDS = [f.name for f in dataclasses.fields(DPAConfig) if f.name != "template"]
+
+
+def settings(output_dir, given):
+    """The run's settings: flags given on the command line, else the run folder's recorded ones (so a stage
+    of an existing run needs only --output_dir), else DPAConfig's defaults. Normalises list flags."""
+    path = os.path.join(str(output_dir), dpatrainer.CONFIG_FILE)
+    stored = {}
+    if os.path.isfile(path):
+        with open(path, encoding="utf-8") as f:
+            stored = {k: v for k, v in json.load(f)["config"].items() if k in FIELDS}
+    out = dict(stored, **given)
+    for name in ("objectives", "objective_names"):
+        if out.get(name) is not None:
+            out[name] = ",".join(cli.str_list(out[name], name))
+    return out
+
+
+class TrainDPA:
+    """Direction- (DPA) or palette-conditioned rejection-sampling fine-tuning; settings are recorded in
+    {output_dir}/dpa_config.json and a run folder refuses other settings unless --overwrite=True. A flag left
+    out takes the run folder's recorded value, else the default below (so `--output_dir=runs/dpa front`
+    works on a finished run).
+
+    Args:
+        output_dir: run folder (iter{t}/samples|scored|selected.json, iter{t}/model, eval/iter{t}.json).
+        model_name: starting policy π0 (default the embedded smollm2-135m; a folder or hub id).
+        objectives: the k rewarded values: registry names or reward-model heads (rm:FOLDER = all heads,
+            rm:FOLDER/attr = one), comma-separated (default rm:models/rm).
+        objective_names: names written into the system prompt (default the heads' attribute names).
+        mode: direction (DPA, the default) or palette (MAP × DPA).
+        data_name: prompt source (prompts.py; default builtin).
+        num_train_prompts: training prompts per iteration (the first N of the source; default 64).
+        num_eval_prompts: held-out prompts (the next ones) for evaluation and palette generation (16).
+        iterations: T (default 3).
+        samples_per_prompt: K responses per prompt (default 4).
+        max_new_tokens, temperature, top_k, batch_size: sampling (as gendata.py; 64, 1.0, 50, 32).
+        max_angle: training directions θ ~ U[−max_angle, max_angle] degrees (45, as DPA).
+        main_objective: index of the cap's centre for k > 2 objectives (default 0).
+        rerank_directions: extra directions (palette mode: palettes) per prompt that re-rank the same K
+            samples (default 0 = DPA as published; recorded, it changes the data distribution).
+        num_palettes: palette mode: size of the drawn pool of feasible palettes (default 16).
+        scaling_max: palette mode: accept palettes with Σλ ≤ this (default 50).
+        eval_grid_step: θ grid step for evaluation (5 or 15 degrees; default 15).
+        learning_rate, num_train_epochs, per_device_train_batch_size, use_lora, lora_r, lora_alpha,
+            max_length: the SFT step (sft.train_sft, TRL SFTTrainer, loss on the assistant turn only; defaults
+            1e-4, 2, 8, True, 16, 32, 512).
+        seed: every random draw derives from it (default 0).
+        overwrite: redo finished stages and replace a run folder's settings.
+        progress: tqdm bars.
+    """
+
+    def __init__(self, output_dir, model_name=None, objectives=None, objective_names=None, mode=None, data_name=None,
+                 num_train_prompts=None, num_eval_prompts=None, iterations=None, samples_per_prompt=None,
+                 max_new_tokens=None, temperature=None, top_k=None, batch_size=None, max_angle=None,
+                 main_objective=None, rerank_directions=None, num_palettes=None, scaling_max=None,
+                 eval_grid_step=None, learning_rate=None, num_train_epochs=None, per_device_train_batch_size=None,
+                 use_lora=None, lora_r=None, lora_alpha=None, max_length=None, seed=None, overwrite=False,
+                 progress=True):
+        given = {k: v for k, v in locals().items() if k in FIELDS and v is not None}
+        self.config = DPAConfig(**settings(output_dir, given))
+        self.trainer = dpatrainer.DPATrainer(self.config, output_dir, overwrite=overwrite, progress=progress)
+
+    def sample(self, iteration=1):
+        """K responses per training prompt from π_{t−1} under sampled directions -> iter{t}/samples.json."""
+        return self.trainer.sample(iteration)
+
+    def score(self, iteration=1):
+        """Score iter{t}/samples.json on every objective -> iter{t}/scored.json."""
+        return self.trainer.score(iteration)
+
+    def select(self, iteration=1):
+        """Argmax of (w/100)ᵀr per prompt (palette mode: resampling with softmax(λᵀr)) -> iter{t}/selected.json."""
+        return self.trainer.select(iteration)
+
+    def train(self, iteration=1):
+        """SFT of π_{t−1} on the selections (assistant turn only, LoRA) -> iter{t}/model."""
+        return self.trainer.train(iteration)
+
+    def evaluate(self, iteration=0, directions=None):
+        """π_t on the held-out prompts over the θ grid (or the given --directions, degrees), scored ->
+        eval/iter{t}.json (0 = the starting model)."""
+        angles = None if directions is None else cli.float_list(directions, "directions")
+        return self.trainer.evaluate(iteration, angles=angles)
+
+    def run(self, evaluate=True):
+        """All stages for t = 1..T (and the grid evaluation of π_0..π_T in direction mode)."""
+        return self.trainer.run(evaluate=evaluate)
+
+    def front(self):
+        """Print the front of every evaluated iteration (mean per direction, words) and its direction control."""
+        values = self.trainer.values
+        t = 0
+        while os.path.isfile(os.path.join(self.trainer.output_dir, "eval", f"iter{t}.json")):
+            from mapalign import records
+            points = dpatrainer.front(records.load_records(os.path.join(self.trainer.output_dir, "eval",
+                                                                        f"iter{t}.json")), values)
+            control = dpatrainer.direction_control(points, values)
+            print(f"iteration {t}: Spearman(θ, ratio) = {control['spearman_ratio']:.3f}, "
+                  f"Spearman(θ, {self.trainer.names[1]}) = {control['spearman_second']:.3f}")
+            for p in points:
+                print(f"  θ={p['angle']:6.1f} w={p['weights']}  " + "  ".join(
+                    f"{n}={p['mean'][v]:.3f}±{p['se'][v]:.3f}" for n, v in zip(self.trainer.names, values))
+                      + f"  words={p['words']:.1f}")
+            t += 1
+        if t == 0:
+            raise NotFoundError(f"no evaluation in {self.trainer.output_dir}/eval; run evaluate first")
+
+    def generate_palette(self, c_list, model=None, reference_file=None, use_suggested=False):
+        """Check a palette with the solver on the reference samples (default iter1/scored.json) and generate
+        one response per held-out prompt with the palette-conditioned model (default the last iterate);
+        prints the realized levels. An infeasible palette is refused with the nearest feasible one."""
+        from mapalign.evaluation import standard_error
+        import numpy as np
+        from mapalign import records
+        path, result, written = self.trainer.generate_palette(c_list, model=model, reference_file=reference_file,
+                                                              use_suggested=use_suggested)
+        recs = records.load_records(path)
+        print(f"palette {written}: {result.status} on the reference samples (λ = {np.round(result.lam, 4).tolist()})")
+        for n, v, c in zip(self.trainer.names, self.trainer.values, written):
+            x = np.array([r[v] for r in recs])
+            print(f"  {n}: c = {c}, realized {x.mean():.4f} ± {standard_error(x):.4f}")
+        return path

@@ -1,0 +1,373 @@
+"""MAP-F: fine-tune a policy toward the MAP target p_λ(y|x) ∝ p0(y|x)·exp(λᵀr(x,y)).
+
+    python trainPPO.py --model_name=smollm2-135m --data_name=builtin --value_list=sentiment,harmlessness \
+        --lam_list=0.8,1.5 --learning_rate=1e-5 --batch_size=8 --mini_batch_size=4 --nepoch=1 --use_lora=True
+    accelerate launch --config_file accelerate_configs/multi_gpu.yaml trainPPO.py ...   # several GPUs
+
+Why this is not PPO. The original used TRL's step-based PPOTrainer (trl < 0.12); TRL removed PPO
+entirely in 1.13, and its last PPO needed reward models with a `.score` head sharing the policy's
+tokenizer, so Python reward functions such as λᵀr could not be used. MAP-F only needs the optimum
+of the KL-regularised objective
+
+    max_p  E_p[λᵀr] − β·KL(p‖p0),   whose maximiser is   p ∝ p0·exp(λᵀr/β),
+
+which at β = 1 is exactly p_λ. RLOOTrainer (the default here) optimises this objective: it subtracts
+β·(log p(y|x) − log p0(y|x)) from each sampled reward (a single-sample estimate of the KL) and uses the
+other samples of the same prompt as the baseline. GRPOTrainer (--trainer=grpo) is offered with
+scale_rewards="none" (dividing by the group std would make training blind to λ's scale, which is
+what MAP tunes); its KL enters the loss (k3 estimator), not the reward.
+
+Fixes over the original: every listed value enters the reward (the original dropped diversity and
+perplexity), rewards see clean decoded text (raw prompt, continuation without special tokens; the
+original fed literal `</s>`), the KL weight is β (default 1, the theory's value) instead of TRL's
+adaptive KL, sampling uses the full distribution (top_k=0, top_p=1, temperature 1: the target is
+defined for p0 itself, so the original's top_k=50 is an option, not the default), and runs are seeded.
+
+Matched targets and the palette. `--lambda_file` takes a λ target written by alignValues.py (values, λ,
+estimator, and the sampling config and base model it was fitted on): the run samples with that config
+and refuses another (`--allow_mismatch`). `--palette=c1,c2,...` solves min KL(π‖p0) s.t. E_π[r_i] ≥ c_i
+by primal-dual tracking (primaldual.py, PaletteCallback): λ is corrected every `--palette_every` steps
+from the policy's realized levels on held-out prompts.
+
+    python trainPPO.py --lambda_file=results/alignValues.jsonl --palette=0.45,0.6 --use_lora=True ...
+"""
+import os
+
+import numpy as np
+from transformers import TrainerCallback
+
+from mapalign import models
+from mapalign import training
+from mapalign import values as value_registry
+from mapalign.errors import InputError
+
+TRAINERS = ("rloo", "grpo")
+
+
+class ValueReward:
+    """A TRL reward function for one value: scores (raw prompt, continuation) pairs with the value
+    registry's scorer. Named after the value, so TRL logs `rewards/<value>/mean`."""
+
+    def __init__(self, value, scorer):
+        self.value = value
+        self.scorer = scorer
+        self.__name__ = value
+
+    def __call__(self, prompts, completions, map_prompt=None, **kwargs):
+        raw_prompts = list(map_prompt) if map_prompt is not None else list(prompts)
+        continuations = [c if isinstance(c, str) else c[-1]["content"] for c in completions]
+        continuations = [c.strip() for c in continuations]
+        scores = np.asarray(self.scorer(raw_prompts, continuations), dtype=np.float64)
+        if scores.shape != (len(continuations),):
+            raise ValueError(f"scorer of value {self.value!r} returned shape {scores.shape}; expected "
+                             f"({len(continuations)},) (one float per text)")
+        return scores.tolist()
+
+
+def load_scorers(values, device=None, basemodel_for_perplexity=None):
+    """value -> scorer(prompts, continuations) from the value registry (cached per process)."""
+    return {v: value_registry.load_scorer(v, device=device, basemodel_for_perplexity=basemodel_for_perplexity)
+            for v in values}
+
+
+def map_reward_functions(values, lam, scorers):
+    """The MAP reward as TRL wants it: one reward function per value and reward_weights = λ, so the
+    trainer's reward is Σ_i λ_i r_i over every listed value (TRL sums weighted rewards)."""
+    if len(values) != len(lam):
+        raise InputError(f"--lam_list has {len(lam)} entries but --value_list names {len(values)} values "
+                         f"({values}); give one λ per value, in the same order.")
+    missing = [v for v in values if v not in scorers]
+    if missing:
+        raise InputError(f"no scorer for values {missing}")
+    return [ValueReward(v, scorers[v]) for v in values], [float(x) for x in lam]
+
+
+def combined_reward(prompts, continuations, values, lam, scorers):
+    """(k, n) reward matrix and the (n,) MAP reward λᵀr for (raw prompt, continuation) pairs."""
+    rewards = np.stack([np.asarray(scorers[v](list(prompts), list(continuations)), dtype=np.float64)
+                        for v in values])
+    return rewards, np.asarray(lam, dtype=np.float64) @ rewards
+
+
+def load_training_prompts(data_name, seed=0, max_prompts=None):
+    """Prompt texts of a prompt source (prompts.load_prompts), optionally the first `max_prompts`."""
+    from mapalign import prompts as prompt_sources
+    texts = prompt_sources.load_prompts(data_name, seed=seed)
+    texts = [p["prompt"] if isinstance(p, dict) else p for p in texts]
+    if max_prompts is not None:
+        texts = texts[:int(max_prompts)]
+    if not texts:
+        raise InputError(f"prompt source {data_name!r} gave no prompts")
+    return texts
+
+
+def prompt_dataset(tokenizer, prompts, use_chat_template=None):
+    """The trainer's dataset: `prompt` formatted for the model (what it generates from), `map_prompt`
+    the raw text (what the values score), `prompt_id` the prompt's index in its source."""
+    from datasets import Dataset
+    formatted = models.format_prompts(tokenizer, prompts, use_chat_template=use_chat_template)
+    return Dataset.from_dict({"prompt": formatted, "map_prompt": list(prompts),
+                              "prompt_id": list(range(len(prompts)))})
+
+
+def build_dataset(tokenizer, data_name, seed=0, max_prompts=None, use_chat_template=None):
+    """The original's build_dataset (without its PPOConfig argument): the prompts of `data_name` as a
+    datasets.Dataset (see prompt_dataset). The original tokenised here and decoded the ids back with
+    special tokens, which is how literal `</s>` reached the reward models; TRL now tokenises itself."""
+    return prompt_dataset(tokenizer, load_training_prompts(data_name, seed=seed, max_prompts=max_prompts),
+                          use_chat_template=use_chat_template)
+
+
+def build_trainer(model, tokenizer, prompts, values, lam, scorers, output_dir, trainer="rloo", beta=1.0,
+                  ref_model=None, peft_config=None, learning_rate=1e-6, batch_size=20, mini_batch_size=2,
+                  nepoch=1, num_generations=2, max_new_tokens=50, temperature=1.0, top_k=0, top_p=1.0,
+                  use_chat_template=None, seed=0, report_to="none", bf16=False, gradient_checkpointing=False,
+                  logging_steps=10, save_steps=50, max_steps=-1, num_iterations=1, grpo_loss_type="dapo",
+                  callbacks=None):
+    """The configured TRL trainer (RLOOTrainer or GRPOTrainer) for MAP-F; see `main` for the arguments.
+
+    `prompts` are raw prompt texts; the trainer sees them formatted for the model (chat template
+    when it has one) while reward functions see the raw text. `ref_model` is the explicit p0 for
+    full fine-tuning (None with a PEFT adapter: the adapter-disabled base is p0).
+    """
+    if trainer not in TRAINERS:
+        raise InputError(f"--trainer must be one of {TRAINERS}; got {trainer!r}")
+    batch_size, mini_batch_size, num_generations = int(batch_size), int(mini_batch_size), int(num_generations)
+    if num_generations < 2:
+        raise InputError("--num_generations must be >= 2: RLOO/GRPO compare samples of the same prompt")
+    if batch_size % mini_batch_size:
+        raise InputError(f"--batch_size={batch_size} must be divisible by --mini_batch_size={mini_batch_size} "
+                         "(as in the original: gradient accumulation = batch / mini-batch)")
+    if batch_size % num_generations:
+        raise InputError(f"--batch_size={batch_size} (completions per step) must be divisible by "
+                         f"--num_generations={num_generations}")
+    if batch_size % (mini_batch_size * _world_size()):
+        raise InputError(f"--batch_size={batch_size} must be divisible by --mini_batch_size × processes "
+                         f"({mini_batch_size} × {_world_size()})")
+    if float(beta) != 0.0 and peft_config is None and ref_model is None:
+        raise InputError("full fine-tuning with beta > 0 needs the explicit reference p0: pass "
+                         "ref_model=training.frozen_copy(model) (taken before training)")
+    funcs, weights = map_reward_functions(values, lam, scorers)
+    dataset = prompt_dataset(tokenizer, prompts, use_chat_template=use_chat_template)
+    common = training.common_config(
+        output_dir, seed=seed, report_to=report_to, bf16=bf16, gradient_checkpointing=gradient_checkpointing,
+        logging_steps=logging_steps, save_steps=save_steps, learning_rate=float(learning_rate),
+        per_device_train_batch_size=mini_batch_size,
+        gradient_accumulation_steps=max(1, batch_size // mini_batch_size // _world_size()),
+        num_train_epochs=float(nepoch), max_steps=int(max_steps), beta=float(beta),
+        num_generations=num_generations, max_completion_length=int(max_new_tokens),
+        temperature=float(temperature), top_k=int(top_k), top_p=float(top_p), reward_weights=weights,
+        num_iterations=int(num_iterations), remove_unused_columns=False)
+    if trainer == "rloo":
+        from trl import RLOOConfig, RLOOTrainer
+        from trl.trainer import rloo_trainer as module
+        config = RLOOConfig(normalize_advantages=False, **common)  # normalising would erase λ's scale
+        trainer_cls = RLOOTrainer
+    else:
+        from trl import GRPOConfig, GRPOTrainer
+        from trl.trainer import grpo_trainer as module
+        config = GRPOConfig(scale_rewards="none", multi_objective_aggregation="sum_then_normalize",
+                            loss_type=grpo_loss_type, **common)
+        trainer_cls = GRPOTrainer
+    with training.explicit_reference(module, model, None if peft_config is not None else ref_model) as used:
+        built = trainer_cls(model=model, reward_funcs=funcs, args=config, train_dataset=dataset,
+                            processing_class=tokenizer, peft_config=peft_config, callbacks=callbacks)
+    if float(beta) != 0.0 and peft_config is None and not used["used"]:
+        raise RuntimeError("internal: the trainer did not take the explicit reference model")
+    return built
+
+
+class PaletteCallback(TrainerCallback):
+    """Primal-dual palette tracking inside an RLOO/GRPO run (primaldual.py): at the start and every
+    `every` optimizer steps, measure the policy's realized levels on held-out prompts and set the
+    trainer's reward weights (λ) to the tracker's update; stop training once every value is within
+    tolerance. Attach with `trainer.add_callback(cb)` after `cb.trainer = trainer`."""
+
+    def __init__(self, tracker, every, tokenizer, lam=None, verbose=True, refuse_at_start=True):
+        self.tracker, self.every, self.tokenizer, self.verbose = tracker, int(every), tokenizer, verbose
+        # refuse a palette the first round proves infeasible on p0's held-out samples (when no larger
+        # sample of p0 was checked before training)
+        self.refuse_at_start = bool(refuse_at_start)
+        self.lam = None if lam is None else np.asarray(lam, dtype=np.float64)
+        self.trainer = None
+        self.stopped_within = False
+
+    def _round(self, state, control):
+        import torch
+        trainer = self.trainer
+        lam = self.lam if self.lam is not None else trainer.reward_weights.double().numpy()
+        new, ok = self.tracker.round(trainer.model, self.tokenizer, lam, ref_model=getattr(trainer, "ref_model", None),
+                                     step=int(state.global_step))
+        entry = self.tracker.history[-1]
+        if self.verbose:
+            print(self.tracker.summary_line(entry))
+        if entry["status"] == "infeasible" and state.global_step == 0 and self.refuse_at_start:
+            raise InputError(f"the palette {self.tracker.c.tolist()} is infeasible on the reference model's held-out "
+                             "samples (proved by "
+                             f"an LP certificate); suggested palette: --palette="
+                             + ",".join(f"{x:.4f}" for x in (entry.get("suggested_palette") or [])))
+        self.lam = np.asarray(new, dtype=np.float64)
+        trainer.reward_weights = torch.tensor(self.lam, dtype=torch.float32)
+        if ok and state.global_step > 0:
+            self.stopped_within = True
+            control.should_training_stop = True
+        return control
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if self.lam is None or self.tracker.update == "exact":
+            return self._round(state, control)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step % self.every == 0:
+            return self._round(state, control)
+
+
+
+def _world_size():
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def main(lam_list=None, value_list=None, model_name=None, data_name="builtin", save_path=None,
+         learning_rate=1e-6, batch_size=20, mini_batch_size=2, nepoch=1, trainer="rloo", beta=1.0,
+         num_generations=2, max_new_tokens=None, temperature=None, top_k=None, top_p=None, max_prompts=None,
+         use_chat_template=None, lambda_file=None, allow_mismatch=False, palette=None, palette_every=10,
+         palette_prompts=16, palette_samples=4, dual_update="exact", dual_step=1.0, palette_tol_se=2.0,
+         use_lora=False, lora_r=16, lora_alpha=32, lora_dropout=0.05,
+         lora_target_modules="all-linear", merge_lora=True, seed=0, resume_from_checkpoint=None,
+         report_to="none", bf16=False, gradient_checkpointing=False, logging_steps=10, save_steps=50,
+         max_steps=-1, num_iterations=1, grpo_loss_type="dapo", dtype=None, value_device=None, overwrite=False):
+    """Train MAP-F and save the model to `save_path` (with map_training.json: λ, values, base model, seed,
+    the λ target and, with --palette, the primal-dual rounds and palette_rounds.png).
+
+    Args:
+        lam_list: λ, one per value, e.g. 1.548,1.148 (by hand: nothing records what it was fitted on).
+        lambda_file: a λ target from alignValues.py (results/alignValues.jsonl: its last entry, or a .json):
+            values, λ, estimator, sampling config, base model and results file. The run samples with that
+            config and refuses a different one (see allow_mismatch).
+        allow_mismatch: train even when the sampling config or base model differs from the λ file's (the
+            difference is recorded as a warning in the metadata).
+        palette: target levels c1,c2,... (one per value): primal-dual tracking (primaldual.py) minimises
+            KL(π‖p0) subject to E_π[r_i] ≥ c_i by correcting λ from the policy's realized levels. A palette
+            proved infeasible is refused with the suggested palette (proved on the λ file's results file
+            when there is one, else on the first round's held-out samples of p0).
+        palette_every: optimizer steps between λ updates; palette_prompts: held-out prompts (the last N of
+            the source, never trained on); palette_samples: samples per held-out prompt per round.
+        dual_update: "exact" (dual solve on importance weights of the policy's samples; the first round,
+            before training, is the exact solve on p0's samples) or "ascent" (λ ← max(0, λ + η(c − m̂)),
+            η = dual_step). palette_tol_se: stop once every value is within this many standard errors.
+        value_list: "all" (the task's values) or a comma-separated list (default: the λ file's values, else
+            all); the reward is Σ λ_i r_i over every one of them, scored on (raw prompt, clean continuation).
+        model_name: policy p0: "smollm2-135m" (embedded), opt1.3b, llama2_chat, gpt2, a folder or a hub id
+            (default: the λ file's base model, else smollm2-135m).
+        data_name: prompt source for prompts.load_prompts ("builtin" offline, "Anthropic-harmless", "Imdb").
+        save_path: output folder; default modelsPPO/{model}-{data}-lam_{λ}-val_{values} (the original's
+            name, "," and "=" replaced by "_"; with --palette, "pal_{c}" instead of λ).
+        learning_rate: optimizer learning rate (original 1e-6 for full fine-tuning; LoRA needs ~1e-5..1e-4).
+        batch_size: completions per optimizer step (original: rollouts per PPO step, 20).
+        mini_batch_size: completions per forward/backward pass; gradient accumulation = batch/mini.
+        nepoch: passes over the prompts (each prompt is sampled num_generations times per pass).
+        trainer: "rloo" (default; KL in the reward) or "grpo" (KL in the loss, scale_rewards="none").
+        beta: KL weight β; the trained policy targets p0·exp(λᵀr/β), so β = 1 (default) aims at p_λ.
+        num_generations: samples per prompt for the leave-one-out / group baseline (>= 2).
+        max_new_tokens, temperature, top_k, top_p, use_chat_template: sampling; default: the λ file's
+            (the config λ was fitted with), else the documented default: 50 new tokens, temperature 1,
+            no top-k/top-p truncation, chat template when the model has one.
+        max_prompts: use only the first N training prompts (quick runs).
+        use_lora, lora_r, lora_alpha, lora_dropout, lora_target_modules: train a LoRA adapter (PEFT)
+            instead of all weights; p0 is then the adapter-disabled base.
+        merge_lora: save the merged full model in save_path (adapter in save_path/adapter); False saves
+            only the adapter.
+        seed: seeds sampling, data order and initialisation; recorded in the metadata.
+        resume_from_checkpoint: None = continue from the newest checkpoint in save_path if any;
+            False = start over; True = require one; or a checkpoint folder.
+        report_to: "none" (default), "tensorboard", "wandb" or a comma-separated list.
+        bf16, gradient_checkpointing: off by default (CPU-safe); turn on for GPUs.
+        logging_steps, save_steps, max_steps, num_iterations: Trainer settings (max_steps > 0 caps steps).
+        grpo_loss_type: GRPO's loss ("dapo" default, "grpo", "dr_grpo", ...); ignored by RLOO.
+        dtype: model dtype ("float32" default, "bfloat16").
+        value_device: device for the reward scorers (default: this process's device).
+        overwrite: retrain even when save_path already holds a finished model.
+    Returns:
+        the save_path.
+    """
+    from mapalign import primaldual
+    values, lam, target, c = primaldual.training_target(lam_list, value_list, lambda_file, palette)
+    requested = {"temperature": temperature, "top_k": top_k, "top_p": top_p, "max_new_tokens": max_new_tokens,
+                 "use_chat_template": use_chat_template}
+    if target is None and model_name is None:
+        model_name = models.DEFAULT_MODEL
+    sampling, model_name, notes = primaldual.resolve_sampling(target, requested, model_name, allow_mismatch)
+    if save_path is None:
+        from mapalign import prompts as prompt_sources
+        stem = training.map_model_name(models.model_short_name(model_name), prompt_sources.data_tag(data_name),
+                                       lam if lam is not None else c, values)
+        save_path = os.path.join("modelsPPO", stem.replace("-lam_", "-pal_") if c is not None else stem)
+    save_path = training.sanitize_save_path(save_path)
+    if training.is_finished(save_path) and not overwrite:
+        print(f"{save_path} already holds a finished MAP-F model; pass --overwrite=True to retrain.")
+        return save_path
+    training.set_seed(seed)
+    prompts = load_training_prompts(data_name, seed=seed)
+    held_out = []
+    if c is not None:
+        if len(prompts) <= int(palette_prompts):
+            raise InputError(f"--palette needs held-out prompts: the source has {len(prompts)} prompts and "
+                             f"--palette_prompts={palette_prompts}; lower it or use a larger source")
+        prompts, held_out = prompts[:-int(palette_prompts)], prompts[-int(palette_prompts):]
+    if max_prompts is not None:
+        prompts = prompts[:int(max_prompts)]
+    model, tokenizer = models.load_model_and_tokenizer(model_name, device="cpu", dtype=dtype)
+    model.train()
+    peft_config = training.lora_config(lora_r, lora_alpha, lora_dropout, lora_target_modules) if use_lora else None
+    ref_model = None if use_lora or float(beta) == 0.0 else training.frozen_copy(model)
+    if value_device is None:  # under `accelerate launch` each process scores on its own device
+        from accelerate import PartialState
+        value_device = str(PartialState().device)
+    scorers = load_scorers(values, device=value_device, basemodel_for_perplexity=model_name)
+    callback = None
+    if c is not None:
+        tracker = primaldual.PaletteTracker(
+            values, c, lambda p, t: combined_reward(p, t, values, np.zeros(len(values)), scorers)[0], held_out,
+            palette_samples, sampling, update=dual_update, step=dual_step, tol_se=palette_tol_se, seed=seed,
+            first_id=len(prompts))
+        checked = False
+        results_file = (target or {}).get("results_file")
+        if results_file and os.path.isfile(results_file):  # prove feasibility on the λ's own p0 samples
+            from mapalign import records
+            recs = records.load_records(results_file)
+            primaldual.check_feasible(values, c, records.reward_matrix(recs, values, source=results_file),
+                                      records.prompt_groups(recs))
+            checked = True
+        callback = PaletteCallback(tracker, palette_every, tokenizer, lam=lam, refuse_at_start=not checked)
+    trainer_obj = build_trainer(
+        model, tokenizer, prompts, values, lam if lam is not None else np.zeros(len(values)), scorers, save_path,
+        trainer=trainer, beta=beta, ref_model=ref_model, peft_config=peft_config, learning_rate=learning_rate,
+        batch_size=batch_size, mini_batch_size=mini_batch_size, nepoch=nepoch, num_generations=num_generations,
+        max_new_tokens=sampling["max_new_tokens"], temperature=sampling["temperature"], top_k=sampling["top_k"],
+        top_p=sampling["top_p"], use_chat_template=sampling["use_chat_template"], seed=seed, report_to=report_to,
+        bf16=bf16, gradient_checkpointing=gradient_checkpointing, logging_steps=logging_steps, save_steps=save_steps,
+        max_steps=max_steps, num_iterations=num_iterations, grpo_loss_type=grpo_loss_type,
+        callbacks=None if callback is None else [callback])
+    if callback is not None:
+        callback.trainer = trainer_obj
+    metadata = training.base_metadata(
+        "MAP-F", model_name, seed, trainer=type(trainer_obj).__name__, values=values,
+        lam=None if lam is None else [float(x) for x in lam], beta=float(beta),
+        target="p ∝ p0·exp(λᵀr/β) (= p_λ at β = 1)", data_name=data_name, num_prompts=len(prompts),
+        learning_rate=float(learning_rate), batch_size=int(batch_size), mini_batch_size=int(mini_batch_size),
+        nepoch=float(nepoch), num_generations=int(num_generations), sampling=sampling,
+        max_new_tokens=int(sampling["max_new_tokens"]), temperature=float(sampling["temperature"]),
+        top_k=int(sampling["top_k"]), top_p=float(sampling["top_p"]), use_lora=bool(use_lora),
+        lambda_target=target, lambda_file=lambda_file, target_warnings=notes, allow_mismatch=bool(allow_mismatch),
+        lora={"r": lora_r, "alpha": lora_alpha, "dropout": lora_dropout, "target_modules": lora_target_modules}
+        if use_lora else None, use_chat_template=sampling["use_chat_template"], max_steps=int(max_steps))
+    trainer_obj.train(resume_from_checkpoint=training.resume_checkpoint(save_path, resume_from_checkpoint))
+    metadata["log_history"] = trainer_obj.state.log_history
+    if callback is not None:
+        metadata.update(palette=[float(x) for x in c], lam=[float(x) for x in callback.lam],
+                        objective="min KL(π‖p0) s.t. E_π[r_i] ≥ c_i", dual_update=dual_update,
+                        palette_rounds=callback.tracker.history, palette_within_tolerance=callback.stopped_within,
+                        held_out_prompts=len(held_out), palette_samples=int(palette_samples))
+        os.makedirs(save_path, exist_ok=True)
+        primaldual.plot_history(callback.tracker.history, values, c, os.path.join(save_path, "palette_rounds.png"))
+    return training.save_trained(trainer_obj, tokenizer, save_path, metadata, merge_lora=merge_lora)
