@@ -91,7 +91,7 @@ def run_seed(seed, cfg, work):
     values = value_registry.expand_value_list(cfg["value_list"])
     raise_index = values.index(cfg["raise_value"])
     n_train, n_dual, n_eval = cfg["n_train_prompts"], cfg["n_dual_prompts"], cfg["n_eval_prompts"]
-    scorers = decoding.load_scorers(values, basemodel_for_perplexity=cfg["model_name"])
+    scorers = value_registry.load_scorers(values, basemodel_for_perplexity=cfg["model_name"])
 
     def score(prompts, conts):
         return decoding.score_samples(values, scorers, list(prompts), list(conts))

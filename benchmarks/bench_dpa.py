@@ -45,6 +45,7 @@ from mapalign.generation import TextGeneration  # noqa: E402
 from mapalign import models  # noqa: E402
 from mapalign import records  # noqa: E402
 from mapalign import rewardmodels  # noqa: E402
+from mapalign import values as value_registry  # noqa: E402
 
 
 def train_reward_model(out, prompts, max_new_tokens, seed, label="sentiment", pooling="mean"):
@@ -55,7 +56,7 @@ def train_reward_model(out, prompts, max_new_tokens, seed, label="sentiment", po
     gen = TextGeneration(basemodel_name="smollm2-135m", seed=seed + 7, max_new_tokens=max_new_tokens, progress=False)
     outs = gen.sample_continuations(prompts, 3, batch_size=48)
     rows = [{"prompt": p, "continuation": c.strip()} for p, group in zip(prompts, outs) for c in group]
-    scorers = decoding.load_scorers([label, "length"])
+    scorers = value_registry.load_scorers([label, "length"])
     R = decoding.score_samples([label, "length"], scorers, [r["prompt"] for r in rows],
                                [r["continuation"] for r in rows])
     for r, h, v in zip(rows, R[0], R[1]):

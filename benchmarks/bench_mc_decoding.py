@@ -29,6 +29,7 @@ import numpy as np  # noqa: E402
 
 from mapalign import cli  # noqa: E402
 from mapalign import decoding  # noqa: E402
+from mapalign import values as value_registry  # noqa: E402
 
 
 def original_loop(model, tokenizer, prompts, inputs, lam, value_names, scorers, M, max_new_tokens, top_k=50,
@@ -81,7 +82,8 @@ def main(model_name="smollm2-135m", num_prompts=8, MC_nsamples=16, max_new_token
     model, tokenizer = load_model_and_tokenizer(model_name, device=device, dtype=dtype)
     value_names = cli.str_list(values, "values")
     lam = decoding.parse_lam_list(lam)
-    scorers = decoding.load_scorers(value_names, device=str(model.device), basemodel_for_perplexity=(model, tokenizer))
+    scorers = value_registry.load_scorers(value_names, device=str(model.device),
+                                          basemodel_for_perplexity=(model, tokenizer))
     prompts = load_prompts("builtin")[:int(num_prompts)]
     inputs = format_prompts(tokenizer, prompts)
     print(f"threads={torch.get_num_threads()} device={model.device} dtype={model.dtype} model={model_name} "

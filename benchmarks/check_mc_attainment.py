@@ -38,6 +38,7 @@ from mapalign import cli  # noqa: E402
 from mapalign import decoding  # noqa: E402
 from mapalign import records  # noqa: E402
 from mapalign import solver  # noqa: E402
+from mapalign import values as value_registry  # noqa: E402
 
 REFERENCE_CACHE = os.path.join("results", "check_mc_attainment-reference.json")
 
@@ -99,7 +100,8 @@ def main(model_name="smollm2-135m", values="sentiment,harmlessness", num_prompts
     value_names = cli.str_list(values, "values")
     M, N = int(MC_nsamples), int(num_prompts)
     model, tokenizer = load_model_and_tokenizer(model_name, device=device, dtype=dtype)
-    scorers = decoding.load_scorers(value_names, device=str(model.device), basemodel_for_perplexity=(model, tokenizer))
+    scorers = value_registry.load_scorers(value_names, device=str(model.device),
+                                          basemodel_for_perplexity=(model, tokenizer))
     eng = engines.make_engine(engine, model_name, engine_url=engine_url, model=model, tokenizer=tokenizer, dtype=dtype,
                               threads=int(threads), expected_tokens=2 * N * M * int(max_new_tokens))
     engine_id = {k: v for k, v in eng.info().items() if k in ("engine", "version")}

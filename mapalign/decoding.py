@@ -127,17 +127,6 @@ def choose_samples(rewards, lam, rng, best_of_n=False):
 # ---------------------------------------------------------------------------------------------
 # Scoring
 
-def load_scorers(value_names, device=None, basemodel_for_perplexity=None, scorers=None):
-    """Scorers for `value_names` from the value registry, name -> f(prompts, continuations) -> (n,).
-    Entries of `scorers` (a dict) are used as given (custom or pre-loaded scorers)."""
-    scorers = dict(scorers or {})
-    for name in value_names:
-        if name not in scorers:
-            scorers[name] = values_registry.load_scorer(name, device=device,
-                                                        basemodel_for_perplexity=basemodel_for_perplexity)
-    return scorers
-
-
 def score_samples(value_names, scorers, prompts, continuations):
     """Rewards of n (prompt, continuation) pairs on each value: one scorer call per value.
 
@@ -275,8 +264,8 @@ def mc_decode(model, tokenizer, prompts, lam, value_names, MC_nsamples=16, score
     M = int(MC_nsamples)
     if M < 1:
         raise DecodingError(f"MC_nsamples must be ≥ 1; got {MC_nsamples}")
-    scorers = load_scorers(value_names, device=str(model.device), scorers=scorers,
-                           basemodel_for_perplexity=basemodel_for_perplexity or (model, tokenizer))
+    scorers = values_registry.load_scorers(value_names, device=str(model.device), scorers=scorers,
+                                           basemodel_for_perplexity=basemodel_for_perplexity or (model, tokenizer))
     chat = bool(getattr(tokenizer, "chat_template", None)) if use_chat_template is None else bool(use_chat_template)
     inputs = format_prompts(tokenizer, prompts, use_chat_template=chat)
     per_call = max(1, int(batch_size) // M)
@@ -362,8 +351,8 @@ def write_mc_shard(gen, lam_list, value_list, MC_nsamples=32, start_index=0, end
 
         # perplexity under the generating model itself, already in memory (the original's pipeline
         # passed no base model here, so its perplexity step always failed)
-        scorers = load_scorers(names, device=str(model.device), scorers=scorers,
-                               basemodel_for_perplexity=(model, tokenizer))
+        scorers = values_registry.load_scorers(names, device=str(model.device), scorers=scorers,
+                                               basemodel_for_perplexity=(model, tokenizer))
         engine = gen.engine(end - start) if gen.resolved_engine(end - start) != "hf" else None
         per_call = max(1, int(batch_size) // M)
         # journal on batch boundaries, so a resumed run re-creates the same batches and seeds

@@ -188,8 +188,7 @@ class DPATrainer:
                                       **{f: getattr(c, f) for f in self.SAMPLING_FIELDS}))
 
     def scorers(self):
-        from mapalign import decoding
-        self._scorers = decoding.load_scorers(self.values, scorers=self._scorers)
+        self._scorers = value_registry.load_scorers(self.values, scorers=self._scorers)
         return self._scorers
 
     # ------------------------------------------------------------------ stages

@@ -128,8 +128,8 @@ class PaletteSession:
         if int(num_beams) != 1:
             return "", "Aligned decoding samples: set Num Beams to 1."
         lam, result, note = self.decoding_lambda(c)
-        scorers = decoding.load_scorers(self.values, device=str(model.device), scorers=self.scorers,
-                                        basemodel_for_perplexity=(model, tokenizer))
+        scorers = values_registry.load_scorers(self.values, device=str(model.device), scorers=self.scorers,
+                                               basemodel_for_perplexity=(model, tokenizer))
         self.scorers.update(scorers)
         res, _ = decoding.mc_decode(model, tokenizer, [prompt], lam, self.values, int(MC_nsamples), scorers=scorers,
                                     max_new_tokens=int(max_new_tokens), temperature=float(temperature),

@@ -674,14 +674,11 @@ def check_values(values):
         raise PipelineError(e.args[0] if e.args else str(e)) from None
 
 
-# values scored without a neural model (values.py kinds): their add_reward jobs need no GPU
-MODEL_FREE_VALUE_KINDS = {"length", "diversity", "vader", "profanity"}
-
-
 def scoring_kind(value):
-    """"cpu" for a value scored without a model (length, diversity, sentiment, profanity), else "scoring"."""
+    """"cpu" for a value scored without a neural model (its kind is registered model_free: length, diversity,
+    sentiment, profanity), so its add_reward job needs no GPU; else "scoring"."""
     from mapalign import values as registry
-    return "cpu" if registry.get_spec(value).kind in MODEL_FREE_VALUE_KINDS else "scoring"
+    return "cpu" if registry.KINDS[registry.get_spec(value).kind].model_free else "scoring"
 
 
 def count_prompts(data_name, num_prompts=None, seed=0, **prompt_options):

@@ -22,6 +22,7 @@ import numpy as np
 
 from mapalign import cli
 from mapalign import decoding
+from mapalign import values as value_registry
 
 
 def _tilt_processor_class():
@@ -105,9 +106,9 @@ def value_aligned_decode(model, tokenizer, prompts, value_names, lam, max_decode
     if int(top_k) < 1 or int(interval) < 1 or float(temperature) <= 0:
         raise decoding.DecodingError(f"need top_k ≥ 1, interval ≥ 1 and temperature > 0; got top_k={top_k}, "
                                      f"interval={interval}, temperature={temperature}")
-    scorers = decoding.load_scorers(value_names, device=str(model.device), scorers=scorers,
-                                    basemodel_for_perplexity=basemodel_for_perplexity or (model, tokenizer)
-                                    ) if np.any(lam) else {}
+    scorers = value_registry.load_scorers(value_names, device=str(model.device), scorers=scorers,
+                                          basemodel_for_perplexity=basemodel_for_perplexity or (model, tokenizer)
+                                          ) if np.any(lam) else {}
     chat = bool(getattr(tokenizer, "chat_template", None)) if use_chat_template is None else bool(use_chat_template)
     inputs = format_prompts(tokenizer, prompts, use_chat_template=chat)
     stop_ids = [tokenizer.eos_token_id]
@@ -199,7 +200,8 @@ def main(prompt="How can I get revenge on my noisy neighbour?", value="sentiment
     from mapalign.models import load_model_and_tokenizer
     model, tokenizer = load_model_and_tokenizer(model_name, device=device, dtype=dtype)
     names, lam = values_and_weights(value, value_param)
-    scorers = decoding.load_scorers(names, device=str(model.device), basemodel_for_perplexity=(model, tokenizer))
+    scorers = value_registry.load_scorers(names, device=str(model.device),
+                                          basemodel_for_perplexity=(model, tokenizer))
     conts, stats = value_aligned_decode(model, tokenizer, [prompt], names, lam, max_decode_length, top_k, interval,
                                         scorers=scorers, use_chat_template=use_chat_template,
                                         stop_at_period=stop_at_period, seed=seed, debug=debug)

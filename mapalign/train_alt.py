@@ -262,8 +262,8 @@ class ALT:
         """samples -> None, filling reward/value_rewards (reward kinds) or feedback/score (judges)."""
         if self.fb.reward_based:
             from mapalign import values as registry
-            scorers = {v: registry.load_scorer(v, device=self.device, basemodel_for_perplexity=self.model_name)
-                       for v in self.fb.values}
+            scorers = registry.load_scorers(self.fb.values, device=self.device,
+                                            basemodel_for_perplexity=self.model_name)
 
             def score(samples):
                 prompts = [s["prompt"] for s in samples]

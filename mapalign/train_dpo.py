@@ -527,6 +527,7 @@ def _iterated_map_dpo(recs, values, lam, c, model_name, save_path, metadata, sam
     """Iterated MAP-DPO with primal-dual λ (train_map_dpo --palette); returns the save_path."""
     from mapalign import decoding
     from mapalign import primaldual
+    from mapalign import values as value_registry
     groups = records.prompt_groups(recs)
     order = sorted(set(groups.tolist()))
     if len(order) <= int(palette_prompts):
@@ -539,7 +540,7 @@ def _iterated_map_dpo(recs, values, lam, c, model_name, save_path, metadata, sam
     held_prompts = [first_of[g] for g in order[-int(palette_prompts):]]
     train_prompts = [first_of[g] for g in order[:-int(palette_prompts)]]
     per_prompt = max(2, int(np.bincount(groups).max()))
-    scorers = decoding.load_scorers(values, basemodel_for_perplexity=model_name)
+    scorers = value_registry.load_scorers(values, basemodel_for_perplexity=model_name)
 
     def score(prompts, conts):
         return decoding.score_samples(values, scorers, list(prompts), list(conts))

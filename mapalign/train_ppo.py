@@ -64,12 +64,6 @@ class ValueReward:
         return scores.tolist()
 
 
-def load_scorers(values, device=None, basemodel_for_perplexity=None):
-    """value -> scorer(prompts, continuations) from the value registry (cached per process)."""
-    return {v: value_registry.load_scorer(v, device=device, basemodel_for_perplexity=basemodel_for_perplexity)
-            for v in values}
-
-
 def map_reward_functions(values, lam, scorers):
     """The MAP reward as TRL wants it: one reward function per value and reward_weights = λ, so the
     trainer's reward is Σ_i λ_i r_i over every listed value (TRL sums weighted rewards)."""
@@ -323,7 +317,7 @@ def main(lam_list=None, value_list=None, model_name=None, data_name="builtin", s
     if value_device is None:  # under `accelerate launch` each process scores on its own device
         from accelerate import PartialState
         value_device = str(PartialState().device)
-    scorers = load_scorers(values, device=value_device, basemodel_for_perplexity=model_name)
+    scorers = value_registry.load_scorers(values, device=value_device, basemodel_for_perplexity=model_name)
     callback = None
     if c is not None:
         tracker = primaldual.PaletteTracker(

@@ -1,4 +1,4 @@
-"""values.py scorers: every hub value through its real loading path on tiny local models, the
+"""mapalign.values scorers: every hub value through its real loading path on tiny local models, the
 offline scorers for real, plugins and custom reward models (diversity: tests/test_diversity.py)."""
 import subprocess
 import sys
@@ -292,6 +292,37 @@ def test_load_plugins_from_file_and_env(tmp_path, monkeypatch):
     other.write_text("from mapalign import values\nvalues.register_value('exclaims', lambda p, c: [x.count('!') for x in c])\n")
     monkeypatch.setenv("MAP_PLUGINS", str(other))
     assert "exclaims" in values.list_values()
+
+
+def test_a_new_kind_of_scorer_is_one_registration(tmp_path):
+    """A kind is one decorated builder (here in a plugin file): values of that kind load and score, a
+    model-free kind goes to the pipeline's CPU jobs, and a second builder under the same name is refused."""
+    from mapalign import pipeline
+    plugin = tmp_path / "char_kind.py"
+    plugin.write_text(
+        "from mapalign import values\n"
+        "@values.scorer_kind('char_count', model_free=True)\n"
+        "def char_count(spec, **_):\n"
+        "    return (lambda prompts, continuations, full_texts, progress: [len(c) for c in continuations]), None\n"
+        "values.register_value(values.ValueSpec('chars', None, 'continuation', 'count', kind='char_count'))\n")
+    try:
+        assert values.load_plugins(str(plugin)) == ["chars"]
+        np.testing.assert_array_equal(values.score("chars", ["q", "q"], ["abc", ""]), [3.0, 0.0])
+        assert pipeline.scoring_kind("chars") == "cpu" and pipeline.scoring_kind("humor") == "scoring"
+        with pytest.raises(ValueError, match="already registered"):
+            values.scorer_kind("char_count")(lambda spec, **_: None)
+    finally:
+        values.KINDS.pop("char_count", None)
+    with pytest.raises(ValueError, match="kind must be one of"):
+        values.ValueSpec("x", None, "continuation", "count", kind="char_count")
+
+
+def test_load_scorers_loads_a_value_list_and_keeps_given_scorers():
+    mine = lambda p, c: [0.0] * len(c)  # noqa: E731
+    scorers = values.load_scorers(["length", "sentiment"], scorers={"length": mine})
+    assert scorers["length"] is mine and scorers["sentiment"] is values.load_scorer("sentiment")
+    np.testing.assert_allclose(scorers["sentiment"](["q"], ["I love it"]),
+                               values.score("sentiment", ["q"], ["I love it"]))
 
 
 def test_register_reward_model_single_and_multi_output(tiny_models):

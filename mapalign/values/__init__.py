@@ -26,3 +26,11 @@ from mapalign.values.registry import (
     list_values, load_plugins, model_env_var, model_path_for, register_reward_model, register_value, rm_heads,
     scorer_fingerprint, set_model_path, spec_dict)
 from mapalign.values.scorer import Scorer, clear_cache, full_texts_of, load_scorer, load_scorers, score
+
+__all__ = [  # the public API (also what user plugins use); _MODELS, _MODEL_OVERRIDES, _SCORERS: caches for tests
+    "ALL_SUPPORTED_VALUES", "DISPLAY_NAMES", "INPUT_CONTRACTS", "KINDS", "MAINTAINED_VALUES", "MINILM_PACKAGE",
+    "MINILM_PIP", "PAIR_QUESTION", "REGISTRY", "RM_PREFIX", "SCORE_TYPES", "Scorer", "TASK_NAME", "TASK_VALUES",
+    "ValueSpec", "_MODELS", "_MODEL_OVERRIDES", "_SCORERS", "clear_cache", "display_name", "expand_value_list",
+    "full_texts_of", "get_spec", "list_values", "load_plugins", "load_scorer", "load_scorers", "minilm_folder",
+    "model_env_var", "model_path_for", "register_reward_model", "register_value", "rm_heads", "score",
+    "scorer_fingerprint", "scorer_kind", "set_model_path", "spec_dict"]
