@@ -665,7 +665,7 @@ def execute(pipe, backend="slurm", dry=False, settings=None, show_status=False):
 
 
 def check_values(values):
-    """Every value must be registered (values.py); one error naming the unknown ones."""
+    """Every value must be registered (mapalign.values); one error naming the unknown ones."""
     from mapalign import values as registry
     try:
         for v in values:

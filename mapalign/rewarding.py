@@ -120,7 +120,7 @@ class RewardProcessor:
         .jsonl results file).
 
         Args:
-            value: a registered value name (see values.py), e.g. sentiment, harmlessness, coherence-minilm,
+            value: a registered value name (see mapalign.values), e.g. sentiment, harmlessness, coherence-minilm,
                 perplexity, diversity, length, humor, gpt2-helpful.
             basemodel_for_perplexity: the model whose perplexity is scored (value "perplexity"); default:
                 the model named in the file's metadata sidecar (the model that generated it).

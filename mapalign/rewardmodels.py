@@ -16,7 +16,7 @@ attribute is labelled (NaN = missing), with the L2 strength α chosen from a gri
 seeded hold-out, then refitted on all labelled rows with that α. Closed form through one SVD per
 attribute, so it is cheap on CPU.
 
-The value registry (values.py) names a folder's heads as `rm:FOLDER` (all heads) or `rm:FOLDER/attr`.
+The value registry (mapalign.values) names a folder's heads as `rm:FOLDER` (all heads) or `rm:FOLDER/attr`.
 """
 import json
 import os
