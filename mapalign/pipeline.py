@@ -26,7 +26,6 @@ failed or missing work is submitted. `status` shows each stage's job id, state a
 Job ids and log paths of a submission are kept in `{log_dir}/{pipeline}/jobs.json`.
 """
 import contextlib
-import datetime
 import json
 import os
 import re
@@ -513,7 +512,7 @@ def submit_slurm(pipe, settings, plan):
         submitted_stages.add(name)
         previous[name] = {"job_id": job, "script": script_path, "tasks": pending,
                           "log": os.path.join(folder, f"{name}-{'%A_%a' if stage.is_array else '%j'}.log"),
-                          "submitted": datetime.datetime.now().isoformat(timespec="seconds")}
+                          "submitted": records.timestamp()}
         print(f"{name}: submitted job {job}" + (f" (array {_array_spec(pending)})" if stage.is_array else "")
               + (f" after {', '.join(parents)}" if parents else ""))
     records.save_json_atomic({"pipeline": pipe.name, "workdir": pipe.workdir, "stages": previous},
@@ -750,11 +749,10 @@ def add_mc_generation(pipe, name, model, data_name, save_directory, n_prompts, l
     The shards go to `{save_directory}/temp/` under the original's names, which hold λ; with "@FILE" λ is
     unknown until the pipeline runs, so give each λ file its own save_directory (shards of another λ there
     would be taken for this one's)."""
-    from mapalign.decoding import lam_string
     base = base_name(model, data_name)
     temp = os.path.join(save_directory, "temp")
     val = ",".join(values)
-    lam_glob = "*" if str(lam).startswith("@") else lam_string([float(x) for x in str(lam).split(",")])
+    lam_glob = "*" if str(lam).startswith("@") else records.lam_string([float(x) for x in str(lam).split(",")])
     common = flags(basemodel_name=model, data_name=data_name, save_directory=save_directory, **(gen_options or {}))
     ranges = shard_ranges(n_prompts, shards)
     pipe.add(name, "gendata.py",

@@ -18,7 +18,7 @@ are OUTPUTS below, under D.
 """
 import os
 
-from mapalign import cli
+from mapalign import arguments
 from mapalign import pipeline
 from mapalign.errors import InputError
 
@@ -52,7 +52,7 @@ def main(value_list, iterations=3, model_name="smollm2-135m", data_name="builtin
         settings: cluster YAML (default submit/cluster.yaml; copy and edit it).
         status: show each stage's job, state and log instead of submitting (also: `<script> status ...`).
     """
-    values = cli.str_list(value_list, "value_list")
+    values = arguments.str_list(value_list, "value_list")
     pipeline.check_values(values)
     options = stage_options or {}
     if not isinstance(options, dict) or set(options) - set(OUTPUTS):

@@ -20,7 +20,7 @@ completion markers, written last) are OUTPUTS below, under D.
 """
 import os
 
-from mapalign import cli
+from mapalign import arguments
 from mapalign import pipeline
 from mapalign.errors import InputError
 
@@ -52,12 +52,12 @@ def main(value_list, iterations=3, model_name="smollm2-135m", data_name="builtin
         settings: cluster YAML (default submit/cluster.yaml; copy and edit it).
         status: show each stage's job, state and log instead of submitting (also: `<script> status ...`).
     """
-    values = cli.str_list(value_list, "value_list")
+    values = arguments.str_list(value_list, "value_list")
     pipeline.check_values(values)
     options = stage_options or {}
     if not isinstance(options, dict) or set(options) - set(OUTPUTS):
         raise InputError(f"--stage_options must map stages {list(OUTPUTS)} to flag dicts; got {stage_options!r}")
-    angles = None if directions is None else cli.float_list(directions, "directions")
+    angles = None if directions is None else arguments.float_list(directions, "directions")
     pipe = pipeline.Pipeline(name, workdir)
     os.chdir(pipe.workdir)
     pipeline.count_prompts(data_name, num_prompts, seed=seed)  # the prompt source must load here

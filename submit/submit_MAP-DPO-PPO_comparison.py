@@ -13,7 +13,7 @@ original's 6D/5D/4D runs).
 """
 import os
 
-from mapalign import cli
+from mapalign import arguments
 from mapalign import pipeline
 from mapalign.errors import InputError
 
@@ -40,7 +40,7 @@ def main(file_path, value_list="all", dims="6,5,4", num_lambda=100, scaling_MAX=
     pipeline.check_values(values)
     pipe = pipeline.Pipeline(name, workdir)
     os.chdir(pipe.workdir)
-    for k in [int(x) for x in cli.float_list(dims, "dims")]:
+    for k in [int(x) for x in arguments.float_list(dims, "dims")]:
         if not 1 <= k <= len(values):
             raise InputError(f"--dims: {k} is not between 1 and the {len(values)} values of --value_list")
         prefix = os.path.join(save_directory, f"rand_MAP_lambda_{k}D")

@@ -13,8 +13,9 @@ shards → add_reward per value (parallel jobs) → merge → assess (evaluation
 """
 import os
 
-from mapalign import cli
+from mapalign import arguments
 from mapalign import pipeline
+from mapalign import records
 from mapalign.errors import InputError
 
 
@@ -39,13 +40,13 @@ def main(lam_list, value_list, basemodel_name="smollm2-135m", data_name="builtin
         settings: cluster YAML (default submit/cluster.yaml; copy and edit it).
         status: show each stage's job, state and log instead of submitting (also: `<script> status ...`).
     """
-    values = cli.str_list(value_list, "value_list")
-    evaluated = cli.str_list(evaluate_values, "evaluate_values") if evaluate_values else values
+    values = arguments.str_list(value_list, "value_list")
+    evaluated = arguments.str_list(evaluate_values, "evaluate_values") if evaluate_values else values
     if str(lam_list).startswith("@"):
         lam, lam_tag = str(lam_list), os.path.basename(str(lam_list)[1:]).replace(".json", "")
     else:
-        numbers = cli.float_list(lam_list, "lam_list")
-        lam, lam_tag = ",".join(str(x) for x in numbers), ",".join(f"{x:.3f}" for x in numbers)
+        numbers = arguments.float_list(lam_list, "lam_list")
+        lam, lam_tag = ",".join(str(x) for x in numbers), records.lam_string(numbers)
     if not lam.startswith("@") and len(lam.split(",")) != len(values):
         raise InputError(f"--lam_list has {len(lam.split(','))} entries but --value_list has {len(values)} values")
     pipe = pipeline.Pipeline(name, workdir)

@@ -13,7 +13,7 @@ merge shards → add_reward per value (parallel jobs; perplexity under the base 
 """
 import os
 
-from mapalign import cli
+from mapalign import arguments
 from mapalign import pipeline
 from mapalign.errors import InputError
 
@@ -43,8 +43,8 @@ def main(lam_list, value_list, model_name="smollm2-135m", data_name="builtin", s
     from mapalign import training
     from mapalign.models import model_short_name
     from mapalign.prompts import data_tag
-    values = cli.str_list(value_list, "value_list")
-    evaluated = cli.str_list(evaluate_values, "evaluate_values") if evaluate_values else values
+    values = arguments.str_list(value_list, "value_list")
+    evaluated = arguments.str_list(evaluate_values, "evaluate_values") if evaluate_values else values
     pipeline.check_values(values)
     pipe = pipeline.Pipeline(name, workdir)
     os.chdir(pipe.workdir)
@@ -54,7 +54,7 @@ def main(lam_list, value_list, model_name="smollm2-135m", data_name="builtin", s
         if save_path is None:
             raise InputError("with --lam_list=@FILE give --save_path (the default model folder's name holds λ)")
     else:
-        numbers = cli.float_list(lam_list, "lam_list")
+        numbers = arguments.float_list(lam_list, "lam_list")
         lam = ",".join(str(x) for x in numbers)
         if save_path is None:
             save_path = os.path.join("modelsPPO", training.map_model_name(

@@ -45,9 +45,9 @@ def main(value_list="sentiment,harmlessness", c_list=None, basemodel_name="smoll
         settings: cluster YAML (default submit/cluster.yaml; copy and edit it).
         status: show each stage's job, state and log instead of submitting (also: `submit_jobs.py status ...`).
     """
-    from mapalign import cli
-    values = cli.str_list(value_list, "value_list")
-    aligner_list = cli.str_list(aligners, "aligners")
+    from mapalign import arguments
+    values = arguments.str_list(value_list, "value_list")
+    aligner_list = arguments.str_list(aligners, "aligners")
     if set(aligner_list) - {"mc", "ppo"}:
         raise InputError(f"--aligners takes mc, ppo or mc,ppo; got {aligners!r}")
     pipe = pipeline.Pipeline(name, workdir)
@@ -64,7 +64,7 @@ def main(value_list="sentiment,harmlessness", c_list=None, basemodel_name="smoll
         pipeline.execute(pipe, backend, dry_run, settings, status)
         return
 
-    c = cli.float_list(c_list, "c_list")
+    c = arguments.float_list(c_list, "c_list")
     if len(c) != len(values):
         raise InputError(f"--c_list has {len(c)} levels but --value_list has {len(values)} values")
     palette = ",".join(f"{x:g}" for x in c)

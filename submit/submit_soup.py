@@ -13,7 +13,7 @@ jobs) → merge → assess (evaluation mode).
 """
 import os
 
-from mapalign import cli
+from mapalign import arguments
 from mapalign import pipeline
 
 
@@ -39,7 +39,7 @@ def main(value_list, alphas="0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9", beta=0.1, sam
         status: show each stage's job, state and log instead of submitting (also: `<script> status ...`).
     """
     from mapalign.models import model_short_name
-    values = cli.str_list(value_list, "value_list")
+    values = arguments.str_list(value_list, "value_list")
     pipe = pipeline.Pipeline(name, workdir)
     os.chdir(pipe.workdir)
     n = pipeline.count_prompts(data_name, num_prompts, seed=seed)
@@ -54,7 +54,7 @@ def main(value_list, alphas="0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9", beta=0.1, sam
                                 done=pipeline.model_done(model_dir), kind="training",
                                 inputs=[data_source_path] if data_source_path else []))
     gen_options = {"num_prompts": num_prompts, "max_new_tokens": max_new_tokens, "seed": seed}
-    for alpha in cli.float_list(alphas, "alphas"):
+    for alpha in arguments.float_list(alphas, "alphas"):
         soup_dir = os.path.join("modelsDPO", "soup", f"{stem}-{alpha}soup")
         soup = pipe.add(f"soup{alpha}", "getDPOsoup.py",
                         ["soup"] + pipeline.flags(basemodel_name=model_name, sample_size=int(sample_size), beta=beta,
