@@ -33,12 +33,6 @@ def main(lam_list, value_list, model_name="smollm2-135m", data_name="builtin", s
         evaluate_values: values scored on the generations (default value_list; "perplexity" is scored
             under model_name, the base model).
         ppo_options: further trainPPO.py flags as a dict, e.g. "{use_lora: True, learning_rate: 1e-5}".
-        name: pipeline name (log folder {log_dir}/{name}, job names {name}:{stage}).
-        workdir: folder the stages run in (relative paths resolve there).
-        backend: "slurm" (sbatch dependency chain) or "local" (subprocesses, in order).
-        dry_run: print the graph and every batch script; submit nothing.
-        settings: cluster YAML (default submit/cluster.yaml; copy and edit it).
-        status: show each stage's job, state and log instead of submitting (also: `<script> status ...`).
     """
     from mapalign import training
     from mapalign.models import model_short_name
@@ -46,8 +40,7 @@ def main(lam_list, value_list, model_name="smollm2-135m", data_name="builtin", s
     values = arguments.str_list(value_list, "value_list")
     evaluated = arguments.str_list(evaluate_values, "evaluate_values") if evaluate_values else values
     pipeline.check_values(values)
-    pipe = pipeline.Pipeline(name, workdir)
-    os.chdir(pipe.workdir)
+    pipe = pipeline.start(name, workdir)
     n = pipeline.count_prompts(data_name, num_prompts, seed=seed)
     if str(lam_list).startswith("@"):
         lam = str(lam_list)
