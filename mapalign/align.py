@@ -23,6 +23,7 @@ import numpy as np
 
 from mapalign import arguments
 from mapalign import records
+from mapalign.records import lam_string
 from mapalign import solver
 from mapalign.values import expand_value_list
 from mapalign.errors import InputError
@@ -116,7 +117,7 @@ class AlignValues:
         result.iterations = self.legacy_steps
         result.extra["legacy_lambda"] = lam
         if not result.success:
-            result.message += (f" (legacy λ = {records.lam_string(lam)} after {self.legacy_steps} Adam steps; the original "
+            result.message += (f" (legacy λ = {lam_string(lam)} after {self.legacy_steps} Adam steps; the original "
                                "would report it as a success)")
         return result
 
@@ -238,7 +239,7 @@ class AlignValues:
             if lam == ["NaN"]:
                 print(f"round {r + 1} failed; stopping")
                 return lam
-            print(f"round {r + 1}: lambda = {records.lam_string(lam)}; realized = {records.lam_string(self.result.realized)}")
+            print(f"round {r + 1}: lambda = {lam_string(lam)}; realized = {lam_string(self.result.realized)}")
         if verbose:
             self._print_result(self.result, title=f"sequential x{round}")
             if self.result.success:
@@ -257,7 +258,7 @@ class AlignValues:
         low, high = self._palette(c_low, "c_low"), self._palette(c_high, "c_high")
         rho_star = solver.max_feasible_rho(self.rewards, low, high, groups=self.groups)
         if rho_star is None:
-            print(f"c_low = {records.lam_string(low)} is itself infeasible: no point of the segment can be reached")
+            print(f"c_low = {lam_string(low)} is itself infeasible: no point of the segment can be reached")
             return None, None, None
         rho = rho_star if rho_star >= 1.0 else rho_star * (1.0 - margin)
         for attempt in range(1, 5):
@@ -335,8 +336,8 @@ class AlignValues:
     def _save_line(self, c, lam_list, save_prefix="results/alignValues"):
         path = save_prefix + ".txt"
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-        lam_text = "NaN" if lam_list == ["NaN"] else records.lam_string(lam_list)
-        line = (f"filepath: {self.file_path}, c Levels: {records.lam_string(c)}, values: {self.value_list!r}, "
+        lam_text = "NaN" if lam_list == ["NaN"] else lam_string(lam_list)
+        line = (f"filepath: {self.file_path}, c Levels: {lam_string(c)}, values: {self.value_list!r}, "
                 f"optimized lambda: {lam_text}\n")
         with open(path, "a", encoding="utf-8") as f:
             f.write(line)
@@ -388,8 +389,8 @@ class AlignValues:
         writer = csv.writer(buffer, quoting=csv.QUOTE_NONNUMERIC)
         if new:
             buffer.write(",".join(CSV_HEADER) + "\n")
-        writer.writerow([self.file_path, records.lam_string(self._require_palette()), ",".join(self.value_list),
-                         records.lam_string(optimized_lambda), records.lam_string(dirichlet_lambda), status, str(self.seed)])
+        writer.writerow([self.file_path, lam_string(self._require_palette()), ",".join(self.value_list),
+                         lam_string(optimized_lambda), lam_string(dirichlet_lambda), status, str(self.seed)])
         with open(path, "a", encoding="utf-8") as f:
             f.write(buffer.getvalue())
 

@@ -33,6 +33,7 @@ import warnings
 
 import numpy as np
 
+from mapalign import arguments
 from mapalign import records
 from mapalign import solver
 from mapalign.errors import InputError
@@ -370,7 +371,6 @@ def training_target(lam_list=None, value_list=None, lambda_file=None, palette=No
     λ comes from --lambda_file (a λ target written by alignValues.py, with what it was fitted on) or
     --lam_list (by hand: nothing recorded); --palette alone starts from the exact solve on the reference
     model's held-out samples. --value_list defaults to the λ file's values."""
-    from mapalign import arguments
     from mapalign.values import expand_value_list
     target = None
     if lambda_file is not None:
