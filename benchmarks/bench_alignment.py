@@ -37,8 +37,9 @@ import fire  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from mapalign import cli  # noqa: E402
+from mapalign import arguments  # noqa: E402
 from mapalign import decoding  # noqa: E402
+from mapalign import lambda_targets  # noqa: E402
 from mapalign import models  # noqa: E402
 from mapalign import primaldual  # noqa: E402
 from mapalign import records  # noqa: E402
@@ -116,7 +117,7 @@ def run_seed(seed, cfg, work):
     if not ok:
         raise RuntimeError(f"palette {c} not solved: {aligner.result.status}")
     lam_file = os.path.join("results", "alignValues.jsonl")
-    target = primaldual.load_target(lam_file)
+    target = lambda_targets.load_target(lam_file)
     sampling, model_name, notes = primaldual.resolve_sampling(target, {}, cfg["model_name"])
     print(f"[seed {seed}] palette c = {np.round(c, 3).tolist()}  λ = {np.round(lam, 3).tolist()}  sampling {sampling}"
           f"  [{time.time() - t0:.0f} s]", flush=True)
@@ -253,7 +254,7 @@ def main(seeds="0,1,2", model_name=models.DEFAULT_MODEL, value_list="sentiment,c
     import warnings
     warnings.filterwarnings("ignore")
     os.environ.setdefault("TQDM_DISABLE", "1")
-    seed_list = [int(s) for s in cli.float_list(seeds, "seeds")]
+    seed_list = [int(s) for s in arguments.float_list(seeds, "seeds")]
     t_start = time.time()
     runs = []
     here = os.getcwd()

@@ -27,7 +27,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import fire  # noqa: E402
 import numpy as np  # noqa: E402
 
-from mapalign import cli  # noqa: E402
+from mapalign import arguments  # noqa: E402
 from mapalign import decoding  # noqa: E402
 from mapalign import values as value_registry  # noqa: E402
 
@@ -80,7 +80,7 @@ def main(model_name="smollm2-135m", num_prompts=8, MC_nsamples=16, max_new_token
 
     torch.set_num_threads(int(threads))
     model, tokenizer = load_model_and_tokenizer(model_name, device=device, dtype=dtype)
-    value_names = cli.str_list(values, "values")
+    value_names = arguments.str_list(values, "values")
     lam = decoding.parse_lam_list(lam)
     scorers = value_registry.load_scorers(value_names, device=str(model.device),
                                           basemodel_for_perplexity=(model, tokenizer))

@@ -34,7 +34,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import fire  # noqa: E402
 import numpy as np  # noqa: E402
 
-from mapalign import cli  # noqa: E402
+from mapalign import arguments  # noqa: E402
 from mapalign import decoding  # noqa: E402
 from mapalign import records  # noqa: E402
 from mapalign import solver  # noqa: E402
@@ -97,7 +97,7 @@ def main(model_name="smollm2-135m", values="sentiment,harmlessness", num_prompts
     from mapalign.prompts import load_prompts
 
     torch.set_num_threads(int(threads))
-    value_names = cli.str_list(values, "values")
+    value_names = arguments.str_list(values, "values")
     M, N = int(MC_nsamples), int(num_prompts)
     model, tokenizer = load_model_and_tokenizer(model_name, device=device, dtype=dtype)
     scorers = value_registry.load_scorers(value_names, device=str(model.device),

@@ -21,18 +21,15 @@ import os
 
 import numpy as np
 
-from mapalign import cli
+from mapalign import arguments
 from mapalign import records
+from mapalign.records import lam_string
 from mapalign import solver
 from mapalign.values import expand_value_list
 from mapalign.errors import InputError
 
 LEGACY_REACH_TOL = 0.01  # the original's λ count as reaching c when realized ≥ c − 0.01 (SPEC-MAP §13)
 CSV_HEADER = ["filepath", "c_Levels", "values", "optimized_lambda", "Dirichlet_lambda_ref", "status", "seed"]
-
-
-def _fmt(xs):
-    return ",".join(f"{float(x):.3f}" for x in xs)
 
 
 class AlignValues:
@@ -77,7 +74,7 @@ class AlignValues:
 
     # ---------------------------------------------------------------- helpers
     def _palette(self, c, name):
-        levels = np.array(cli.float_list(c, name))
+        levels = np.array(arguments.float_list(c, name))
         if levels.size != len(self.value_list):
             raise InputError(f"{name} has {levels.size} levels but value_list {self.value_list} has "
                              f"{len(self.value_list)} values; give one level per value, in the same order.")
@@ -98,7 +95,7 @@ class AlignValues:
     def solve(self, c=None, lambda_init=None, optimize_indices=None):
         """Solve one palette (default self.c) with the configured solver; returns a PaletteResult."""
         c = self._require_palette() if c is None else np.asarray(c, dtype=np.float64)
-        lam_init = None if lambda_init is None else np.array(cli.float_list(lambda_init, "lambda_init"))
+        lam_init = None if lambda_init is None else np.array(arguments.float_list(lambda_init, "lambda_init"))
         indices = None if optimize_indices is None else [int(i) for i in np.atleast_1d(optimize_indices)]
         if self.solver == "exact":
             return solver.solve_palette(self.rewards, c, groups=self.groups, lam_init=lam_init,
@@ -120,7 +117,7 @@ class AlignValues:
         result.iterations = self.legacy_steps
         result.extra["legacy_lambda"] = lam
         if not result.success:
-            result.message += (f" (legacy λ = {_fmt(lam)} after {self.legacy_steps} Adam steps; the original "
+            result.message += (f" (legacy λ = {lam_string(lam)} after {self.legacy_steps} Adam steps; the original "
                                "would report it as a success)")
         return result
 
@@ -205,7 +202,7 @@ class AlignValues:
 
     def _dual_objective(self, lambda_vals):
         """g(λ) = λᵀc − log mean_j exp(λᵀr_j) (pooled) at λ, in nats."""
-        lam = np.array(cli.float_list(lambda_vals, "lambda_vals"))
+        lam = np.array(arguments.float_list(lambda_vals, "lambda_vals"))
         A, _, _ = solver.Tilt(self.rewards, self.groups).evaluate(lam)
         return float(lam @ self._require_palette() - A)
 
@@ -217,7 +214,7 @@ class AlignValues:
         reach the palette (that is the baseline's weakness), so it is saved only if it does.
         """
         c = self._require_palette()
-        lam = np.zeros(len(c)) if lambda_init is None else np.array(cli.float_list(lambda_init, "lambda_init"))
+        lam = np.zeros(len(c)) if lambda_init is None else np.array(arguments.float_list(lambda_init, "lambda_init"))
         for idx in range(len(c)):
             result = self.solve(c=c, lambda_init=lam, optimize_indices=[idx])
             if not result.success:
@@ -242,7 +239,7 @@ class AlignValues:
             if lam == ["NaN"]:
                 print(f"round {r + 1} failed; stopping")
                 return lam
-            print(f"round {r + 1}: lambda = {_fmt(lam)}; realized = {_fmt(self.result.realized)}")
+            print(f"round {r + 1}: lambda = {lam_string(lam)}; realized = {lam_string(self.result.realized)}")
         if verbose:
             self._print_result(self.result, title=f"sequential x{round}")
             if self.result.success:
@@ -261,7 +258,7 @@ class AlignValues:
         low, high = self._palette(c_low, "c_low"), self._palette(c_high, "c_high")
         rho_star = solver.max_feasible_rho(self.rewards, low, high, groups=self.groups)
         if rho_star is None:
-            print(f"c_low = {_fmt(low)} is itself infeasible: no point of the segment can be reached")
+            print(f"c_low = {lam_string(low)} is itself infeasible: no point of the segment can be reached")
             return None, None, None
         rho = rho_star if rho_star >= 1.0 else rho_star * (1.0 - margin)
         for attempt in range(1, 5):
@@ -339,8 +336,8 @@ class AlignValues:
     def _save_line(self, c, lam_list, save_prefix="results/alignValues"):
         path = save_prefix + ".txt"
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-        lam_text = "NaN" if lam_list == ["NaN"] else _fmt(lam_list)
-        line = (f"filepath: {self.file_path}, c Levels: {_fmt(c)}, values: {self.value_list!r}, "
+        lam_text = "NaN" if lam_list == ["NaN"] else lam_string(lam_list)
+        line = (f"filepath: {self.file_path}, c Levels: {lam_string(c)}, values: {self.value_list!r}, "
                 f"optimized lambda: {lam_text}\n")
         with open(path, "a", encoding="utf-8") as f:
             f.write(line)
@@ -351,9 +348,9 @@ class AlignValues:
     def _save_target(self, c, lam_list, path):
         """Append the λ target (λ, values, palette, estimator, solver, and the sampling config, base model
         and results file it was fitted on) to the JSON-lines sidecar the trainers read (--lambda_file)."""
-        from mapalign import primaldual
+        from mapalign import lambda_targets
         target = self._target(c, lam_list)
-        primaldual.append_target(target, path)
+        lambda_targets.append_target(target, path)
         if self.estimator == "pooled":
             print("note: this λ uses the pooled estimator; for fine-tuning (trainPPO.py, trainDPO.py) solve with "
                   "--estimator=per_prompt, the trainers' target (a policy cannot reweight its prompts)")
@@ -362,13 +359,14 @@ class AlignValues:
                   f"this λ ({path}) will warn and sample with their documented default")
 
     def _target(self, c, lam_list):
-        """The λ target record (primaldual.make_target) for λ on palette c, fitted on this results file."""
+        """The λ target record (lambda_targets.make_target) for λ on palette c, fitted on this results file."""
+        from mapalign import lambda_targets
         from mapalign import primaldual
         sampling, model = primaldual.sampling_of_results(self.file_path)
         status = None if self.result is None else self.result.status
-        return primaldual.make_target(self.value_list, lam_list, c=c, estimator=self.estimator, sampling=sampling,
-                                      base_model=model, results_file=self.file_path, solver_name=self.solver,
-                                      status=status)
+        return lambda_targets.make_target(self.value_list, lam_list, c=c, estimator=self.estimator,
+                                          sampling=sampling, base_model=model, results_file=self.file_path,
+                                          solver_name=self.solver, status=status)
 
     def save_results_to_text(self, optimized_lambda, success, save_prefix="results/alignValues"):
         """Append `filepath: ..., c Levels: ..., values: [...], optimized lambda: ...` to
@@ -391,8 +389,8 @@ class AlignValues:
         writer = csv.writer(buffer, quoting=csv.QUOTE_NONNUMERIC)
         if new:
             buffer.write(",".join(CSV_HEADER) + "\n")
-        writer.writerow([self.file_path, _fmt(self._require_palette()), ",".join(self.value_list),
-                         _fmt(optimized_lambda), _fmt(dirichlet_lambda), status, str(self.seed)])
+        writer.writerow([self.file_path, lam_string(self._require_palette()), ",".join(self.value_list),
+                         lam_string(optimized_lambda), lam_string(dirichlet_lambda), status, str(self.seed)])
         with open(path, "a", encoding="utf-8") as f:
             f.write(buffer.getvalue())
 

@@ -1,6 +1,6 @@
-"""What the top-level fire CLIs share: one entry point (the project's input errors print one clear
-line, not a traceback; bugs keep theirs) and the normalisation of list arguments as fire passes them."""
-import math
+"""The entry layer of the top-level fire CLIs: one entry point, where the project's input errors print one
+clear line, not a traceback; bugs keep theirs. (List arguments are parsed by arguments.py, which library
+code uses too; nothing in the package imports this module but the entry points.)"""
 import os
 import sys
 
@@ -28,60 +28,3 @@ def report_input_errors(fn, *args, **kwargs):
             raise
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
-
-
-def float_list(x, name):
-    """A list of floats from what fire passes: a number (`--c=0.5`), a tuple (`--c=1,2`), a string
-    ("1, 2" or "[1,2]"), a list/array, or "@FILE": the λ of a target file written by
-    `alignValues.py ... optimize_lambda --save_lambda=FILE` (how pipelines pass a solved λ on).
-    Raises errors.InputError naming `--{name}` for anything else, an empty list or non-finite numbers."""
-    if isinstance(x, str) and x.startswith("@"):
-        x = _lambda_file(x[1:], name)
-    if isinstance(x, str):
-        items = [s for s in x.replace(" ", "").strip("[]").split(",") if s]
-    elif isinstance(x, (int, float)) and not isinstance(x, bool):
-        items = [x]
-    elif hasattr(x, "__iter__"):
-        items = [v for v in (x.ravel() if hasattr(x, "ravel") else x)]
-    else:
-        raise InputError(f"--{name} must be a number or a comma-separated list of numbers; got {x!r}")
-    try:
-        out = [float(v) for v in items]
-    except (TypeError, ValueError):
-        raise InputError(f"--{name} must hold numbers only; got {x!r}") from None
-    if not out or not all(math.isfinite(v) for v in out):
-        raise InputError(f"--{name} must be a non-empty list of finite numbers; got {x!r}")
-    return out
-
-
-def _lambda_file(path, name):
-    from mapalign import primaldual  # imported here: it pulls in the solver, which most CLIs never need
-    return primaldual.load_target(path, flag=f"--{name}=@")["lam"]
-
-
-def str_list(x, name):
-    """A list of strings from what fire passes: a comma-separated string or a list/tuple (fire makes
-    `--x=a,b` a tuple). Items are stripped; empty ones dropped. Raises errors.InputError naming `--{name}`
-    for other types or an empty list."""
-    if isinstance(x, str):
-        items = x.split(",")
-    elif isinstance(x, (list, tuple)):
-        items = [str(v) for v in x]
-    else:
-        raise InputError(f"--{name} must be a comma-separated string or a list; got {x!r}")
-    items = [s.strip() for s in items if s.strip()]
-    if not items:
-        raise InputError(f"--{name} is empty")
-    return items
-
-
-def values_and_lambda(value_list, lam_list):
-    """The aligned values (values.expand_value_list) and their λ, one per value, as lists.
-    Raises errors.InputError when the counts differ."""
-    from mapalign.values import expand_value_list
-    values = expand_value_list(value_list)
-    lam = float_list(lam_list, "lam_list")
-    if len(lam) != len(values):
-        raise InputError(f"--lam_list has {len(lam)} entries but --value_list names {len(values)} values "
-                         f"({values}); give one λ per value, in the same order.")
-    return values, lam

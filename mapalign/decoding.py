@@ -24,7 +24,7 @@ import warnings
 
 import numpy as np
 
-from mapalign import cli
+from mapalign import arguments
 from mapalign import records
 from mapalign.errors import InputError
 from mapalign import values as values_registry
@@ -40,9 +40,9 @@ class DecodingError(InputError):
 # λ and value lists, shard names
 
 def parse_lam_list(lam_list):
-    """λ as fire and users pass it (cli.float_list) as a float64 array (k,); DecodingError if bad."""
+    """λ as fire and users pass it (arguments.float_list) as a float64 array (k,); DecodingError if bad."""
     try:
-        return np.array(cli.float_list(lam_list, "lam_list"), dtype=np.float64)
+        return np.array(arguments.float_list(lam_list, "lam_list"), dtype=np.float64)
     except ValueError as e:
         raise DecodingError(str(e)) from None
 
@@ -50,15 +50,11 @@ def parse_lam_list(lam_list):
 def resolve_values(value_list, lam):
     """The value names of `value_list` ("all", "a,b", list or fire's tuple), checked against λ."""
     try:
-        names, _ = cli.values_and_lambda(value_list, lam)
+        names = values_registry.expand_value_list(value_list)
+        arguments.lambda_per_value(lam, names)
     except ValueError as e:
         raise DecodingError(str(e)) from None
     return names
-
-
-def lam_string(lam):
-    """λ as the original wrote it in file names: three decimals, comma-joined."""
-    return ",".join(f"{x:.3f}" for x in np.ravel(lam))
 
 
 def values_string(value_list):
@@ -71,7 +67,7 @@ def values_string(value_list):
 
 def shard_path(save_directory, base_name, lam, value_list, start_index, end_index):
     """`{save_directory}/temp/{base}_lam={λ .3f,...}_val={all|v1,v2}_{start}to{end}.json` (original naming)."""
-    name = f"{base_name}_lam={lam_string(lam)}_val={values_string(value_list)}_{start_index}to{end_index}.json"
+    name = f"{base_name}_lam={records.lam_string(lam)}_val={values_string(value_list)}_{start_index}to{end_index}.json"
     return os.path.join(save_directory, "temp", name)
 
 

@@ -25,7 +25,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from mapalign import cli  # noqa: E402
+from mapalign import arguments  # noqa: E402
 from mapalign import records  # noqa: E402
 from mapalign.align import AlignValues  # noqa: E402
 from mapalign.generation import TextGeneration, fast_dtype  # noqa: E402
@@ -70,8 +70,8 @@ def main(model=DEFAULT_MODEL, data_name="builtin", num_prompts=128, max_new_toke
     """
     import torch
     torch.set_num_threads(int(threads))
-    values = cli.str_list(values, "values")
-    palette_values = cli.str_list(palette_values, "palette_values")
+    values = arguments.str_list(values, "values")
+    palette_values = arguments.str_list(palette_values, "palette_values")
     dtype = dtype or fast_dtype()
     seconds = {}
     t_all = time.time()

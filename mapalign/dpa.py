@@ -235,10 +235,10 @@ def spearman(x, y):
 def system_prompt_for(direction=None, weights=None, objectives="helpfulness,verbosity"):
     """What `gendata.py --direction=θ` / `--weights=w1,w2` mean: (record fields {theta, weights, system},
     system prompt), or (None, None) when neither is given. θ needs exactly two objectives."""
-    from mapalign import cli
+    from mapalign import arguments
     if direction is None and weights is None:
         return None, None
-    names = cli.str_list(objectives, "objectives")
+    names = arguments.str_list(objectives, "objectives")
     if direction is not None and weights is not None:
         raise DPAError("give --direction or --weights, not both")
     if direction is not None:
@@ -249,7 +249,7 @@ def system_prompt_for(direction=None, weights=None, objectives="helpfulness,verb
     else:
         theta = None
         try:
-            w = check_weights(cli.float_list(weights, "weights"), k=len(names))
+            w = check_weights(arguments.float_list(weights, "weights"), k=len(names))
         except InputError as e:
             raise DPAError(f"--weights: {e}") from None
     system = render_system_prompt(w, names)

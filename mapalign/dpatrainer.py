@@ -33,7 +33,7 @@ from typing import Optional
 
 import numpy as np
 
-from mapalign import cli
+from mapalign import arguments
 from mapalign import dpa
 from mapalign import records
 from mapalign import values as value_registry
@@ -101,7 +101,7 @@ class DPAConfig:
 def objective_names_of(value_names, given=None):
     """Names written into the system prompt: `given`, else the attribute of rm: heads or the value name."""
     if given:
-        names = cli.str_list(given, "objective_names")
+        names = arguments.str_list(given, "objective_names")
         if len(names) != len(value_names):
             raise dpa.DPAError(f"--objective_names has {len(names)} names for {len(value_names)} objectives "
                                f"{value_names}")
@@ -145,7 +145,7 @@ class DPATrainer:
             return
         records.save_json_atomic({"config": mine, "template": self.config.template,
                                   "rounding": "w_i = round(100·v_i), halves away from zero; selection uses w/100",
-                                  "created": time.strftime("%Y-%m-%dT%H:%M:%S")}, path, indent=2)
+                                  "created": records.timestamp()}, path, indent=2)
 
     def path(self, t, name):
         return os.path.join(self.output_dir, f"iter{int(t)}", name)
@@ -488,7 +488,7 @@ def check_palette(reference_file, values, levels, estimator="per_prompt"):
 
     levels must have one entry per value (DPAError otherwise); c is the levels as written into the prompt."""
     from mapalign import solver
-    levels = cli.float_list(levels, "c_list")
+    levels = arguments.float_list(levels, "c_list")
     if len(levels) != len(values):
         raise dpa.DPAError(f"palette {levels} has {len(levels)} levels but there are {len(values)} objectives "
                            f"{values}; give one level per objective")

@@ -25,7 +25,6 @@ when it has one (SmolLM2-Instruct does); `--use_chat_template=False` feeds raw p
 Records always store the raw prompt; `generated` is prompt + decoded continuation (raw mode, as the
 original) or prompt + " " + continuation (chat mode, where the template text is not part of the record).
 """
-import datetime
 import os
 import platform
 import sys
@@ -94,10 +93,6 @@ def library_versions():
         except ImportError:
             versions[name] = None
     return versions
-
-
-def now():
-    return datetime.datetime.now().astimezone().isoformat(timespec="seconds")
 
 
 class TextGeneration:
@@ -369,7 +364,7 @@ class TextGeneration:
                 if state.get("batch_size") != batch_size:
                     print(f"gendata: note: the interrupted run used batch_size={state.get('batch_size')}; resuming "
                           f"with {batch_size} samples differently from an uninterrupted run (still valid samples).")
-            started = state.get("started", now())
+            started = state.get("started", records.timestamp())
             elapsed_before, tokens_before = state.get("elapsed_s", 0.0), state.get("tokens", 0)
 
             chat = fingerprint["use_chat_template"]
@@ -460,7 +455,7 @@ class TextGeneration:
                               "num_prompts_loaded": len(self.prompts)},
             "counts": {"prompts": num_prompts, "records": len(recs), "new_tokens": tokens,
                        "start_index": fingerprint["start_index"], "end_index": fingerprint["end_index"]},
-            "timing": {"started": started, "finished": now(), "seconds": round(elapsed, 3),
+            "timing": {"started": started, "finished": records.timestamp(), "seconds": round(elapsed, 3),
                        "tokens_per_second": round(tokens / max(elapsed, 1e-9), 2)},
             "device": self.device, "dtype": fingerprint["dtype"], "versions": library_versions(),
             "command": " ".join(sys.argv), "fingerprint": fingerprint,

@@ -23,7 +23,7 @@ import os
 import re
 import urllib.parse
 
-from mapalign import cli
+from mapalign import arguments
 from mapalign import records
 from mapalign.errors import ExistsError
 from mapalign.records import RecordsError
@@ -165,7 +165,7 @@ class MergeProcessor:
         found = find_reward_temp_files(original_file_path)
         journals = find_reward_journals(original_file_path)
         if values is not None:
-            wanted = cli.str_list(values, "values")
+            wanted = arguments.str_list(values, "values")
             absent = [v for v in wanted if v not in found]
             unfinished = [v for v in absent if v in journals]
             if unfinished:

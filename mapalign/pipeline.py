@@ -26,7 +26,6 @@ failed or missing work is submitted. `status` shows each stage's job id, state a
 Job ids and log paths of a submission are kept in `{log_dir}/{pipeline}/jobs.json`.
 """
 import contextlib
-import datetime
 import json
 import os
 import re
@@ -513,7 +512,7 @@ def submit_slurm(pipe, settings, plan):
         submitted_stages.add(name)
         previous[name] = {"job_id": job, "script": script_path, "tasks": pending,
                           "log": os.path.join(folder, f"{name}-{'%A_%a' if stage.is_array else '%j'}.log"),
-                          "submitted": datetime.datetime.now().isoformat(timespec="seconds")}
+                          "submitted": records.timestamp()}
         print(f"{name}: submitted job {job}" + (f" (array {_array_spec(pending)})" if stage.is_array else "")
               + (f" after {', '.join(parents)}" if parents else ""))
     records.save_json_atomic({"pipeline": pipe.name, "workdir": pipe.workdir, "stages": previous},
@@ -747,11 +746,10 @@ def add_mc_generation(pipe, name, model, data_name, save_directory, n_prompts, l
     The shards go to `{save_directory}/temp/` under the original's names, which hold λ; with "@FILE" λ is
     unknown until the pipeline runs, so give each λ file its own save_directory (shards of another λ there
     would be taken for this one's)."""
-    from mapalign.decoding import lam_string
     base = base_name(model, data_name)
     temp = os.path.join(save_directory, "temp")
     val = ",".join(values)
-    lam_glob = "*" if str(lam).startswith("@") else lam_string([float(x) for x in str(lam).split(",")])
+    lam_glob = "*" if str(lam).startswith("@") else records.lam_string([float(x) for x in str(lam).split(",")])
     common = flags(basemodel_name=model, data_name=data_name, save_directory=save_directory, **(gen_options or {}))
     ranges = shard_ranges(n_prompts, shards)
     pipe.add(name, "gendata.py",
@@ -814,6 +812,32 @@ def add_win_rates(pipe, name, model_files, base_file, file_prefix, after=()):
                      f"--file_prefix={file_prefix}"], done=file_done(file_prefix + ".tex"), after=[first])
 
 
+def stage_options_of(stage_options, stages):
+    """--stage_options (None or {stage: {flag: value}}) as a dict over `stages`; PipelineError naming the
+    stages for anything else."""
+    options = stage_options or {}
+    if not isinstance(options, dict) or set(options) - set(stages):
+        raise PipelineError(f"--stage_options must map stages {list(stages)} to flag dicts; got {stage_options!r}")
+    return options
+
+
+def add_iterations(pipe, script, stages, iterations, args_of, done_of, kinds):
+    """The stages of an iterated trainer (ALT, DPA): for i = 1..iterations, stage s runs
+    `python {script} {s} {args_of(i, s)}` as stage "{s}-{i}", done when done_of(i, s) says so, sized by
+    kinds[s]. Within an iteration each stage waits for the one before; iteration i's first stage waits
+    for iteration i-1's "train"; the last stage (a validation) is waited for by nothing."""
+    previous_train = None
+    for i in range(1, int(iterations) + 1):
+        after = [previous_train]
+        for stage in stages:
+            name = pipe.add(f"{stage}-{i}", script, [stage] + args_of(i, stage), done=done_of(i, stage),
+                            kind=kinds[stage], after=after)
+            if stage == "train":
+                previous_train = name
+            if stage != stages[-1]:
+                after = [name]
+
+
 def add_histograms(pipe, name, results_path, after=()):
     """The reward histograms of a results file (plot/plot_reward_dist.py plot_hist)."""
     stem = results_path[:-len(".json")] if results_path.endswith(".json") else results_path
@@ -821,10 +845,36 @@ def add_histograms(pipe, name, results_path, after=()):
                     done=file_done(stem + "_reward_hist.pdf"), after=after)
 
 
+# ---------------------------------------------------------------------------------------------
+# What every submit/ script shares: its entry point, its first step and the flags of `execute`
+
+# Every script's `main(..., name, workdir, backend, dry_run, settings, status)` ends with
+# `execute(pipe, backend, dry_run, settings, status)`; `main` below appends this to its docstring's Args
+# so `--help` explains them ({script}: the script's file name).
+COMMON_FLAGS_DOC = """\
+        name: pipeline name (log folder {{log_dir}}/{{name}}, job names {{name}}:{{stage}}).
+        workdir: folder the stages run in (relative paths resolve there).
+        backend: "slurm" (sbatch dependency chain) or "local" (subprocesses, in order).
+        dry_run: print the graph and every batch script; submit nothing.
+        settings: cluster YAML (default submit/cluster.yaml; copy and edit it).
+        status: show each stage's job, state and log instead of submitting (also: `{script} status ...`)."""
+
+
+def start(name, workdir):
+    """The empty Pipeline `name` of a submit/ script, run in `workdir`; the process moves there too, so
+    the completion markers and prompt files it checks resolve where the stages will run."""
+    pipe = Pipeline(name, workdir)
+    os.chdir(pipe.workdir)
+    return pipe
+
+
 def main(build):
     """Entry point of a submit/ script: `python submit/x.py [status] --flags`. A leading `status`
-    word means --status=True; the rest goes to `build` through cli.main (fire)."""
+    word means --status=True; the rest goes to `build` through cli.main (fire). `build`'s docstring (an
+    Args section ending with its own flags) gains COMMON_FLAGS_DOC."""
     from mapalign import cli
+    script = os.path.basename(sys.argv[0])
+    build.__doc__ = build.__doc__.rstrip() + "\n" + COMMON_FLAGS_DOC.format(script=script) + "\n    "
     if len(sys.argv) > 1 and sys.argv[1] == "status":
         sys.argv = [sys.argv[0]] + sys.argv[2:] + ["--status=True"]
     cli.main(build)

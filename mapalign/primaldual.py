@@ -24,19 +24,20 @@ until every value is within its tolerance (|m̂_i − c_i| ≤ tol_se·SE_i, or 
 where λ_i = 0).
 
 Pure parts (levels and standard errors, dual updates, stopping) are separate from the model parts
-(sampling with exact token ids, sequence log-probabilities) and from the λ target file I/O.
+(sampling with exact token ids, sequence log-probabilities); the λ target file format is lambda_targets.py.
 """
 import contextlib
-import json
 import math
 import os
 import warnings
 
 import numpy as np
 
+from mapalign import arguments
 from mapalign import records
 from mapalign import solver
-from mapalign.errors import InputError, NotFoundError
+from mapalign.errors import InputError
+from mapalign.lambda_targets import load_target
 
 TARGET_KEYS = ("temperature", "top_k", "top_p", "max_new_tokens", "use_chat_template")
 # what a trainer samples with when its λ records no sampling config (older λ files, original MAP files)
@@ -64,48 +65,6 @@ def sampling_of_results(file_path):
               "top_p": float(sampling.get("top_p", 1.0)), "max_new_tokens": int(sampling.get("max_new_tokens", 50)),
               "use_chat_template": sampling.get("use_chat_template", fp.get("use_chat_template"))}
     return config, model
-
-
-def make_target(values, lam, c=None, estimator=None, sampling=None, base_model=None, results_file=None,
-                solver_name=None, status=None):
-    """A λ target record (JSON-ready dict): the λ, its values and palette, and what it was fitted on."""
-    return {"values": list(values), "lam": [float(x) for x in lam],
-            "c": None if c is None else [float(x) for x in c], "status": status, "estimator": estimator,
-            "solver": solver_name, "sampling": sampling, "base_model": base_model, "results_file": results_file}
-
-
-def append_target(target, path):
-    """Append one λ target as a JSON line to `path` (the sidecar of alignValues.txt)."""
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(target) + "\n")
-
-
-def load_target(path, index=-1, flag="--lambda_file="):
-    """A λ target from a .json file (one object, e.g. `optimize_lambda --save_lambda`) or a .jsonl sidecar
-    (entry `index`, default the last). `flag` is how error messages name the input."""
-    where = f"{flag}{path!r}"
-    if not os.path.isfile(path):
-        raise NotFoundError(f"{where} does not exist; alignValues.py writes results/alignValues.jsonl next to "
-                            "alignValues.txt, and `optimize_lambda --save_lambda=FILE` one target")
-    with open(path, encoding="utf-8") as f:
-        text = f.read()
-    try:
-        if path.endswith(".jsonl"):
-            lines = [json.loads(x) for x in text.splitlines() if x.strip()]
-            if not lines:
-                raise InputError(f"{where} holds no λ")
-            target = lines[int(index)]
-        else:
-            target = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise InputError(f"{where} is not valid JSON ({e.msg}, line {e.lineno}); rewrite it with alignValues.py "
-                         "optimize_lambda") from None
-    if not isinstance(target, dict) or "lam" not in target or "values" not in target:
-        raise InputError(f"{where}: expected an object with 'values' and 'lam'")
-    if any(not isinstance(x, (int, float)) for x in target["lam"]):
-        raise InputError(f"{where}: its λ is {target['lam']} (the palette was not reached)")
-    return target
 
 
 def resolve_sampling(target, requested, model_name, allow_mismatch=False):
@@ -412,7 +371,6 @@ def training_target(lam_list=None, value_list=None, lambda_file=None, palette=No
     λ comes from --lambda_file (a λ target written by alignValues.py, with what it was fitted on) or
     --lam_list (by hand: nothing recorded); --palette alone starts from the exact solve on the reference
     model's held-out samples. --value_list defaults to the λ file's values."""
-    from mapalign import cli
     from mapalign.values import expand_value_list
     target = None
     if lambda_file is not None:
@@ -425,15 +383,15 @@ def training_target(lam_list=None, value_list=None, lambda_file=None, palette=No
                                       f"was solved for {values}")
         lam = np.asarray(target["lam"], dtype=np.float64)
     elif lam_list is not None:
-        values, lam = cli.values_and_lambda("all" if value_list is None else value_list, lam_list)
-        lam = np.asarray(lam, dtype=np.float64)
+        values = expand_value_list("all" if value_list is None else value_list)
+        lam = np.asarray(arguments.lambda_per_value(lam_list, values), dtype=np.float64)
     else:
         if palette is None:
             raise InputError("give --lam_list, --lambda_file or --palette (the target levels)")
         values, lam = expand_value_list("all" if value_list is None else value_list), None
     c = None
     if palette is not None:
-        c = np.asarray(cli.float_list(palette, "palette"), dtype=np.float64)
+        c = np.asarray(arguments.float_list(palette, "palette"), dtype=np.float64)
         if c.size != len(values):
             raise InputError(f"--palette has {c.size} levels but the values are {values}; give one level per value")
     return values, lam, target, c

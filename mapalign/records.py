@@ -23,6 +23,7 @@ Checkpoints (`Checkpoint`): a job writing `out.json` journals its records batch 
 from it only when the fingerprint is identical, and at the end writes `out.json` atomically and
 deletes the journal. I/O is linear in the output's size.
 """
+import datetime
 import hashlib
 import json
 import math
@@ -254,6 +255,19 @@ def load_metadata(results_path):
 
 def save_metadata(results_path, metadata):
     save_json_atomic(metadata, metadata_path(results_path), indent=2)
+
+
+def timestamp():
+    """Now in UTC, ISO 8601 to the second with its zone ("2026-11-28T10:30:38+00:00"): the one stamp of
+    every sidecar, checkpoint, training metadata and pipeline state file."""
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def lam_string(lam):
+    """λ (or a palette) as the original wrote it in file names, logs and alignValues.txt: three decimals,
+    comma-joined ("1.548,1.148"). File names hold it (shards, MAP-F model folders, level tables), so
+    existing results are found again only while this never changes."""
+    return ",".join(f"{float(x):.3f}" for x in np.ravel(lam))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -27,7 +27,7 @@ import time
 
 import numpy as np
 
-from mapalign import cli
+from mapalign import arguments
 from mapalign import records
 from mapalign import values as values_module
 from mapalign.merging import temp_reward_path
@@ -158,7 +158,7 @@ class RewardProcessor:
             first = len(ckpt.done)
             if first:
                 print(f"add_reward: resuming {value!r} at record {first} of {len(recs)} from {ckpt.journal_path}")
-            started = (ckpt.state or {}).get("started") or timestamp()
+            started = (ckpt.state or {}).get("started") or records.timestamp()
             scorer = values_module.load_scorer(value, device=self.device, batch_size=self.batch_size,
                                                basemodel_for_perplexity=basemodel_for_perplexity, dtype=self.dtype)
             t0 = time.time()
@@ -184,7 +184,7 @@ class RewardProcessor:
                 "scorer_model": None if getattr(scorer, "model_location", None) is None else str(scorer.model_location),
                 "basemodel_for_perplexity": basemodel_for_perplexity,
                 "batch_size": self.batch_size, "device": self.device, "dtype": self.dtype, "records": len(recs),
-                "started": started, "finished": timestamp(), "seconds_last_run": round(time.time() - t0, 3),
+                "started": started, "finished": records.timestamp(), "seconds_last_run": round(time.time() - t0, 3),
                 "resumed_at": first or None})
         missing = [e["id"] for e in entries if e[value] is None]
         if missing:
@@ -223,7 +223,7 @@ class RewardProcessor:
         names = self.values_to_evaluate or self.values_to_align
         if not names:
             raise InputError("name the values the levels belong to: --values_to_evaluate=v1,v2 (same order as c_list).")
-        c = cli.float_list(c_list, "c_list")
+        c = arguments.float_list(c_list, "c_list")
         if len(c) != len(names):
             raise InputError(f"c_list has {len(c)} levels but {len(names)} values are named ({names}).")
         matrix = records.reward_matrix(recs, names, source=self.file_path)
@@ -257,14 +257,14 @@ class RewardProcessor:
         n_align = len(self.values_to_align)
         stem = file_stem(self.file_path)
         if lam is not None:
-            lam_values = cli.float_list(lam, "lam")
+            lam_values = arguments.float_list(lam, "lam")
             if len(lam_values) != n_align:
                 raise InputError(f"lam has {len(lam_values)} entries but {n_align} values are aligned "
                                  f"({self.values_to_align}); give one λ per value.")
             if any(x < 0 for x in lam_values):
                 raise InputError(f"λ must be ≥ 0; got {lam_values}")
             lams = np.array([lam_values])
-            path = (f"{stem}_lam={','.join(f'{x:.3f}' for x in lam_values)}_val={self.values_to_align_str}"
+            path = (f"{stem}_lam={records.lam_string(lam_values)}_val={self.values_to_align_str}"
                     "_numericC-levels.csv")
         else:
             k = int(k)
@@ -286,12 +286,7 @@ class RewardProcessor:
                                      "values_to_evaluate": evaluated, "lam": None if lam is None else lams[0].tolist(),
                                      "k": len(lams), "scaling": scaling, "scaling_MAX": scaling_MAX,
                                      "seed": None if lam is not None else seed, "per_prompt": bool(per_prompt),
-                                     "created": timestamp()})
+                                     "created": records.timestamp()})
         print("column maxima:\n" + table.max().to_string())
         print(f"assess_postalignment_multivalue: wrote {path}")
         return path
-
-
-def timestamp():
-    import datetime
-    return datetime.datetime.now().astimezone().isoformat(timespec="seconds")

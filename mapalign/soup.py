@@ -22,7 +22,7 @@ import os
 import shutil
 import tempfile
 
-from mapalign import cli
+from mapalign import arguments
 from mapalign import models
 from mapalign import records
 from mapalign import training
@@ -126,8 +126,8 @@ class ShardWriter:
 # Soups
 
 def _check_weights(model_paths, weights, need_unit_sum):
-    paths = cli.str_list(model_paths, "model_paths")
-    w = cli.float_list(weights, "weights")
+    paths = arguments.str_list(model_paths, "model_paths")
+    w = arguments.float_list(weights, "weights")
     if len(paths) != len(w):
         raise SoupError(f"{len(paths)} models but {len(w)} weights; give one weight per model")
     if need_unit_sum and abs(sum(w) - 1.0) > 1e-6:

@@ -20,7 +20,7 @@ import time
 
 import numpy as np
 
-from mapalign import cli
+from mapalign import arguments
 from mapalign import decoding
 from mapalign import values as value_registry
 
@@ -143,8 +143,8 @@ def value_aligned_decode(model, tokenizer, prompts, value_names, lam, max_decode
 def values_and_weights(value, value_param):
     """Value names ("v1,v2", a list, or fire's tuple) and their tilt weights λ as a float64 array: one
     number applies to every value, else one per value."""
-    names = cli.str_list(value, "value")
-    lam = np.array(cli.float_list(value_param, "value_param"), dtype=np.float64)
+    names = arguments.str_list(value, "value")
+    lam = np.array(arguments.float_list(value_param, "value_param"), dtype=np.float64)
     # a count mismatch is reported by value_aligned_decode
     return names, (np.full(len(names), lam[0]) if lam.size == 1 else lam)
 

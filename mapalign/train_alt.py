@@ -32,7 +32,7 @@ import os
 import numpy as np
 
 from mapalign import alt
-from mapalign import cli
+from mapalign import arguments
 from mapalign import models
 from mapalign import records
 from mapalign import training
@@ -111,10 +111,10 @@ class ALT:
                  judge_concurrency=8, judge_cache_dir=None, judge_tries=5, valid_samples=1, valid_temperature=1.0,
                  use_chat_template="auto", batch_size=32, checkpoint_every=8, device=None, dtype=None, overwrite=False,
                  progress=True):
-        values = cli.str_list(value_list, "value_list") if value_list is not None else []
-        lam = cli.float_list(lam_list, "lam_list") if lam_list is not None else None
+        values = arguments.str_list(value_list, "value_list") if value_list is not None else []
+        lam = arguments.float_list(lam_list, "lam_list") if lam_list is not None else None
         self.fb = alt.Feedback(feedback, values=values, lam=lam, num_quantiles=num_quantiles,
-                               phrases=cli.str_list(phrases, "phrases") if phrases is not None else None,
+                               phrases=arguments.str_list(phrases, "phrases") if phrases is not None else None,
                                template=template)
         if use_lora is None:
             use_lora = feedback != "quark"
@@ -203,7 +203,7 @@ class ALT:
         if palette is not None:
             if self.fb.kind != "palette":
                 raise InputError("--palette needs --feedback=palette")
-            return self.fb.render_palette(cli.float_list(palette, "palette"))
+            return self.fb.render_palette(arguments.float_list(palette, "palette"))
         if feedback_text is not None:
             return self.fb.check_feedback(str(feedback_text))
         return self.fb.best_feedback()

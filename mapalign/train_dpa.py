@@ -21,7 +21,7 @@ import dataclasses
 import json
 import os
 
-from mapalign import cli
+from mapalign import arguments
 from mapalign.errors import NotFoundError
 from mapalign import dpatrainer
 from mapalign.dpatrainer import DPAConfig
@@ -41,7 +41,7 @@ def settings(output_dir, given):
     out = dict(stored, **given)
     for name in ("objectives", "objective_names"):
         if out.get(name) is not None:
-            out[name] = ",".join(cli.str_list(out[name], name))
+            out[name] = ",".join(arguments.str_list(out[name], name))
     return out
 
 
@@ -109,7 +109,7 @@ class TrainDPA:
     def evaluate(self, iteration=0, directions=None):
         """π_t on the held-out prompts over the θ grid (or the given --directions, degrees), scored ->
         eval/iter{t}.json (0 = the starting model)."""
-        angles = None if directions is None else cli.float_list(directions, "directions")
+        angles = None if directions is None else arguments.float_list(directions, "directions")
         return self.trainer.evaluate(iteration, angles=angles)
 
     def run(self, evaluate=True):

@@ -43,7 +43,7 @@ import os
 
 import numpy as np
 
-from mapalign import cli
+from mapalign import arguments
 from mapalign import dpodata
 from mapalign import models
 from mapalign import records
@@ -58,7 +58,7 @@ PAIRINGS = ("soft", "bradley_terry", "best_worst", "all")
 
 def parse_loss_type(loss_type):
     """('dpo' | 'kto', list of loss names) from "sigmoid", "ipo,hinge", a list, or "kto"."""
-    losses = cli.str_list(loss_type, "loss_type")
+    losses = arguments.str_list(loss_type, "loss_type")
     unknown = [x for x in losses if x not in DPO_LOSSES + KTO_LOSSES]
     if unknown:
         raise InputError(f"unknown --loss_type {unknown}; DPO losses: {', '.join(DPO_LOSSES)}; "
@@ -340,7 +340,7 @@ def build_preference_trainer(model, tokenizer, examples, output_dir, loss_type="
         max_length=int(max_length))
     if kind == "dpo":
         from trl import DPOConfig, DPOTrainer
-        weights = None if loss_weights is None else cli.float_list(loss_weights, "loss_weights")
+        weights = None if loss_weights is None else arguments.float_list(loss_weights, "loss_weights")
         config = DPOConfig(loss_type=losses, loss_weights=weights, label_smoothing=float(label_smoothing), **common)
         trainer_cls = DPOTrainer
         if map_pairs:
@@ -484,7 +484,7 @@ def train_map_dpo(file_path, lam_list=None, value_list=None, model_name=None, sa
         else None, requested, model_name, allow_mismatch)
     if save_path is None:
         stem = os.path.splitext(os.path.basename(file_path))[0]
-        what = f"pal={training.format_lambda(c)}" if c is not None else f"lam={training.format_lambda(lam)}"
+        what = f"pal={records.lam_string(c)}" if c is not None else f"lam={records.lam_string(lam)}"
         save_path = os.path.join("modelsDPO", training.sanitize(
             f"{stem}-{what}-val={','.join(values)}-{pairing}-{'+'.join(losses)}"))
     if training.is_finished(save_path) and not overwrite:

@@ -47,7 +47,7 @@ from typing import Optional
 
 import numpy as np
 
-from mapalign import cli
+from mapalign import arguments
 from mapalign import records
 from mapalign import rewardmodels
 from mapalign import training
@@ -224,7 +224,7 @@ def train_regression_reward_model(model_name_or_path, data, attributes, output_d
     from datasets import Dataset
     from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding
     from transformers import TrainingArguments
-    attributes = cli.str_list(attributes, "attributes")
+    attributes = arguments.str_list(attributes, "attributes")
     source = data
     if isinstance(data, str):
         data = load_rows(data)
@@ -303,7 +303,7 @@ def register_regression_values(model_dir, names=None, device=None, batch_size=16
     """
     from mapalign import values as value_registry
     scorer = RegressionRewardScorer(model_dir, device=device, batch_size=batch_size)
-    names = cli.str_list(names, "names") if names is not None else list(scorer.attributes)
+    names = arguments.str_list(names, "names") if names is not None else list(scorer.attributes)
     if len(names) != len(scorer.attributes):
         raise InputError(f"{len(names)} names for {len(scorer.attributes)} outputs {scorer.attributes}")
     for index, name in enumerate(names):
@@ -343,7 +343,7 @@ def main(argv=None):
         parser.error(f"--objective must be pairwise, regression or ridge; got {script_args.objective!r}")
     if not script_args.attributes or not script_args.data_source_path:
         parser.error(f"--objective={script_args.objective} needs --attributes=a,b,... and --data_source_path=<file>")
-    label_range = cli.float_list(script_args.label_range, "label_range") if script_args.label_range else None
+    label_range = arguments.float_list(script_args.label_range, "label_range") if script_args.label_range else None
     if script_args.objective == "ridge":
         return train_ridge_from_file(model_config.model_name_or_path, script_args.data_source_path,
                                      script_args.attributes, config.output_dir, script_args, label_range, config.seed)
@@ -366,7 +366,7 @@ def train_ridge_from_file(backbone, data_path, attributes, output_dir, script_ar
         for r in rows:
             r["continuation"] = records.continuation_of(r)
     folder = rewardmodels.train_ridge_reward_model(
-        backbone, rows, cli.str_list(attributes, "attributes"), output_dir, pooling=script_args.pooling,
+        backbone, rows, arguments.str_list(attributes, "attributes"), output_dir, pooling=script_args.pooling,
         template=script_args.template, prompt_column=script_args.prompt_column,
         response_column=script_args.response_column, val_fraction=script_args.val_fraction, seed=seed,
         output_scale=script_args.output_scale, label_range_given=label_range)

@@ -11,9 +11,8 @@ import copy
 import glob
 import os
 import shutil
-import time
 
-from mapalign import cli
+from mapalign import arguments
 from mapalign import records
 from mapalign.errors import NotFoundError
 
@@ -27,17 +26,12 @@ def report_to_list(report_to):
     """'none' (default) -> []; 'tensorboard', 'wandb', 'tensorboard,wandb' or a list -> list."""
     if report_to is None:
         return []
-    names = cli.str_list(report_to, "report_to")
+    names = arguments.str_list(report_to, "report_to")
     return [] if names == ["none"] else names
 
 
 # ---------------------------------------------------------------------------------------------
 # Naming (SPEC-MAP §2.1: model folders are sanitised by replacing "," and "=" with "_")
-
-def format_lambda(lam):
-    """λ as the original wrote it in names and logs: 3 decimals, comma-joined ("1.548,1.148")."""
-    return ",".join(f"{float(v):.3f}" for v in lam)
-
 
 def sanitize(name):
     """',', '=' (the original's rule) and '/' (reward-model heads rm:FOLDER/attr in value lists) -> '_'."""
@@ -54,7 +48,7 @@ def sanitize_save_path(save_path):
 def map_model_name(model_short, data_name, lam, values):
     """'{model}-{data}-lam={λ}-val={values}' sanitised, the original's MAP-F folder stem, e.g.
     'opt1.3b-Anthropic-harmless-lam_1.548_1.148-val_gpt2-helpful_gpt2-harmless'."""
-    return sanitize(f"{model_short}-{data_name}-lam={format_lambda(lam)}-val={','.join(values)}")
+    return sanitize(f"{model_short}-{data_name}-lam={records.lam_string(lam)}-val={','.join(values)}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -70,7 +64,7 @@ def lora_config(r=16, alpha=32, dropout=0.05, target_modules="all-linear", task_
     """A PEFT LoraConfig. 'all-linear' adapts every linear layer except the output head (TRL 1.16
     rejects adapters on lm_head)."""
     from peft import LoraConfig
-    modules = target_modules if target_modules == "all-linear" else cli.str_list(target_modules, "lora_target_modules")
+    modules = target_modules if target_modules == "all-linear" else arguments.str_list(target_modules, "lora_target_modules")
     return LoraConfig(r=int(r), lora_alpha=float(alpha), lora_dropout=float(dropout), target_modules=modules,
                       task_type=task_type, bias="none")
 
@@ -188,7 +182,7 @@ def save_trained(trainer, tokenizer, save_path, metadata, merge_lora=True, keep_
     if not keep_checkpoints:
         for checkpoint in glob.glob(os.path.join(save_path, "checkpoint-*")):
             shutil.rmtree(checkpoint, ignore_errors=True)
-    metadata = dict(metadata, finished_at=time.strftime("%Y-%m-%dT%H:%M:%S"))
+    metadata = dict(metadata, finished_at=records.timestamp())
     records.save_json_atomic(metadata, os.path.join(save_path, METADATA_FILE), indent=2)
     return save_path
 
@@ -219,4 +213,4 @@ def base_metadata(method, model_name, seed, **fields):
         except md.PackageNotFoundError:
             versions[dist] = None
     return dict(method=method, base_model=model_name, base_model_info=info, seed=int(seed), versions=versions,
-                started_at=time.strftime("%Y-%m-%dT%H:%M:%S"), **fields)
+                started_at=records.timestamp(), **fields)

@@ -18,9 +18,8 @@ are OUTPUTS below, under D.
 """
 import os
 
-from mapalign import cli
+from mapalign import arguments
 from mapalign import pipeline
-from mapalign.errors import InputError
 
 # what each stage leaves under {output_dir} when it is finished (trainALT.py's layout); the samples are
 # gendata's shard of the iteration's sampling model ({base}: its short name and the prompt source's tag)
@@ -45,40 +44,27 @@ def main(value_list, iterations=3, model_name="smollm2-135m", data_name="builtin
         seed: base seed (trainALT.py seeds iteration i with seed + i).
         stage_options: further flags per stage as a dict, e.g.
             "{train: {learning_rate: 1e-5}, sample: {max_new_tokens: 64}}".
-        name: pipeline name (log folder {log_dir}/{name}, job names {name}:{stage}).
-        workdir: folder the stages run in (relative paths resolve there).
-        backend: "slurm" (sbatch dependency chain) or "local" (subprocesses, in order).
-        dry_run: print the graph and every batch script; submit nothing.
-        settings: cluster YAML (default submit/cluster.yaml; copy and edit it).
-        status: show each stage's job, state and log instead of submitting (also: `<script> status ...`).
     """
-    values = cli.str_list(value_list, "value_list")
+    values = arguments.str_list(value_list, "value_list")
     pipeline.check_values(values)
-    options = stage_options or {}
-    if not isinstance(options, dict) or set(options) - set(OUTPUTS):
-        raise InputError(f"--stage_options must map stages {list(OUTPUTS)} to flag dicts; got {stage_options!r}")
-    pipe = pipeline.Pipeline(name, workdir)
-    os.chdir(pipe.workdir)
+    options = pipeline.stage_options_of(stage_options, OUTPUTS)
+    pipe = pipeline.start(name, workdir)
     pipeline.count_prompts(data_name, num_prompts, seed=seed)  # the prompt source must load here
     n_train = int(num_prompts) if num_prompts else 64  # trainALT.py's --num_train_prompts default
     common = {"output_dir": output_dir, "model_name": model_name, "seed": seed, "value_list": values,
               "data_name": data_name, "num_train_prompts": n_train, "num_valid_prompts": num_validation_prompts,
               "samples_per_prompt": samples_per_prompt}
-    previous_train = None
-    for i in range(1, int(iterations) + 1):
+
+    def done(i, stage):
         sampler = model_name if i == 1 else os.path.join(output_dir, f"iter{i - 1}", "model")
-        base = pipeline.base_name(sampler, data_name)
-        after = [previous_train]
-        for stage in ("sample", "feedback", "train", "validate"):
-            args = [stage] + pipeline.flags(iteration=i, **common, **(options.get(stage) or {}))
-            path = os.path.join(output_dir, OUTPUTS[stage].format(i=i, base=base, n=n_train))
-            marker = pipeline.results_done(path) if stage == "sample" else (
-                pipeline.model_done(path) if stage == "train" else pipeline.file_done(path))
-            name_i = pipe.add(f"{stage}-{i}", "trainALT.py", args, done=marker, kind=KINDS[stage], after=after)
-            if stage == "train":
-                previous_train = name_i
-            if stage != "validate":
-                after = [name_i]
+        path = os.path.join(output_dir, OUTPUTS[stage].format(i=i, base=pipeline.base_name(sampler, data_name),
+                                                              n=n_train))
+        return pipeline.results_done(path) if stage == "sample" else (
+            pipeline.model_done(path) if stage == "train" else pipeline.file_done(path))
+
+    pipeline.add_iterations(pipe, "trainALT.py", ("sample", "feedback", "train", "validate"), iterations,
+                            lambda i, stage: pipeline.flags(iteration=i, **common, **(options.get(stage) or {})),
+                            done, KINDS)
     pipeline.execute(pipe, backend, dry_run, settings, status)
 
 

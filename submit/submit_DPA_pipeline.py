@@ -20,9 +20,8 @@ completion markers, written last) are OUTPUTS below, under D.
 """
 import os
 
-from mapalign import cli
+from mapalign import arguments
 from mapalign import pipeline
-from mapalign.errors import InputError
 
 # what each stage leaves under {output_dir} when it is finished (trainDPA.py's layout)
 OUTPUTS = {"sample": "iter{i}/samples.json", "score": "iter{i}/scored.json", "select": "iter{i}/selected.json",
@@ -45,37 +44,21 @@ def main(value_list, iterations=3, model_name="smollm2-135m", data_name="builtin
         output_dir: the run's folder (D above).
         seed: base seed.
         stage_options: further flags per stage as a dict, e.g. "{train: {learning_rate: 1e-5}}".
-        name: pipeline name (log folder {log_dir}/{name}, job names {name}:{stage}).
-        workdir: folder the stages run in (relative paths resolve there).
-        backend: "slurm" (sbatch dependency chain) or "local" (subprocesses, in order).
-        dry_run: print the graph and every batch script; submit nothing.
-        settings: cluster YAML (default submit/cluster.yaml; copy and edit it).
-        status: show each stage's job, state and log instead of submitting (also: `<script> status ...`).
     """
-    values = cli.str_list(value_list, "value_list")
+    values = arguments.str_list(value_list, "value_list")
     pipeline.check_values(values)
-    options = stage_options or {}
-    if not isinstance(options, dict) or set(options) - set(OUTPUTS):
-        raise InputError(f"--stage_options must map stages {list(OUTPUTS)} to flag dicts; got {stage_options!r}")
-    angles = None if directions is None else cli.float_list(directions, "directions")
-    pipe = pipeline.Pipeline(name, workdir)
-    os.chdir(pipe.workdir)
+    options = pipeline.stage_options_of(stage_options, OUTPUTS)
+    angles = None if directions is None else arguments.float_list(directions, "directions")
+    pipe = pipeline.start(name, workdir)
     pipeline.count_prompts(data_name, num_prompts, seed=seed)  # the prompt source must load here
     common = {"output_dir": output_dir, "model_name": model_name, "seed": seed, "objectives": values,
               "data_name": data_name, "num_train_prompts": num_prompts, "samples_per_prompt": samples_per_prompt,
               "num_eval_prompts": num_eval_prompts, "iterations": iterations}
     per_stage = {"sample": {}, "score": {}, "select": {}, "train": {}, "evaluate": {"directions": angles}}
-    previous_train = None
-    for i in range(1, int(iterations) + 1):
-        after = [previous_train]
-        for stage in ("sample", "score", "select", "train", "evaluate"):
-            args = [stage] + pipeline.flags(iteration=i, **common, **per_stage[stage], **(options.get(stage) or {}))
-            marker = pipeline.file_done(os.path.join(output_dir, OUTPUTS[stage].format(i=i)))
-            name_i = pipe.add(f"{stage}-{i}", "trainDPA.py", args, done=marker, kind=KINDS[stage], after=after)
-            if stage == "train":
-                previous_train = name_i
-            if stage != "evaluate":
-                after = [name_i]
+    pipeline.add_iterations(
+        pipe, "trainDPA.py", ("sample", "score", "select", "train", "evaluate"), iterations,
+        lambda i, stage: pipeline.flags(iteration=i, **common, **per_stage[stage], **(options.get(stage) or {})),
+        lambda i, stage: pipeline.file_done(os.path.join(output_dir, OUTPUTS[stage].format(i=i))), KINDS)
     pipeline.execute(pipe, backend, dry_run, settings, status)
 
 

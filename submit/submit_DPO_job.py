@@ -12,7 +12,7 @@ generation from the DPO model → add_reward per value (parallel jobs) → merge
 """
 import os
 
-from mapalign import cli
+from mapalign import arguments
 from mapalign import pipeline
 
 
@@ -30,21 +30,14 @@ def main(value_list, betas="0.1,0.5", harmless_ratios="0.0,0.1,0.2,0.3,0.4,0.5,0
         data_name, num_prompts, max_new_tokens, shards: the evaluation generation.
         save_directory: where the generations go.
         dpo_options: further train_dpo flags as a dict, e.g. "{use_lora: True}".
-        name: pipeline name (log folder {log_dir}/{name}, job names {name}:{stage}).
-        workdir: folder the stages run in (relative paths resolve there).
-        backend: "slurm" (sbatch dependency chain) or "local" (subprocesses, in order).
-        dry_run: print the graph and every batch script; submit nothing.
-        settings: cluster YAML (default submit/cluster.yaml; copy and edit it).
-        status: show each stage's job, state and log instead of submitting (also: `<script> status ...`).
     """
     from mapalign.models import model_short_name
-    values = cli.str_list(value_list, "value_list")
-    pipe = pipeline.Pipeline(name, workdir)
-    os.chdir(pipe.workdir)
+    values = arguments.str_list(value_list, "value_list")
+    pipe = pipeline.start(name, workdir)
     n = pipeline.count_prompts(data_name, num_prompts, seed=seed)
     gen_options = {"num_prompts": num_prompts, "max_new_tokens": max_new_tokens, "seed": seed}
-    for beta in cli.float_list(betas, "betas"):
-        for p in cli.float_list(harmless_ratios, "harmless_ratios"):
+    for beta in arguments.float_list(betas, "betas"):
+        for p in arguments.float_list(harmless_ratios, "harmless_ratios"):
             tag = f"b{beta}-p{p}"
             model_dir = os.path.join("modelsDPO", f"{model_short_name(model_name)}-{int(sample_size)}sample-{beta}beta-"
                                                   f"{p}harmless")

@@ -13,7 +13,7 @@ original's 6D/5D/4D runs).
 """
 import os
 
-from mapalign import cli
+from mapalign import arguments
 from mapalign import pipeline
 from mapalign.errors import InputError
 
@@ -28,19 +28,12 @@ def main(file_path, value_list="all", dims="6,5,4", num_lambda=100, scaling_MAX=
         dims: the dimensions k (the original: 6, 5, 4).
         num_lambda, scaling_MAX, seed: as gen_rand_MAP_lambda (100 λ, scaling_MAX 6).
         save_directory: CSVs go to {save_directory}/rand_MAP_lambda_{k}D.csv.
-        name: pipeline name (log folder {log_dir}/{name}, job names {name}:{stage}).
-        workdir: folder the stages run in (relative paths resolve there).
-        backend: "slurm" (sbatch dependency chain) or "local" (subprocesses, in order).
-        dry_run: print the graph and every batch script; submit nothing.
-        settings: cluster YAML (default submit/cluster.yaml; copy and edit it).
-        status: show each stage's job, state and log instead of submitting (also: `<script> status ...`).
     """
     from mapalign.values import expand_value_list
     values = expand_value_list(value_list)
     pipeline.check_values(values)
-    pipe = pipeline.Pipeline(name, workdir)
-    os.chdir(pipe.workdir)
-    for k in [int(x) for x in cli.float_list(dims, "dims")]:
+    pipe = pipeline.start(name, workdir)
+    for k in [int(x) for x in arguments.float_list(dims, "dims")]:
         if not 1 <= k <= len(values):
             raise InputError(f"--dims: {k} is not between 1 and the {len(values)} values of --value_list")
         prefix = os.path.join(save_directory, f"rand_MAP_lambda_{k}D")

@@ -13,8 +13,9 @@ shards → add_reward per value (parallel jobs) → merge → assess (evaluation
 """
 import os
 
-from mapalign import cli
+from mapalign import arguments
 from mapalign import pipeline
+from mapalign import records
 from mapalign.errors import InputError
 
 
@@ -32,24 +33,17 @@ def main(lam_list, value_list, basemodel_name="smollm2-135m", data_name="builtin
         shards: MC-decoding jobs (array over --start_index/--end_index).
         MC_nsamples: samples per prompt (16, as the original pipeline).
         evaluate_values: values to score on the aligned file (default: value_list).
-        name: pipeline name (log folder {log_dir}/{name}, job names {name}:{stage}).
-        workdir: folder the stages run in (relative paths resolve there).
-        backend: "slurm" (sbatch dependency chain) or "local" (subprocesses, in order).
-        dry_run: print the graph and every batch script; submit nothing.
-        settings: cluster YAML (default submit/cluster.yaml; copy and edit it).
-        status: show each stage's job, state and log instead of submitting (also: `<script> status ...`).
     """
-    values = cli.str_list(value_list, "value_list")
-    evaluated = cli.str_list(evaluate_values, "evaluate_values") if evaluate_values else values
+    values = arguments.str_list(value_list, "value_list")
+    evaluated = arguments.str_list(evaluate_values, "evaluate_values") if evaluate_values else values
     if str(lam_list).startswith("@"):
         lam, lam_tag = str(lam_list), os.path.basename(str(lam_list)[1:]).replace(".json", "")
     else:
-        numbers = cli.float_list(lam_list, "lam_list")
-        lam, lam_tag = ",".join(str(x) for x in numbers), ",".join(f"{x:.3f}" for x in numbers)
+        numbers = arguments.float_list(lam_list, "lam_list")
+        lam, lam_tag = ",".join(str(x) for x in numbers), records.lam_string(numbers)
     if not lam.startswith("@") and len(lam.split(",")) != len(values):
         raise InputError(f"--lam_list has {len(lam.split(','))} entries but --value_list has {len(values)} values")
-    pipe = pipeline.Pipeline(name, workdir)
-    os.chdir(pipe.workdir)
+    pipe = pipeline.start(name, workdir)
     n = pipeline.count_prompts(data_name, num_prompts, seed=seed)
     base = pipeline.base_name(basemodel_name, data_name)
     out = os.path.join(save_directory, f"{base}_lam={lam_tag}_val={','.join(values)}.json")

@@ -13,7 +13,7 @@ merge shards → add_reward per value (parallel jobs; perplexity under the base 
 """
 import os
 
-from mapalign import cli
+from mapalign import arguments
 from mapalign import pipeline
 from mapalign.errors import InputError
 
@@ -33,28 +33,21 @@ def main(lam_list, value_list, model_name="smollm2-135m", data_name="builtin", s
         evaluate_values: values scored on the generations (default value_list; "perplexity" is scored
             under model_name, the base model).
         ppo_options: further trainPPO.py flags as a dict, e.g. "{use_lora: True, learning_rate: 1e-5}".
-        name: pipeline name (log folder {log_dir}/{name}, job names {name}:{stage}).
-        workdir: folder the stages run in (relative paths resolve there).
-        backend: "slurm" (sbatch dependency chain) or "local" (subprocesses, in order).
-        dry_run: print the graph and every batch script; submit nothing.
-        settings: cluster YAML (default submit/cluster.yaml; copy and edit it).
-        status: show each stage's job, state and log instead of submitting (also: `<script> status ...`).
     """
     from mapalign import training
     from mapalign.models import model_short_name
     from mapalign.prompts import data_tag
-    values = cli.str_list(value_list, "value_list")
-    evaluated = cli.str_list(evaluate_values, "evaluate_values") if evaluate_values else values
+    values = arguments.str_list(value_list, "value_list")
+    evaluated = arguments.str_list(evaluate_values, "evaluate_values") if evaluate_values else values
     pipeline.check_values(values)
-    pipe = pipeline.Pipeline(name, workdir)
-    os.chdir(pipe.workdir)
+    pipe = pipeline.start(name, workdir)
     n = pipeline.count_prompts(data_name, num_prompts, seed=seed)
     if str(lam_list).startswith("@"):
         lam = str(lam_list)
         if save_path is None:
             raise InputError("with --lam_list=@FILE give --save_path (the default model folder's name holds λ)")
     else:
-        numbers = cli.float_list(lam_list, "lam_list")
+        numbers = arguments.float_list(lam_list, "lam_list")
         lam = ",".join(str(x) for x in numbers)
         if save_path is None:
             save_path = os.path.join("modelsPPO", training.map_model_name(

@@ -38,20 +38,13 @@ def main(value_list="sentiment,harmlessness", c_list=None, basemodel_name="smoll
         MC_nsamples: samples per prompt of MC decoding (16, as the original pipeline).
         ppo_options: further trainPPO.py flags as a dict, e.g. "{use_lora: True, max_steps: 100}".
         figures: draw the base file's reward histograms.
-        name: pipeline name (log folder {log_dir}/{name}, job names {name}:{stage}).
-        workdir: folder the stages run in (relative paths resolve there).
-        backend: "slurm" (sbatch dependency chain) or "local" (subprocesses, in order).
-        dry_run: print the graph and every batch script; submit nothing.
-        settings: cluster YAML (default submit/cluster.yaml; copy and edit it).
-        status: show each stage's job, state and log instead of submitting (also: `submit_jobs.py status ...`).
     """
-    from mapalign import cli
-    values = cli.str_list(value_list, "value_list")
-    aligner_list = cli.str_list(aligners, "aligners")
+    from mapalign import arguments
+    values = arguments.str_list(value_list, "value_list")
+    aligner_list = arguments.str_list(aligners, "aligners")
     if set(aligner_list) - {"mc", "ppo"}:
         raise InputError(f"--aligners takes mc, ppo or mc,ppo; got {aligners!r}")
-    pipe = pipeline.Pipeline(name, workdir)
-    os.chdir(pipe.workdir)  # markers and prompt files resolve where the stages run
+    pipe = pipeline.start(name, workdir)
     n = pipeline.count_prompts(data_name, num_prompts, seed=seed)
     gen_options = {"num_prompts": num_prompts, "max_new_tokens": max_new_tokens, "seed": seed}
     gen, base_file = pipeline.add_generation(pipe, "generate", basemodel_name, data_name, save_directory, n,
@@ -64,7 +57,7 @@ def main(value_list="sentiment,harmlessness", c_list=None, basemodel_name="smoll
         pipeline.execute(pipe, backend, dry_run, settings, status)
         return
 
-    c = cli.float_list(c_list, "c_list")
+    c = arguments.float_list(c_list, "c_list")
     if len(c) != len(values):
         raise InputError(f"--c_list has {len(c)} levels but --value_list has {len(values)} values")
     palette = ",".join(f"{x:g}" for x in c)

@@ -25,17 +25,10 @@ def main(file_path, basemodel_name, values_to_evaluate=None, evaluation_mode=Fal
         basemodel_name: the model whose perplexity is scored (the one that generated the file).
         values_to_evaluate: values of the level table (default: every reward key of the file).
         evaluation_mode: raw quantiles (True) or palette mode (False, the default, as the original's).
-        name: pipeline name (log folder {log_dir}/{name}, job names {name}:{stage}).
-        workdir: folder the stages run in (relative paths resolve there).
-        backend: "slurm" (sbatch dependency chain) or "local" (subprocesses, in order).
-        dry_run: print the graph and every batch script; submit nothing.
-        settings: cluster YAML (default submit/cluster.yaml; copy and edit it).
-        status: show each stage's job, state and log instead of submitting (also: `<script> status ...`).
     """
     from mapalign import records
     from mapalign.merging import temp_reward_path
-    pipe = pipeline.Pipeline(name, workdir)
-    os.chdir(pipe.workdir)
+    pipe = pipeline.start(name, workdir)
     temp_meta = records.metadata_path(temp_reward_path(file_path, "perplexity"))
     rescored = pipeline.value_scored_with(file_path, "perplexity", basemodel_name)
     score = pipe.add("reward-perplexity", "rewardProcessor.py",

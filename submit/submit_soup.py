@@ -13,7 +13,7 @@ jobs) → merge → assess (evaluation mode).
 """
 import os
 
-from mapalign import cli
+from mapalign import arguments
 from mapalign import pipeline
 
 
@@ -31,17 +31,10 @@ def main(value_list, alphas="0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9", beta=0.1, sam
         lora: soup LoRA adapters instead of full weights (train the DPO models with "{use_lora: True}").
         data_name, num_prompts, max_new_tokens, shards: the evaluation generation.
         save_directory: where the generations go.
-        name: pipeline name (log folder {log_dir}/{name}, job names {name}:{stage}).
-        workdir: folder the stages run in (relative paths resolve there).
-        backend: "slurm" (sbatch dependency chain) or "local" (subprocesses, in order).
-        dry_run: print the graph and every batch script; submit nothing.
-        settings: cluster YAML (default submit/cluster.yaml; copy and edit it).
-        status: show each stage's job, state and log instead of submitting (also: `<script> status ...`).
     """
     from mapalign.models import model_short_name
-    values = cli.str_list(value_list, "value_list")
-    pipe = pipeline.Pipeline(name, workdir)
-    os.chdir(pipe.workdir)
+    values = arguments.str_list(value_list, "value_list")
+    pipe = pipeline.start(name, workdir)
     n = pipeline.count_prompts(data_name, num_prompts, seed=seed)
     beta = float(beta)
     stem = f"{model_short_name(model_name)}-{int(sample_size)}sample-{beta}beta"
@@ -54,7 +47,7 @@ def main(value_list, alphas="0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9", beta=0.1, sam
                                 done=pipeline.model_done(model_dir), kind="training",
                                 inputs=[data_source_path] if data_source_path else []))
     gen_options = {"num_prompts": num_prompts, "max_new_tokens": max_new_tokens, "seed": seed}
-    for alpha in cli.float_list(alphas, "alphas"):
+    for alpha in arguments.float_list(alphas, "alphas"):
         soup_dir = os.path.join("modelsDPO", "soup", f"{stem}-{alpha}soup")
         soup = pipe.add(f"soup{alpha}", "getDPOsoup.py",
                         ["soup"] + pipeline.flags(basemodel_name=model_name, sample_size=int(sample_size), beta=beta,

@@ -299,7 +299,7 @@ def test_bad_files_give_one_clear_error_and_write_nothing(in_tmp, content, patte
 
 
 def test_every_saved_lambda_records_its_target(in_tmp, small_file):
-    from mapalign import primaldual
+    from mapalign import lambda_targets
     from mapalign import records
     records.save_metadata(small_file, {"model": "tiny-model", "sampling": {"temperature": 1.0, "top_k": 50,
                                                                          "max_new_tokens": 24,
@@ -307,7 +307,7 @@ def test_every_saved_lambda_records_its_target(in_tmp, small_file):
     aligner = AlignValues("a,b", small_file, "0.1,0.0", estimator="pooled")
     lam, ok = aligner.optimize_lambda()
     assert ok
-    target = primaldual.load_target("results/alignValues.jsonl")
+    target = lambda_targets.load_target("results/alignValues.jsonl")
     assert target["values"] == ["a", "b"] and target["lam"] == pytest.approx(lam)
     assert target["estimator"] == "pooled" and target["solver"] == "exact" and target["status"] == "feasible"
     assert target["base_model"] == "tiny-model" and target["results_file"] == small_file

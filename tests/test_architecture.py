@@ -89,3 +89,12 @@ def test_nothing_edits_sys_path():
     for p in package_modules().values():
         offenders += [p] if "sys.path." in open(p).read() else []
     assert not offenders, offenders
+
+
+def test_only_the_entry_points_import_the_cli_layer():
+    # cli.py is the entry layer (fire, one-line input errors); library code parses its list arguments with
+    # arguments.py. pipeline.main is the submit/ scripts' entry point.
+    modules = package_modules()
+    bad = sorted(m for m, p in modules.items()
+                 if m not in ("mapalign.cli", "mapalign.pipeline") and "mapalign.cli" in imported_modules(p, modules))
+    assert not bad, f"library modules importing mapalign.cli: {bad}"

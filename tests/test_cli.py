@@ -1,4 +1,4 @@
-"""cli.py: list arguments as fire passes them, and one-line errors."""
+"""cli.py and arguments.py: list arguments as fire passes them, and one-line errors."""
 import os
 import subprocess
 import sys
@@ -6,27 +6,28 @@ import sys
 import numpy as np
 import pytest
 
+from mapalign import arguments
 from mapalign import cli
 from conftest import ROOT
 
 
 def test_float_list_forms():
-    assert cli.float_list((1, "2.5"), "x") == [1.0, 2.5]  # fire's tuple for --x=1,2.5
-    assert cli.float_list("0.1, 2", "x") == [0.1, 2.0] and cli.float_list("[1,2]", "x") == [1.0, 2.0]
-    assert cli.float_list(3, "x") == [3.0] and cli.float_list(0, "x") == [0.0]
-    assert cli.float_list(np.array([[1.0], [2.0]]), "x") == [1.0, 2.0]
+    assert arguments.float_list((1, "2.5"), "x") == [1.0, 2.5]  # fire's tuple for --x=1,2.5
+    assert arguments.float_list("0.1, 2", "x") == [0.1, 2.0] and arguments.float_list("[1,2]", "x") == [1.0, 2.0]
+    assert arguments.float_list(3, "x") == [3.0] and arguments.float_list(0, "x") == [0.0]
+    assert arguments.float_list(np.array([[1.0], [2.0]]), "x") == [1.0, 2.0]
     with pytest.raises(ValueError, match="--x must hold numbers"):
-        cli.float_list("a,b", "x")
+        arguments.float_list("a,b", "x")
     with pytest.raises(ValueError, match="finite"):
-        cli.float_list("1,nan", "x")
+        arguments.float_list("1,nan", "x")
     with pytest.raises(ValueError, match="non-empty"):
-        cli.float_list("", "x")
+        arguments.float_list("", "x")
 
 
-def test_values_and_lambda():
-    assert cli.values_and_lambda("a,b", (1, 2)) == (["a", "b"], [1.0, 2.0])
+def test_lambda_per_value():
+    assert arguments.lambda_per_value((1, 2), ["a", "b"]) == [1.0, 2.0]
     with pytest.raises(ValueError, match="1 entries but --value_list names 2 values"):
-        cli.values_and_lambda(("a", "b"), 1.0)
+        arguments.lambda_per_value(1.0, ["a", "b"])
 
 
 def run_main(body):
@@ -74,7 +75,7 @@ def test_every_module_error_class_is_an_input_error():
                 genDPOdata.DataNotAvailableError, mergeProcessor.OutputExistsError):
         assert issubclass(cls, InputError), cls
     with pytest.raises(InputError, match="--x must hold numbers"):
-        cli.float_list("a,b", "x")
+        arguments.float_list("a,b", "x")
 
 
 def test_unknown_value_is_an_input_error_and_still_a_key_error():

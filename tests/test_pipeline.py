@@ -255,8 +255,8 @@ def test_local_backend_reports_the_failed_stage_and_skips_its_children(tmp_path)
 def test_lambda_file_round_trip(tmp_path):
     """optimize_lambda --save_lambda writes the λ target that --lam_list=@FILE and the trainers'
     --lambda_file read back."""
-    from mapalign import cli
-    from mapalign import primaldual
+    from mapalign import arguments
+    from mapalign import lambda_targets
     from mapalign.align import AlignValues
     path = scored_file(tmp_path / "s.json")
     align = AlignValues("length,sentiment", path, c_list="12,0.1")
@@ -265,7 +265,7 @@ def test_lambda_file_round_trip(tmp_path):
     with open(tmp_path / "lam.json") as f:
         saved = json.load(f)
     assert saved["values"] == ["length", "sentiment"] and saved["c"] == [12.0, 0.1] and saved["status"] == "feasible"
-    assert cli.float_list(f"@{tmp_path / 'lam.json'}", "lam_list") == lam
-    assert primaldual.load_target(str(tmp_path / "lam.json"))["lam"] == lam == saved["lam"]
+    assert arguments.float_list(f"@{tmp_path / 'lam.json'}", "lam_list") == lam
+    assert lambda_targets.load_target(str(tmp_path / "lam.json"))["lam"] == lam == saved["lam"]
     with pytest.raises(ValueError, match="--lam_list=@.* does not exist"):
-        cli.float_list(f"@{tmp_path / 'none.json'}", "lam_list")
+        arguments.float_list(f"@{tmp_path / 'none.json'}", "lam_list")

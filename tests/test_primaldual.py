@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from mapalign import lambda_targets
 from mapalign import models
 from mapalign import primaldual
 from mapalign import solver
@@ -193,7 +194,7 @@ def test_levels_se_and_tolerance():
 
 
 def test_resolve_sampling_refuses_a_mismatch_naming_both_sides():
-    target = primaldual.make_target(["a"], [1.0], estimator="per_prompt", base_model="m0", sampling={
+    target = lambda_targets.make_target(["a"], [1.0], estimator="per_prompt", base_model="m0", sampling={
         "temperature": 1.0, "top_k": 50, "top_p": 1.0, "max_new_tokens": 24, "use_chat_template": True})
     sampling, model, notes = primaldual.resolve_sampling(target, {"top_k": None}, None)
     assert sampling["top_k"] == 50 and sampling["max_new_tokens"] == 24 and model == "m0" and notes == []
@@ -218,8 +219,8 @@ def test_trainPPO_palette_run_records_rounds_and_refuses_mismatch(tiny_lm_dir, t
     prompts_file.write_text(json.dumps(["Tell me a joke", "How do I bake bread?", "Give me tips", "Be kind",
                                         "What is best?", "Why?"]))
     lam_file = tmp_path / "lam.json"
-    lam_file.write_text(json.dumps(primaldual.make_target(["test-len"], [0.5], estimator="per_prompt",
-                                                          base_model=tiny_lm_dir, sampling={
+    lam_file.write_text(json.dumps(lambda_targets.make_target(["test-len"], [0.5], estimator="per_prompt",
+                                                              base_model=tiny_lm_dir, sampling={
         "temperature": 1.0, "top_k": 0, "top_p": 1.0, "max_new_tokens": 4, "use_chat_template": None})))
     with pytest.raises(primaldual.TargetMismatchError, match="max_new_tokens: trainer 6 vs λ fitted with 4"):
         trainPPO.main(lambda_file=str(lam_file), data_name=str(prompts_file), max_new_tokens=6)

@@ -168,5 +168,5 @@ def plot_weighted_unweighted_histograms(file_path, values_to_align, lam=None, va
     lam_text = ", ".join(f"{values.display_name(v)} {x:.3g}" for v, x in zip(aligned, lam))
     fig.suptitle(figstyle.text(f"$\\lambda$: {lam_text}   (ESS {ess:.0f} of {weights.size})"), fontsize=9)
     fig.tight_layout()
-    default = f"{_stem(file_path)}_hist_lam={','.join(f'{x:.3f}' for x in lam)}"
+    default = f"{_stem(file_path)}_hist_lam={records.lam_string(lam)}"
     return figstyle.save_figure(fig, output_prefix or default)
