@@ -23,7 +23,6 @@ Steps:
 Writes results/bench_dpa/summary.json and the figure results/gallery/fig_dpa_front.png. Ends with
 `ratio=<MAP-D seconds per prompt / conditioned seconds per prompt>` (same run, same machine).
 """
-import json
 import os
 import time
 

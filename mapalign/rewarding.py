@@ -22,7 +22,6 @@ Outputs (formats of the original, SPEC-MAP §2.3):
   λ, then one `{value}_lam` column per aligned value; 3 decimals.
 """
 import math
-import os
 import time
 
 import numpy as np
