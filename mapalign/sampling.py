@@ -1,8 +1,11 @@
 """The one Hugging Face sampling loop of the package: continuations of model-ready prompts from a causal
 LM in this process, batched, seeded per block, each prompt's KV cache shared by its samples, new tokens
-counted. Generation (generation.TextGeneration), the hf engine (engines.HFEngine, which MC decoding, ALT,
-DPA and the benchmarks use), the token-level decoder, the primal-dual policy sampler and the GUI all
-sample through `sample`; the vllm/server engines (engines.py) are the only other samplers.
+counted. Everything that generates from a model in this process goes through `sample`: generation
+(generation.TextGeneration: gendata, ALT's and DPA's sampling stages), the hf engine (engines.HFEngine:
+MC decoding), the token-level decoder (token_decoder), the policy sampler of the primal-dual trainers
+(primaldual.sample_policy: MAP-DPO, PPO), ALT's local LMU judge (greedy) and the GUI. The vllm/server
+engines (engines.py) are the only other samplers. This module imports nothing of the package: it sits
+at the bottom of the layers.
 
 Layout and seeding. The P prompts × n samples are laid out prompt-major (row r is sample r % n of
 prompt r // n) and cut into chunks of `batch_size` rows, one `model.generate` call each. Chunk c of a
@@ -16,9 +19,10 @@ is MC decoding's resampling seed (decoding.mc_decode), 2 the vllm/server request
 KV-prefix sharing. With share_prefix and n > 1 samples (and no beams), each prompt of a chunk is run once
 through the model without its last token, and that KV cache is copied to its samples; generate then
 starts from the last prompt token. The samples are the same tokens as without sharing for the same
-seed (tests/test_sampling.py; bit-identical logits are not guaranteed in general, so a rare token may
-differ on other hardware or dtypes); an architecture whose cache cannot be copied falls back to
-recomputing the prompt per sample, with a warning.
+seed (tests/test_sampling.py on the tiny llama and gpt2 models; checked on SmolLM2-135M in float32 on
+CPU); the logits are not guaranteed bit-identical in general, so a rare token may differ in other
+dtypes or on other hardware. An architecture whose cache cannot be copied falls back to recomputing
+the prompt per sample, with a warning.
 """
 import dataclasses
 import warnings
