@@ -43,6 +43,7 @@ from mapalign import lambda_targets  # noqa: E402
 from mapalign import models  # noqa: E402
 from mapalign import primaldual  # noqa: E402
 from mapalign import records  # noqa: E402
+from mapalign import resampling  # noqa: E402
 from mapalign import training  # noqa: E402
 from mapalign import train_dpo as trainDPO  # noqa: E402
 from mapalign import train_ppo as trainPPO  # noqa: E402
@@ -79,7 +80,7 @@ def map_d(R, groups, lam):
     per_prompt, kls = [], []
     for g in np.unique(groups):
         Rg = R[:, groups == g]
-        w = decoding.resample_weights(lam @ Rg)
+        w = resampling.resample_weights(lam @ Rg)
         per_prompt.append(Rg @ w)
         kls.append(float(np.sum(w * np.log(np.maximum(w * len(w), 1e-300)))))
     P = np.stack(per_prompt, axis=1)

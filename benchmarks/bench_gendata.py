@@ -17,7 +17,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import fire  # noqa: E402
 
-from mapalign.generation import TextGeneration, fast_dtype  # noqa: E402
+from mapalign.generation import TextGeneration  # noqa: E402
+from mapalign.models import fast_dtype  # noqa: E402
 from mapalign.models import DEFAULT_MODEL  # noqa: E402
 
 
@@ -37,7 +38,7 @@ def main(num_prompts=32, max_new_tokens=32, batch_size=32, dtype=None, threads=1
         num_prompts: prompts of the built-in set used by both runs.
         max_new_tokens: tokens generated per prompt (EOS suppressed, so exactly this many).
         batch_size: prompts per forward pass in the batched run.
-        dtype: model dtype; default the faster one here (gendata.fast_dtype: bfloat16 only with native CPU
+        dtype: model dtype; default the faster one here (models.fast_dtype: bfloat16 only with native CPU
             bf16 support or a GPU, else float32), as the demo chooses.
         threads: torch threads (1 by default: the machines are shared).
         model: model name (default the embedded SmolLM2).

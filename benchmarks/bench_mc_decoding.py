@@ -30,6 +30,7 @@ import numpy as np  # noqa: E402
 from mapalign import arguments  # noqa: E402
 from mapalign import decoding  # noqa: E402
 from mapalign import values as value_registry  # noqa: E402
+from mapalign import sampling  # noqa: E402
 
 
 def original_loop(model, tokenizer, prompts, inputs, lam, value_names, scorers, M, max_new_tokens, top_k=50,
@@ -46,7 +47,7 @@ def original_loop(model, tokenizer, prompts, inputs, lam, value_names, scorers, 
                                  num_beams=1, max_new_tokens=max_new_tokens, num_return_sequences=M,
                                  pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
         new = out[:, enc["input_ids"].shape[1]:]
-        tokens += int(decoding.count_new_tokens(new, [tokenizer.eos_token_id]).sum())
+        tokens += int(sampling.count_new_tokens(new, [tokenizer.eos_token_id]).sum())
         texts = tokenizer.batch_decode(new, skip_special_tokens=True)
         reward_vectors = [scorers[v]([prompt] * M, [t.strip() for t in texts]) for v in value_names]
         reward_matrix = torch.tensor(np.array(reward_vectors), dtype=torch.float32)

@@ -621,15 +621,15 @@ class LocalJudge:
         return categories[int(np.argmax(self.category_logliks(prompt, generation, categories)))]
 
     def lmu_text(self, prompt, generation):
-        import torch
-
         from mapalign import models
+        from mapalign import sampling
         text = models.format_prompts(self.tokenizer, [lmu_prompt(prompt, generation)])[0]
-        enc = self.tokenizer(text, return_tensors="pt", add_special_tokens=False).to(self.model.device)
-        with torch.no_grad():
-            out = self.model.generate(**enc, do_sample=False, max_new_tokens=self.max_new_tokens,
-                                      pad_token_id=self.tokenizer.pad_token_id)
-        return self.tokenizer.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+        # greedy; stops where the judge's generation config says (what generate does without eos_token_id)
+        eos = self.model.generation_config.eos_token_id
+        stop = None if eos is None else list(eos) if isinstance(eos, (list, tuple)) else [eos]
+        out = sampling.sample(self.model, self.tokenizer, [text], 1, max_new_tokens=self.max_new_tokens,
+                              do_sample=False, add_special_tokens=False, stop_ids=stop)
+        return out.texts[0][0]
 
     def lmu(self, prompt, generation):
         return parse_lmu(self.lmu_text(prompt, generation))

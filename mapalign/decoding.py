@@ -4,7 +4,7 @@ softmax(λᵀr) over the M (importance resampling toward p_λ ∝ p0·exp(λᵀr
 
 Fixes and changes against the original `generate_from_MC_aligned_model`:
 * batched across prompts and samples: one generate call covers several prompts × M samples, and
-  each prompt's KV cache is computed once and shared by its M samples (`share_prefix`);
+  each prompt's KV cache is computed once and shared by its M samples (sampling.sample, `share_prefix`);
 * every value scores all the samples of a batch in one scorer call (values.load_scorer);
 * the softmax subtracts the maximum in float64, so no λᵀr spread overflows (the original's
   exp without max-subtraction turned into inf/NaN and crashed the sampler);
@@ -20,20 +20,17 @@ the shard job behind `gendata.py ... generate_from_MC_aligned_model` (naming, ch
 """
 import os
 import time
-import warnings
 
 import numpy as np
 
 from mapalign import arguments
+from mapalign import engines
 from mapalign import records
-from mapalign.errors import InputError
 from mapalign import values as values_registry
+from mapalign.resampling import DecodingError, choose_samples
+from mapalign.sampling import block_seed
 
 MC_KEYS = ("chosen_index", "mc_ess")
-
-
-class DecodingError(InputError):
-    """Bad decoding inputs (λ, values, rewards); the message names the input and the fix."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -72,55 +69,6 @@ def shard_path(save_directory, base_name, lam, value_list, start_index, end_inde
 
 
 # ---------------------------------------------------------------------------------------------
-# Resampling
-
-def resample_weights(scores):
-    """Stable softmax along the last axis, in float64: w = exp(s − max s) / Σ exp(s − max s).
-
-    scores: (..., M) tilt scores λᵀr. Returns weights of the same shape, each row summing to 1.
-    Finite scores never overflow, whatever their spread (rows with spread > ~745 put all weight on
-    their maxima). Raises DecodingError for NaN or infinite scores (a reward that is not a number).
-    """
-    s = np.asarray(scores, dtype=np.float64)
-    if not np.all(np.isfinite(s)):
-        raise DecodingError(f"{int(np.sum(~np.isfinite(s)))} tilt scores λᵀr are NaN or infinite: some reward "
-                            "is not a finite number (check the scorer), or λ is too large for float64.")
-    e = np.exp(s - s.max(axis=-1, keepdims=True))
-    return e / e.sum(axis=-1, keepdims=True)
-
-
-def effective_sample_size(weights):
-    """1/Σw² along the last axis: M for uniform weights, 1 when one sample holds all the weight."""
-    w = np.asarray(weights, dtype=np.float64)
-    return 1.0 / np.sum(w * w, axis=-1)
-
-
-def choose_samples(rewards, lam, rng, best_of_n=False):
-    """Pick one of the M samples of every prompt.
-
-    rewards: (k, P, M) rewards of P prompts × M samples on k values; lam: (k,).
-    rng: numpy Generator (one uniform draw per prompt; drawn even for best_of_n so both modes
-    consume the same randomness).
-    Returns (chosen (P,) int, weights (P, M), ess (P,)). Resampling draws index j with probability
-    w_j = softmax(λᵀr)_j; best_of_n takes argmax_j λᵀr_j (first on ties).
-    """
-    rewards = np.asarray(rewards, dtype=np.float64)
-    lam = np.asarray(lam, dtype=np.float64).reshape(-1)
-    if rewards.ndim != 3 or rewards.shape[0] != lam.size:
-        raise DecodingError(f"rewards must have shape (k={lam.size}, prompts, samples); got {rewards.shape}")
-    scores = np.einsum("k,kpm->pm", lam, rewards)
-    weights = resample_weights(scores)
-    u = rng.random(weights.shape[0])
-    if best_of_n:
-        chosen = scores.argmax(axis=1)
-    else:
-        # inverse CDF per row; the clip guards against u landing past a cumsum that rounds below 1
-        cdf = np.cumsum(weights, axis=1)
-        chosen = np.minimum((cdf < (u * cdf[:, -1])[:, None]).sum(axis=1), weights.shape[1] - 1)
-    return chosen.astype(np.int64), weights, effective_sample_size(weights)
-
-
-# ---------------------------------------------------------------------------------------------
 # Scoring
 
 def score_samples(value_names, scorers, prompts, continuations):
@@ -143,85 +91,7 @@ def score_samples(value_names, scorers, prompts, continuations):
 
 
 # ---------------------------------------------------------------------------------------------
-# Sampling
-
-def count_new_tokens(new_ids, eos_token_ids):
-    """Tokens generated per row up to and including the first EOS (all positions if none)."""
-    import torch
-    is_eos = torch.isin(new_ids, torch.as_tensor(list(eos_token_ids), device=new_ids.device))
-    return torch.where(is_eos.any(1), is_eos.int().argmax(1) + 1, new_ids.shape[1])
-
-
-def _prefill_shared(model, input_ids, attention_mask, num_samples):
-    """KV cache of every prompt but its last token, computed once and repeated num_samples times
-    (row-major: prompt 0's copies first). Returns the cache, or None when the model's cache cannot
-    be shared this way (then generate recomputes the prompt for every sample)."""
-    import torch
-    try:
-        position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-        with torch.no_grad():
-            # base_model: no LM head, whose logits over the vocabulary the prefill does not need
-            out = model.base_model(input_ids=input_ids[:, :-1], attention_mask=attention_mask[:, :-1],
-                                   position_ids=position_ids[:, :-1], use_cache=True)
-        cache = out.past_key_values
-        cache.batch_repeat_interleave(num_samples)
-        return cache
-    except Exception as e:  # an architecture without DynamicCache support: fall back, say so once
-        warnings.warn(f"decoding: prompt KV-cache sharing unavailable for {type(model).__name__} ({e}); "
-                      "each sample recomputes its prompt.", stacklevel=3)
-        return None
-
-
-def sample_continuations(model, tokenizer, inputs, num_samples, max_new_tokens=50, temperature=1.0, top_k=50,
-                         seed=None, add_special_tokens=False, share_prefix=True, top_p=1.0, return_ids=False):
-    """Draw `num_samples` continuations of each input text in ONE generate call (top-k sampling).
-
-    inputs: P model-ready strings (chat-formatted already when the template is used).
-    seed: re-seed torch's RNG first (None: keep its state).
-    add_special_tokens: True for raw prompts (BOS as the original), False for chat-formatted text.
-    share_prefix: compute each prompt's KV cache once and share it among its samples.
-    top_p: nucleus sampling mass (1 = off).
-    return_ids: also return the exact token ids (see below).
-    Returns (continuations, new_tokens): P lists of num_samples raw decoded continuations (special
-    tokens skipped, not stripped), and the number of tokens generated (up to EOS, inclusive).
-    With return_ids, a third item: (prompt_ids, continuation_ids), P lists of the prompt's token ids
-    (unpadded) and P lists of num_samples lists of the sampled ids, up to and including the first EOS
-    (a continuation cut at max_new_tokens has no EOS).
-    """
-    import torch
-    if seed is not None:
-        torch.manual_seed(int(seed))
-    enc = tokenizer(list(inputs), return_tensors="pt", padding=True, add_special_tokens=add_special_tokens)
-    ids, mask = enc["input_ids"].to(model.device), enc["attention_mask"].to(model.device)
-    kwargs = {}
-    if share_prefix and ids.shape[1] > 1:
-        cache = _prefill_shared(model, ids, mask, num_samples)
-        if cache is not None:
-            kwargs["past_key_values"] = cache
-    eos = tokenizer.eos_token_id
-    with torch.no_grad():
-        out = model.generate(input_ids=ids.repeat_interleave(num_samples, 0),
-                             attention_mask=mask.repeat_interleave(num_samples, 0), do_sample=True,
-                             temperature=float(temperature), top_k=int(top_k), top_p=float(top_p), num_beams=1,
-                             max_new_tokens=int(max_new_tokens), pad_token_id=tokenizer.pad_token_id,
-                             eos_token_id=eos, **kwargs)
-    new = out[:, ids.shape[1]:]
-    lengths = count_new_tokens(new, [eos])
-    new_tokens = int(lengths.sum())
-    texts = tokenizer.batch_decode(new, skip_special_tokens=True)
-    grouped = [texts[i * num_samples:(i + 1) * num_samples] for i in range(len(inputs))]
-    if not return_ids:
-        return grouped, new_tokens
-    prompt_ids = [ids[i][mask[i].bool()].tolist() for i in range(len(inputs))]
-    rows = [new[j, :int(lengths[j])].tolist() for j in range(new.shape[0])]
-    return grouped, new_tokens, (prompt_ids, [rows[i * num_samples:(i + 1) * num_samples] for i in range(len(inputs))])
-
-
-def chunk_seeds(seed, first_prompt_index):
-    """(torch seed for sampling, numpy seed for resampling) of the batch starting at that prompt."""
-    from mapalign.generation import block_seed
-    return block_seed(seed, first_prompt_index, 0), block_seed(seed, first_prompt_index, 1)
-
+# Decoding
 
 def mc_decode(model, tokenizer, prompts, lam, value_names, MC_nsamples=16, scorers=None, batch_size=64,
               max_new_tokens=50, temperature=1.0, top_k=50, best_of_n=False, use_chat_template=None, seed=0,
@@ -252,7 +122,6 @@ def mc_decode(model, tokenizer, prompts, lam, value_names, MC_nsamples=16, score
     from mapalign.models import format_prompts
     from tqdm.auto import tqdm
 
-    from mapalign import engines
     lam = np.asarray(lam, dtype=np.float64).reshape(-1)
     value_names = list(value_names)
     if len(value_names) != lam.size:
@@ -270,7 +139,8 @@ def mc_decode(model, tokenizer, prompts, lam, value_names, MC_nsamples=16, score
     results, new_tokens = [], 0
     for lo in tqdm(range(0, len(prompts), per_call), desc="MC decode", unit="batch", disable=not progress):
         hi = min(lo + per_call, len(prompts))
-        _, np_seed = chunk_seeds(seed, first_prompt_index + lo)
+        # the engine seeds its sampling from (seed, first prompt index); chunk 1 of that key seeds the draw
+        np_seed = block_seed(seed, first_prompt_index + lo, 1)
         samples, n_new = engine.sample(inputs[lo:hi], M, sampling, seed=seed, first_prompt_index=first_prompt_index + lo,
                                        add_special_tokens=not chat)
         new_tokens += n_new

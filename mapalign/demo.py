@@ -28,9 +28,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 from mapalign import arguments  # noqa: E402
 from mapalign import records  # noqa: E402
 from mapalign.align import AlignValues  # noqa: E402
-from mapalign.generation import TextGeneration, fast_dtype  # noqa: E402
+from mapalign.generation import TextGeneration  # noqa: E402
 from mapalign.merging import MergeProcessor  # noqa: E402
-from mapalign.models import DEFAULT_MODEL  # noqa: E402
+from mapalign.models import DEFAULT_MODEL, fast_dtype  # noqa: E402
 from mapalign.rewarding import RewardProcessor  # noqa: E402
 
 DEMO_VALUES = ("sentiment", "harmlessness", "coherence-minilm", "perplexity", "diversity", "length")

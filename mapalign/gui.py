@@ -23,6 +23,7 @@ import numpy as np  # noqa: E402
 
 from mapalign import decoding  # noqa: E402
 from mapalign import records  # noqa: E402
+from mapalign import sampling  # noqa: E402
 from mapalign import solver  # noqa: E402
 from mapalign import values as values_registry  # noqa: E402
 from mapalign.models import DEFAULT_MODEL, format_prompts, load_model_and_tokenizer  # noqa: E402
@@ -147,15 +148,11 @@ class PaletteSession:
 
 def generate_original(model, tokenizer, prompt, temperature=1.0, top_k=50, num_beams=1, max_new_tokens=50):
     """One sample from the model (the original GUI's config); returns prompt + continuation."""
-    import torch
     chat = bool(getattr(tokenizer, "chat_template", None))
-    enc = tokenizer(format_prompts(tokenizer, [prompt], use_chat_template=chat), return_tensors="pt",
-                    add_special_tokens=not chat).to(model.device)
-    with torch.no_grad():
-        out = model.generate(**enc, do_sample=True, temperature=float(temperature), top_k=int(top_k),
-                             num_beams=int(num_beams), max_new_tokens=int(max_new_tokens),
-                             pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
-    continuation = tokenizer.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+    out = sampling.sample(model, tokenizer, format_prompts(tokenizer, [prompt], use_chat_template=chat), 1,
+                          max_new_tokens=int(max_new_tokens), temperature=float(temperature), top_k=int(top_k),
+                          num_beams=int(num_beams), add_special_tokens=not chat)
+    continuation = out.texts[0][0]
     return prompt + " " + continuation.strip() if chat else prompt + continuation
 
 

@@ -190,9 +190,12 @@ def within_tolerance(levels, se, c, lam, tol_se=2.0, tol_abs=0.0):
 
 def sample_policy(model, tokenizer, prompts, per_prompt, sampling, seed, first_id=0, batch_size=32):
     """Records {prompt, continuation, prompt_id, sample_id, prompt_ids, continuation_ids} of `per_prompt`
-    samples per raw prompt, drawn with `sampling` (decoding.sample_continuations; exact sampled ids)."""
-    from mapalign import decoding
+    samples per raw prompt, drawn with `sampling` (sampling.sample; exact sampled ids). Torch is seeded with
+    seed·100003 + the index of each call's first prompt."""
+    import torch
+
     from mapalign import models
+    from mapalign import sampling as hf_sampling
     was_training = model.training
     model.eval()
     inputs = models.format_prompts(tokenizer, prompts, use_chat_template=sampling.get("use_chat_template"))
@@ -200,10 +203,11 @@ def sample_policy(model, tokenizer, prompts, per_prompt, sampling, seed, first_i
     per_call = max(1, int(batch_size) // int(per_prompt))
     out = []
     for lo in range(0, len(prompts), per_call):
-        texts, _, (p_ids, c_ids) = decoding.sample_continuations(
-            model, tokenizer, inputs[lo:lo + per_call], int(per_prompt), max_new_tokens=sampling["max_new_tokens"],
-            temperature=sampling["temperature"], top_k=sampling["top_k"], top_p=sampling["top_p"],
-            seed=int(seed) * 100003 + lo, add_special_tokens=not chat, return_ids=True)
+        torch.manual_seed(int(seed) * 100003 + lo)
+        drawn = hf_sampling.sample(model, tokenizer, inputs[lo:lo + per_call], int(per_prompt),
+                                   max_new_tokens=sampling["max_new_tokens"], temperature=sampling["temperature"],
+                                   top_k=sampling["top_k"], top_p=sampling["top_p"], add_special_tokens=not chat)
+        texts, p_ids, c_ids = drawn.texts, drawn.prompt_ids, drawn.token_ids
         for p, group in enumerate(texts):
             for s, text in enumerate(group):
                 out.append({"prompt": prompts[lo + p], "continuation": text.strip(), "prompt_id": first_id + lo + p,

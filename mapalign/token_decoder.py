@@ -7,7 +7,7 @@ reward of (prompt, partial continuation + candidate), and the candidate log-prob
 by λᵀr (value_param · reward for one value) before sampling; other steps are plain top-k sampling.
 The original (SPEC-MAP §7) was a research stub: its "rewards" were Gaussian noise, it re-ran the
 whole text through the model at every token, and it handled one prompt. Here the rewards are real
-(values.load_scorer), generation runs through `model.generate` with its KV cache, all candidates of
+(values.load_scorer), generation runs through `model.generate` with its KV cache (sampling.sample), all candidates of
 all prompts of a batch are scored in one scorer call per value, and prompts are batched.
 
 Honest status: this is a greedy, myopic heuristic. Tilting individual tokens by the reward of a
@@ -23,6 +23,7 @@ import numpy as np
 from mapalign import arguments
 from mapalign import decoding
 from mapalign import values as value_registry
+from mapalign import sampling
 
 
 def _tilt_processor_class():
@@ -89,7 +90,8 @@ def value_aligned_decode(model, tokenizer, prompts, value_names, lam, max_decode
             the registry.
         use_chat_template: None = when the tokenizer has one, True, or False (raw prompts, as the original).
         stop_at_period: also stop a row at the "." token (the original did).
-        seed: seeds torch's RNG once before the first batch (None: keep its state).
+        seed: seeds torch's RNG once before the first batch (None: keep its state); later batches continue
+            that stream (sampling.sample with seed=None).
         batch_size: prompts per generate call.
     Returns:
         (continuations, stats): raw decoded continuations (special tokens skipped), and a dict with
@@ -119,25 +121,21 @@ def value_aligned_decode(model, tokenizer, prompts, value_names, lam, max_decode
     if seed is not None:
         torch.manual_seed(int(seed))
     Processor = _tilt_processor_class()
-    continuations, stats = [], {"new_tokens": 0, "scorer_calls": 0, "texts_scored": 0}
+    processors = []
+
+    def tilt(rows, width):  # one processor per generate call (batch), over the raw prompts of its rows
+        processors.append(Processor(tokenizer, [prompts[i] for i in rows], width, value_names, lam, scorers,
+                                    int(top_k), int(interval), float(temperature), stop_ids, debug))
+        return [processors[-1]]
+
     t0 = time.time()
-    for lo in range(0, len(inputs), max(1, int(batch_size))):
-        enc = tokenizer(inputs[lo:lo + batch_size], return_tensors="pt", padding=True, add_special_tokens=not chat)
-        enc = {k: v.to(model.device) for k, v in enc.items()}
-        width = enc["input_ids"].shape[1]
-        processor = Processor(tokenizer, list(prompts[lo:lo + batch_size]), width, value_names, lam, scorers,
-                              int(top_k), int(interval), float(temperature), stop_ids, debug)
-        with torch.no_grad():
-            out = model.generate(**enc, do_sample=True, temperature=1.0, top_k=0, top_p=1.0, num_beams=1,
-                                 max_new_tokens=int(max_decode_length), logits_processor=[processor],
-                                 pad_token_id=tokenizer.pad_token_id, eos_token_id=stop_ids)
-        new = out[:, width:]
-        stats["new_tokens"] += int(decoding.count_new_tokens(new, stop_ids).sum())
-        stats["scorer_calls"] += processor.scorer_calls
-        stats["texts_scored"] += processor.texts_scored
-        continuations += tokenizer.batch_decode(new, skip_special_tokens=True)
-    stats["seconds"] = time.time() - t0
-    return continuations, stats
+    # the processor keeps the top-k and divides by the temperature itself: generate samples at 1, no top-k
+    out = sampling.sample(model, tokenizer, inputs, 1, max_new_tokens=int(max_decode_length), temperature=1.0,
+                          top_k=0, top_p=1.0, batch_size=batch_size, add_special_tokens=not chat, stop_ids=stop_ids,
+                          logits_processor=tilt)
+    stats = {"new_tokens": out.new_tokens, "scorer_calls": sum(p.scorer_calls for p in processors),
+             "texts_scored": sum(p.texts_scored for p in processors), "seconds": time.time() - t0}
+    return [group[0] for group in out.texts], stats
 
 
 def values_and_weights(value, value_param):

@@ -252,10 +252,7 @@ def test_lmu_parsing_and_failures_become_none(tiny_lm_dir):
 def test_vllm_serve_as_a_real_judge_endpoint(tmp_path):
     """`vllm serve` (from .venv-vllm, `make vllm`; engines.ManagedServer of the vLLM engine) running
     SmolLM2 on 127.0.0.1 answers the LMC and LMU judge prompts through openai_compat."""
-    import importlib.util
-
     from conftest import require
-    require(importlib.util.find_spec("engines") is not None, "engines.py (the vLLM engine, issue 10) is absent")
     from mapalign import engines
     require(engines.vllm_venv_ready(), "vLLM is not installed: run `make vllm` (builds .venv-vllm)")
     from mapalign import openai_compat

@@ -7,13 +7,14 @@ import pytest
 
 from mapalign import decoding
 from mapalign import records
+from mapalign import resampling
 
 
 # --------------------------------------------------------------------------------------------
-# resampling maths
+# resampling maths (resampling.py)
 
 def test_resample_weights_known_values():
-    w = decoding.resample_weights([[0.0, np.log(3.0)], [5.0, 5.0]])
+    w = resampling.resample_weights([[0.0, np.log(3.0)], [5.0, 5.0]])
     np.testing.assert_allclose(w, [[0.25, 0.75], [0.5, 0.5]], atol=1e-15)
 
 
@@ -22,7 +23,7 @@ def test_resample_weights_no_overflow_for_large_spreads(spread):
     # the original exp(λᵀr)/Σexp(λᵀr) is inf/inf = NaN beyond ~709 (float64) or ~88.7 (float32)
     scores = np.array([[0.0, spread / 2, spread], [-spread, 0.0, -spread]])
     with np.errstate(over="raise", invalid="raise", divide="raise"):  # underflow to 0 is benign
-        w = decoding.resample_weights(scores)
+        w = resampling.resample_weights(scores)
     assert np.all(np.isfinite(w))
     np.testing.assert_allclose(w.sum(axis=1), 1.0)
     expected_top = 1.0 / (1.0 + np.exp(-spread / 2) + np.exp(-spread))
@@ -31,14 +32,14 @@ def test_resample_weights_no_overflow_for_large_spreads(spread):
 
 
 def test_resample_weights_reject_non_finite_scores():
-    with pytest.raises(decoding.DecodingError, match="NaN or infinite"):
-        decoding.resample_weights([[0.0, np.nan]])
+    with pytest.raises(resampling.DecodingError, match="NaN or infinite"):
+        resampling.resample_weights([[0.0, np.nan]])
 
 
 def test_effective_sample_size():
-    np.testing.assert_allclose(decoding.effective_sample_size(np.full((2, 8), 1 / 8)), [8.0, 8.0])
-    assert decoding.effective_sample_size([0.0, 1.0, 0.0]) == pytest.approx(1.0)
-    assert decoding.effective_sample_size([0.5, 0.5, 0.0, 0.0]) == pytest.approx(2.0)
+    np.testing.assert_allclose(resampling.effective_sample_size(np.full((2, 8), 1 / 8)), [8.0, 8.0])
+    assert resampling.effective_sample_size([0.0, 1.0, 0.0]) == pytest.approx(1.0)
+    assert resampling.effective_sample_size([0.5, 0.5, 0.0, 0.0]) == pytest.approx(2.0)
 
 
 def test_choose_samples_frequencies_match_softmax():
@@ -49,8 +50,8 @@ def test_choose_samples_frequencies_match_softmax():
     lam = np.array([0.7, 1.3])
     P = 20000
     rewards = np.repeat(base[:, None, :], P, axis=1)
-    chosen, weights, ess = decoding.choose_samples(rewards, lam, rng)
-    expected = decoding.resample_weights(lam @ base)
+    chosen, weights, ess = resampling.choose_samples(rewards, lam, rng)
+    expected = resampling.resample_weights(lam @ base)
     freq = np.bincount(chosen, minlength=4) / P
     se = np.sqrt(expected * (1 - expected) / P)
     assert np.all(np.abs(freq - expected) < 5 * se), (freq, expected)
@@ -61,20 +62,20 @@ def test_choose_samples_frequencies_match_softmax():
 def test_choose_samples_huge_spread_and_best_of_n():
     rewards = np.array([[[0.0, 1e4, 5.0], [1e3, -1e4, 0.0]]])  # k=1, P=2, M=3
     for seed in range(20):
-        chosen, weights, ess = decoding.choose_samples(rewards, [1.0], np.random.default_rng(seed))
+        chosen, weights, ess = resampling.choose_samples(rewards, [1.0], np.random.default_rng(seed))
         assert chosen.tolist() == [1, 0]
     np.testing.assert_allclose(weights, [[0, 1, 0], [1, 0, 0]], atol=1e-300)
     np.testing.assert_allclose(ess, [1.0, 1.0])
-    best, _, _ = decoding.choose_samples(rewards, [1.0], np.random.default_rng(1), best_of_n=True)
+    best, _, _ = resampling.choose_samples(rewards, [1.0], np.random.default_rng(1), best_of_n=True)
     assert best.tolist() == [1, 0]
     # negative λ tilts toward low rewards
-    low, _, _ = decoding.choose_samples(rewards, [-1.0], np.random.default_rng(1), best_of_n=True)
+    low, _, _ = resampling.choose_samples(rewards, [-1.0], np.random.default_rng(1), best_of_n=True)
     assert low.tolist() == [0, 1]
 
 
 def test_choose_samples_zero_lambda_is_uniform():
     rewards = np.random.default_rng(2).normal(size=(2, 3000, 5))
-    chosen, weights, ess = decoding.choose_samples(rewards, [0.0, 0.0], np.random.default_rng(3))
+    chosen, weights, ess = resampling.choose_samples(rewards, [0.0, 0.0], np.random.default_rng(3))
     np.testing.assert_allclose(weights, 0.2)
     np.testing.assert_allclose(ess, 5.0)
     freq = np.bincount(chosen, minlength=5) / 3000
@@ -132,32 +133,6 @@ PROMPTS = ["Tell me a joke about cats.", "How do I bake bread?", "Give me three 
 def tiny(tiny_lm_dir):
     from mapalign.models import load_model_and_tokenizer
     return load_model_and_tokenizer(tiny_lm_dir, device="cpu")
-
-
-@pytest.fixture(scope="module")
-def tiny_gpt2(tmp_path_factory):
-    from mapalign import tiny as tiny_models
-    from mapalign.models import load_model_and_tokenizer
-    return load_model_and_tokenizer(tiny_models.tiny_causal_lm(str(tmp_path_factory.mktemp("g2")), arch="gpt2"),
-                                    device="cpu")
-
-
-@pytest.mark.parametrize("which", ["tiny", "tiny_gpt2"])
-@pytest.mark.parametrize("top_k", [1, 50])
-def test_shared_prefix_matches_plain_generation(which, top_k, request):
-    # Sharing each prompt's KV cache among its samples must not change the samples: same seed,
-    # same texts, for greedy (top_k=1) and sampled decoding, on llama and gpt2 layouts.
-    model, tok = request.getfixturevalue(which)
-    from mapalign.models import format_prompts
-    inputs = format_prompts(tok, PROMPTS, use_chat_template=True)
-    shared, n1 = decoding.sample_continuations(model, tok, inputs, 3, max_new_tokens=12, top_k=top_k, seed=7)
-    plain, n2 = decoding.sample_continuations(model, tok, inputs, 3, max_new_tokens=12, top_k=top_k, seed=7,
-                                              share_prefix=False)
-    assert shared == plain and n1 == n2
-    assert len(shared) == 3 and all(len(s) == 3 for s in shared)
-    if top_k == 1:
-        assert all(len(set(s)) == 1 for s in shared)  # greedy: the 3 samples agree
-    assert 0 < n1 <= 3 * 3 * 12
 
 
 def test_mc_decode_batching_does_not_change_results(tiny):

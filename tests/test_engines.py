@@ -37,7 +37,7 @@ def test_split_requests_keeps_sample_seeds_whatever_the_split():
     assert whole[0][2] == engines.request_seed(3, 5) and whole[1][2] == engines.request_seed(3, 6)
     assert whole[0][2] != whole[1][2]
     assert engines.split_requests([10], 8, 3, 6, 10_000)[0][2] == whole[1][2]
-    from mapalign.generation import block_seed
+    from mapalign.sampling import block_seed
     assert engines.request_seed(3, 6) == block_seed(3, 6, 2)
 
 

@@ -11,7 +11,8 @@ import pytest
 
 from mapalign import records
 from conftest import ROOT
-from mapalign.generation import TextGeneration, block_seed
+from mapalign.generation import TextGeneration
+from mapalign.sampling import block_seed
 from mapalign.merging import MergeProcessor
 
 
