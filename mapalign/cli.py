@@ -1,5 +1,7 @@
 """What the top-level fire CLIs share: one entry point (the project's input errors print one clear
 line, not a traceback; bugs keep theirs) and the normalisation of list arguments as fire passes them."""
+import dataclasses
+import inspect
 import math
 import os
 import sys
@@ -85,3 +87,95 @@ def values_and_lambda(value_list, lam_list):
         raise InputError(f"--lam_list has {len(lam)} entries but --value_list names {len(values)} values "
                          f"({values}); give one λ per value, in the same order.")
     return values, lam
+
+
+# ---------------------------------------------------------------------------------------------
+# Trainer configs (TRL's pattern): a trainer's settings are one dataclass whose fields carry their
+# documentation (metadata["help"]) and defaults; its command line maps fire's flags onto it.
+
+def option(default=dataclasses.MISSING, doc=""):
+    """A config field: `default` (leave it out for a required one) and `doc`, what the flag means and its
+    units; --help shows it with the default."""
+    return dataclasses.field(default=default, metadata={"help": doc})
+
+
+def config_names(config_cls):
+    """The flag names of a config dataclass, in declaration order."""
+    return [f.name for f in dataclasses.fields(config_cls) if f.init]
+
+
+def config_from_flags(config_cls, flags, args=()):
+    """config_cls built from a command line's flags (fire's keyword arguments) and positional `args` (the
+    required fields, in declaration order). Raises errors.InputError naming the flag for an unknown flag
+    (listing the valid ones), a missing required one, or a flag given twice."""
+    fields = [f for f in dataclasses.fields(config_cls) if f.init]
+    names = [f.name for f in fields]
+    required = [f.name for f in fields if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    unknown = [k for k in flags if k not in names]
+    if unknown:
+        raise InputError(f"unknown flag --{unknown[0]}" + (f" (and --{', --'.join(unknown[1:])})" if unknown[1:] else "")
+                         + "; valid flags: " + ", ".join(f"--{n}" for n in names))
+    if len(args) > len(required):
+        raise InputError(f"too many positional arguments {list(args)}: only {required} may be given without a flag")
+    flags = dict(flags)
+    for name, value in zip(required, args):
+        if name in flags:
+            raise InputError(f"--{name} is given twice (as a positional argument and as a flag)")
+        flags[name] = value
+    missing = [n for n in required if n not in flags]
+    if missing:
+        raise InputError(f"--{missing[0]} is required" + "".join(f", --{n} too" for n in missing[1:]))
+    return config_cls(**flags)
+
+
+def flags_doc(config_cls, indent=8):
+    """The config's fields as a Google-style `Args:` body (what fire's --help shows): one `name: doc
+    (default X)` entry per field."""
+    out = []
+    for f in dataclasses.fields(config_cls):
+        if not f.init:
+            continue
+        text = f.metadata.get("help", "")
+        if f.default is not dataclasses.MISSING:
+            text += f" (default {f.default!r})"
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            text += " (required)"
+        out.append(" " * indent + f"{f.name}: {text}")
+    return "\n".join(out)
+
+
+def document(fn, config_cls, flags_default=True, accept_unknown=True):
+    """Give `fn(*args, **flags)`, which builds `config_cls` from its flags, the signature and docstring
+    fire reads, so `--help` lists and explains every field. For a class, its `__init__(self, ..., **flags)`
+    gets the signature and the class docstring the entries (fire shows the class's). Returns fn.
+
+    The signature is fn's own required parameters, then the config's required fields (positional or
+    flag), then its other fields as flags, then fn's own optional parameters, then (accept_unknown) a
+    **flags catch-all so that an unknown flag reaches config_from_flags and its one clear error. A class
+    whose commands take flags of their own passes accept_unknown=False (fire hands a catch-all every flag
+    of the line, the commands' too). flags_default=None gives every field the default None (a run
+    folder's recorded settings fill what is left out); the docstring still states the config's defaults."""
+    target = fn.__init__ if inspect.isclass(fn) else fn
+    own = [p for p in inspect.signature(target).parameters.values()
+           if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+    fields = [f for f in dataclasses.fields(config_cls) if f.init]
+    params = [p for p in own if p.default is p.empty]
+    for f in fields:
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            params.append(inspect.Parameter(f.name, inspect.Parameter.POSITIONAL_OR_KEYWORD))
+    for f in fields:
+        if f.default is not dataclasses.MISSING:
+            default = f.default if flags_default else None
+            params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=default))
+    params += [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own if p.default is not p.empty]
+    if accept_unknown:
+        params.append(inspect.Parameter("flags", inspect.Parameter.VAR_KEYWORD))
+    target.__signature__ = inspect.Signature(params)
+    doc = inspect.cleandoc(fn.__doc__ or "")
+    entries = flags_doc(config_cls, indent=4)
+    if "\nArgs:\n" in doc:
+        doc = doc.replace("\nArgs:\n", "\nArgs:\n" + entries + "\n", 1)
+    else:
+        doc += "\n\nArgs:\n" + entries
+    fn.__doc__ = doc
+    return fn
