@@ -14,7 +14,19 @@ from mapalign.errors import InputError
 def main(component, **fire_kwargs):
     """Run `component` under python-fire (fire_kwargs go to fire.Fire), reporting input errors as
     `report_input_errors` does."""
-    return report_input_errors(fire.Fire, component, **fire_kwargs)
+    command = _help_command(component, list(fire_kwargs.pop("command", sys.argv[1:])))
+    return report_input_errors(fire.Fire, component, command=command, **fire_kwargs)
+
+
+def _help_command(component, argv):
+    """`-h`/`--help` as fire's separated `-- --help`: a trainer command takes its config's flags through a
+    **flags catch-all (see `document`), which would swallow a bare --help. A dict of commands keeps the
+    command's name; other flags are dropped (help was asked for, not a run). Classes keep the line as is
+    (their constructors have no catch-all, so fire's own shortcut works)."""
+    if "--" in argv or not any(a in ("-h", "--help") for a in argv) or inspect.isclass(component):
+        return argv
+    path = argv[:1] if isinstance(component, dict) and argv and argv[0] in component else []
+    return path + ["--", "--help"]
 
 
 def report_input_errors(fn, *args, **kwargs):
@@ -99,16 +111,19 @@ def option(default=dataclasses.MISSING, doc=""):
     return dataclasses.field(default=default, metadata={"help": doc})
 
 
-def config_names(config_cls):
-    """The flag names of a config dataclass, in declaration order."""
-    return [f.name for f in dataclasses.fields(config_cls) if f.init]
+def config_fields(config_cls):
+    """The init fields of a config dataclass, its own first: a field declared (or re-declared) in a subclass
+    comes before those it inherits, so --help starts with the method's flags, not the shared ones."""
+    def depth(f):
+        return next(i for i, c in enumerate(config_cls.__mro__) if f.name in c.__dict__.get("__annotations__", {}))
+    return sorted((f for f in dataclasses.fields(config_cls) if f.init), key=depth)
 
 
 def config_from_flags(config_cls, flags, args=()):
     """config_cls built from a command line's flags (fire's keyword arguments) and positional `args` (the
     required fields, in declaration order). Raises errors.InputError naming the flag for an unknown flag
     (listing the valid ones), a missing required one, or a flag given twice."""
-    fields = [f for f in dataclasses.fields(config_cls) if f.init]
+    fields = config_fields(config_cls)
     names = [f.name for f in fields]
     required = [f.name for f in fields if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
     unknown = [k for k in flags if k not in names]
@@ -128,15 +143,13 @@ def config_from_flags(config_cls, flags, args=()):
     return config_cls(**flags)
 
 
-def flags_doc(config_cls, indent=8):
-    """The config's fields as a Google-style `Args:` body (what fire's --help shows): one `name: doc
-    (default X)` entry per field."""
+def flags_doc(config_cls, indent=8, show_defaults=True):
+    """The config's fields as a Google-style `Args:` body (what fire's --help shows): one `name: doc`
+    entry per field, with `(default X)` when show_defaults."""
     out = []
-    for f in dataclasses.fields(config_cls):
-        if not f.init:
-            continue
+    for f in config_fields(config_cls):
         text = f.metadata.get("help", "")
-        if f.default is not dataclasses.MISSING:
+        if show_defaults and f.default is not dataclasses.MISSING:
             text += f" (default {f.default!r})"
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
             text += " (required)"
@@ -154,11 +167,11 @@ def document(fn, config_cls, flags_default=True, accept_unknown=True):
     **flags catch-all so that an unknown flag reaches config_from_flags and its one clear error. A class
     whose commands take flags of their own passes accept_unknown=False (fire hands a catch-all every flag
     of the line, the commands' too). flags_default=None gives every field the default None (a run
-    folder's recorded settings fill what is left out); the docstring still states the config's defaults."""
+    folder's recorded settings fill what is left out); the docstring then states the config's defaults."""
     target = fn.__init__ if inspect.isclass(fn) else fn
     own = [p for p in inspect.signature(target).parameters.values()
            if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
-    fields = [f for f in dataclasses.fields(config_cls) if f.init]
+    fields = config_fields(config_cls)
     params = [p for p in own if p.default is p.empty]
     for f in fields:
         if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
@@ -172,7 +185,7 @@ def document(fn, config_cls, flags_default=True, accept_unknown=True):
         params.append(inspect.Parameter("flags", inspect.Parameter.VAR_KEYWORD))
     target.__signature__ = inspect.Signature(params)
     doc = inspect.cleandoc(fn.__doc__ or "")
-    entries = flags_doc(config_cls, indent=4)
+    entries = flags_doc(config_cls, indent=4, show_defaults=flags_default is None)  # fire shows Default:
     if "\nArgs:\n" in doc:
         doc = doc.replace("\nArgs:\n", "\nArgs:\n" + entries + "\n", 1)
     else:
