@@ -114,9 +114,12 @@ def option(default=dataclasses.MISSING, doc=""):
 def config_fields(config_cls):
     """The init fields of a config dataclass, its own first: a field declared (or re-declared) in a subclass
     comes before those it inherits, so --help starts with the method's flags, not the shared ones."""
-    def depth(f):
-        return next(i for i, c in enumerate(config_cls.__mro__) if f.name in c.__dict__.get("__annotations__", {}))
-    return sorted((f for f in dataclasses.fields(config_cls) if f.init), key=depth)
+    def place(f):  # (how far up the class that declares it is, its place in that class's declarations)
+        for depth, c in enumerate(config_cls.__mro__):
+            own = list(c.__dict__.get("__annotations__", {}))
+            if f.name in own:
+                return depth, own.index(f.name)
+    return sorted((f for f in dataclasses.fields(config_cls) if f.init), key=place)
 
 
 def config_from_flags(config_cls, flags, args=()):
