@@ -14,7 +14,8 @@ from mapalign.errors import InputError
 def main(component, **fire_kwargs):
     """Run `component` under python-fire (fire_kwargs go to fire.Fire), reporting input errors as
     `report_input_errors` does."""
-    command = _help_command(component, list(fire_kwargs.pop("command", sys.argv[1:])))
+    command = fire_kwargs.pop("command", None)
+    command = _help_command(component, list(sys.argv[1:] if command is None else command))
     return report_input_errors(fire.Fire, component, command=command, **fire_kwargs)
 
 
@@ -122,13 +123,21 @@ def config_fields(config_cls):
     return sorted((f for f in dataclasses.fields(config_cls) if f.init), key=place)
 
 
+def _required(f):
+    return f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+
+
+def _default(f):
+    return f.default_factory() if f.default is dataclasses.MISSING else f.default
+
+
 def config_from_flags(config_cls, flags, args=()):
     """config_cls built from a command line's flags (fire's keyword arguments) and positional `args` (the
     required fields, in declaration order). Raises errors.InputError naming the flag for an unknown flag
     (listing the valid ones), a missing required one, or a flag given twice."""
     fields = config_fields(config_cls)
     names = [f.name for f in fields]
-    required = [f.name for f in fields if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    required = [f.name for f in fields if _required(f)]
     unknown = [k for k in flags if k not in names]
     if unknown:
         raise InputError(f"unknown flag --{unknown[0]}" + (f" (and --{', --'.join(unknown[1:])})" if unknown[1:] else "")
@@ -151,44 +160,42 @@ def flags_doc(config_cls, indent=8, show_defaults=True):
     entry per field, with `(default X)` when show_defaults."""
     out = []
     for f in config_fields(config_cls):
-        text = f.metadata.get("help", "")
-        if show_defaults and f.default is not dataclasses.MISSING:
-            text += f" (default {f.default!r})"
-        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+        text = " ".join(f.metadata.get("help", "").split())  # one line per entry (TRL's helps span several)
+        if _required(f):
             text += " (required)"
+        elif show_defaults:
+            text += f" (default {_default(f)!r})"
         out.append(" " * indent + f"{f.name}: {text}")
     return "\n".join(out)
 
 
-def document(fn, config_cls, flags_default=True, accept_unknown=True):
-    """Give `fn(*args, **flags)`, which builds `config_cls` from its flags, the signature and docstring
-    fire reads, so `--help` lists and explains every field. For a class, its `__init__(self, ..., **flags)`
-    gets the signature and the class docstring the entries (fire shows the class's). Returns fn.
+def document(fn, configs, flags_default=True, accept_unknown=True):
+    """Give `fn(*args, **flags)`, which builds a config dataclass from its flags, the signature and docstring
+    fire reads, so `--help` lists and explains every field. `configs` is the config class or a tuple of
+    them (a command whose flags fill several). For a class, its `__init__(self, ..., **flags)` gets the
+    signature and the class docstring the entries (fire shows the class's). Returns fn.
 
-    The signature is fn's own required parameters, then the config's required fields (positional or
-    flag), then its other fields as flags, then fn's own optional parameters, then (accept_unknown) a
+    The signature is fn's own required parameters, then the configs' required fields (positional or
+    flag), then their other fields as flags, then fn's own optional parameters, then (accept_unknown) a
     **flags catch-all so that an unknown flag reaches config_from_flags and its one clear error. A class
     whose commands take flags of their own passes accept_unknown=False (fire hands a catch-all every flag
     of the line, the commands' too). flags_default=None gives every field the default None (a run
     folder's recorded settings fill what is left out); the docstring then states the config's defaults."""
+    configs = configs if isinstance(configs, tuple) else (configs,)
     target = fn.__init__ if inspect.isclass(fn) else fn
     own = [p for p in inspect.signature(target).parameters.values()
            if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
-    fields = config_fields(config_cls)
+    fields = [f for c in configs for f in config_fields(c)]
     params = [p for p in own if p.default is p.empty]
-    for f in fields:
-        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-            params.append(inspect.Parameter(f.name, inspect.Parameter.POSITIONAL_OR_KEYWORD))
-    for f in fields:
-        if f.default is not dataclasses.MISSING:
-            default = f.default if flags_default else None
-            params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=default))
+    params += [inspect.Parameter(f.name, inspect.Parameter.POSITIONAL_OR_KEYWORD) for f in fields if _required(f)]
+    params += [inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=_default(f) if flags_default else None)
+               for f in fields if not _required(f)]
     params += [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own if p.default is not p.empty]
     if accept_unknown:
         params.append(inspect.Parameter("flags", inspect.Parameter.VAR_KEYWORD))
     target.__signature__ = inspect.Signature(params)
     doc = inspect.cleandoc(fn.__doc__ or "")
-    entries = flags_doc(config_cls, indent=4, show_defaults=flags_default is None)  # fire shows Default:
+    entries = "\n".join(flags_doc(c, indent=4, show_defaults=flags_default is None) for c in configs)  # fire shows Default:
     if "\nArgs:\n" in doc:
         doc = doc.replace("\nArgs:\n", "\nArgs:\n" + entries + "\n", 1)
     else:
