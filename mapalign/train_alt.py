@@ -46,8 +46,8 @@ DEFAULT_SAMPLES = {"quark": 96, "alt_rm": 96, "palette": 96, "alt_lmc": 20, "alt
 
 
 @dataclass(kw_only=True)
-class ALTConfig:
-    """The settings of an ALT run (trainALT.py's flags before the command)."""
+class ALTConfig(training.LoRAOptions):
+    """The settings of an ALT run (trainALT.py's flags before the command); LoRA's are LoRAOptions'."""
     output_dir: str = option("results/alt", "folder of the run (one sub-folder per iteration)")
     feedback: str = option("alt_rm", "quark | alt_rm | alt_lmc | alt_lmu | palette (see alt.py)")
     value_list: Optional[str] = option(
@@ -92,10 +92,6 @@ class ALTConfig:
     use_lora: Optional[bool] = option(
         None, "LoRA adapters (default True for textual feedback; Quark trains all weights, since TRL forbids "
               "adapters on the head and the new token rows must train)")
-    lora_r: int = option(16, "LoRA rank")
-    lora_alpha: float = option(32, "LoRA scaling α")
-    lora_dropout: float = option(0.05, "LoRA dropout (probability)")
-    lora_target_modules: str = option("all-linear", "modules that get adapters (all-linear or a comma list)")
     max_length: int = option(1024, "tokens of conditioned prompt + generation in training")
     judge: str = option("local", "local (a transformers causal LM, --judge_model, default the embedded SmolLM2) or "
                                  "endpoint (set automatically by --judge_base_url)")

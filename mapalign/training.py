@@ -61,12 +61,12 @@ def map_model_name(model_short, data_name, lam, values):
 
 
 # ---------------------------------------------------------------------------------------------
-# The settings every TRL-based trainer (trainPPO, trainDPO) shares; each extends this dataclass with its
-# method's own (train_ppo.MAPFConfig, train_dpo.DPOConfig / MAPDPOConfig).
+# The settings every TRL-based trainer (trainPPO, trainDPO) shares; each extends TrainerConfig with its
+# method's own (train_ppo.MAPFConfig, train_dpo.DPOBaselineConfig / MAPDPOConfig); ALT takes LoRAOptions.
 
 @dataclass(kw_only=True)
-class TrainerConfig:
-    """LoRA, seeding, checkpointing, logging and precision settings of a trainer run."""
+class LoRAOptions:
+    """Whether and how to train a LoRA adapter (PEFT) instead of all weights (lora_config's arguments)."""
     use_lora: bool = option(False, "train a LoRA adapter (PEFT) instead of all weights; p0 is then the "
                                    "adapter-disabled base")
     lora_r: int = option(16, "LoRA rank")
@@ -74,6 +74,11 @@ class TrainerConfig:
     lora_dropout: float = option(0.05, "dropout on the LoRA branch (probability)")
     lora_target_modules: str = option("all-linear", "modules that get adapters: all-linear (every linear layer "
                                                     "but the output head) or a comma-separated list of names")
+
+
+@dataclass(kw_only=True)
+class TrainerConfig(LoRAOptions):
+    """LoRA, seeding, checkpointing, logging and precision settings of a trainer run."""
     merge_lora: bool = option(True, "save the merged full model in save_path (adapter in save_path/adapter); "
                                     "False saves only the adapter")
     seed: int = option(0, "seeds sampling, data order and initialisation; recorded in the metadata")
@@ -91,7 +96,7 @@ class TrainerConfig:
 
 
 def peft_config(config):
-    """The LoraConfig a TrainerConfig asks for (None without --use_lora)."""
+    """The LoraConfig a LoRAOptions config asks for (None without --use_lora)."""
     if not config.use_lora:
         return None
     return lora_config(config.lora_r, config.lora_alpha, config.lora_dropout, config.lora_target_modules)
