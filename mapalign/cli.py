@@ -140,8 +140,8 @@ def config_from_flags(config_cls, flags, args=()):
     required = [f.name for f in fields if _required(f)]
     unknown = [k for k in flags if k not in names]
     if unknown:
-        raise InputError(f"unknown flag --{unknown[0]}" + (f" (and --{', --'.join(unknown[1:])})" if unknown[1:] else "")
-                         + "; valid flags: " + ", ".join(f"--{n}" for n in names))
+        also = f" (and --{', --'.join(unknown[1:])})" if unknown[1:] else ""
+        raise InputError(f"unknown flag --{unknown[0]}{also}; valid flags: " + ", ".join(f"--{n}" for n in names))
     if len(args) > len(required):
         raise InputError(f"too many positional arguments {list(args)}: only {required} may be given without a flag")
     flags = dict(flags)
@@ -195,7 +195,8 @@ def document(fn, configs, flags_default=True, accept_unknown=True):
         params.append(inspect.Parameter("flags", inspect.Parameter.VAR_KEYWORD))
     target.__signature__ = inspect.Signature(params)
     doc = inspect.cleandoc(fn.__doc__ or "")
-    entries = "\n".join(flags_doc(c, indent=4, show_defaults=flags_default is None) for c in configs)  # fire shows Default:
+    # fire shows each flag's `Default:` itself; the entries say the config's defaults where flags default to None
+    entries = "\n".join(flags_doc(c, indent=4, show_defaults=flags_default is None) for c in configs)
     if "\nArgs:\n" in doc:
         doc = doc.replace("\nArgs:\n", "\nArgs:\n" + entries + "\n", 1)
     else:

@@ -141,7 +141,8 @@ class ALT:
         self.data_name = cfg.data_name
         self.num_train, self.num_valid = int(cfg.num_train_prompts), int(cfg.num_valid_prompts)
         self.samples_per_prompt = int(cfg.samples_per_prompt or DEFAULT_SAMPLES[feedback])
-        self.max_new_tokens, self.temperature, self.top_k = int(cfg.max_new_tokens), float(cfg.temperature), int(cfg.top_k)
+        self.max_new_tokens, self.temperature = int(cfg.max_new_tokens), float(cfg.temperature)
+        self.top_k = int(cfg.top_k)
         self.seed = int(cfg.seed)
         self.quantiles, self.drop_factor = cfg.quantiles, float(cfg.drop_factor)
         self.per_quantile, self.per_prompt = int(cfg.per_quantile), int(cfg.per_prompt)

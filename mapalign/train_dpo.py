@@ -93,7 +93,8 @@ HYPERPARAMETERS = ("loss_weights", "label_smoothing", "desirable_weight", "undes
 
 @dataclass(kw_only=True)
 class DPOBaselineConfig(PreferenceConfig):
-    """train_dpo: the original DPO baseline on a seeded HH-RLHF harmless/helpful mixture."""
+    """train_dpo: the original DPO baseline on a seeded HH-RLHF harmless/helpful mixture (--use_lora trains a
+    fresh LoRA adapter; the original instead loaded an existing adapter folder)."""
     sample_size: int = option(doc="rows drawn from HH-RLHF in total (the original grid used 2000)")
     beta: float = option(doc="DPO β (original grid 0.1, 0.5)")
     harmless_ratio: float = option(doc="p, the harmless-base share; helpful-base gets 1 − p")
@@ -555,7 +556,8 @@ def _iterated_map_dpo(cfg, recs, values, lam, c, model_name, save_path, metadata
     order = sorted(set(groups.tolist()))
     n_held = int(cfg.palette_prompts)
     if len(order) <= n_held:
-        raise InputError(f"--palette_prompts={cfg.palette_prompts} leaves no training prompt: the file has {len(order)}")
+        raise InputError(f"--palette_prompts={cfg.palette_prompts} leaves no training prompt: the file has "
+                         f"{len(order)}")
     held = set(order[-n_held:])
     train_recs = [r for r, g in zip(recs, groups) if int(g) not in held]
     first_of = {}

@@ -197,7 +197,8 @@ def build_trainer(model, tokenizer, prompts, values, lam, scorers, output_dir, c
                 for k in ("max_new_tokens", "temperature", "top_k", "top_p")}
     if trainer not in TRAINERS:
         raise InputError(f"--trainer must be one of {TRAINERS}; got {trainer!r}")
-    batch_size, mini_batch_size, num_generations = int(cfg.batch_size), int(cfg.mini_batch_size), int(cfg.num_generations)
+    batch_size, mini_batch_size = int(cfg.batch_size), int(cfg.mini_batch_size)
+    num_generations = int(cfg.num_generations)
     if num_generations < 2:
         raise InputError("--num_generations must be >= 2: RLOO/GRPO compare samples of the same prompt")
     if batch_size % mini_batch_size:
