@@ -20,13 +20,16 @@ def main(component, **fire_kwargs):
 
 
 def _help_command(component, argv):
-    """`-h`/`--help` as fire's separated `-- --help`: a trainer command takes its config's flags through a
-    **flags catch-all (see `document`), which would swallow a bare --help. A dict of commands keeps the
-    command's name; other flags are dropped (help was asked for, not a run). Classes keep the line as is
-    (their constructors have no catch-all, so fire's own shortcut works)."""
-    if "--" in argv or not any(a in ("-h", "--help") for a in argv) or inspect.isclass(component):
-        return argv
+    """`-h`/`--help` as fire's separated `-- --help` for a command that takes its flags through a **flags
+    catch-all (a trainer command, see `document`): fire would hand it a bare --help as one more flag. A
+    dict of commands keeps the command's name; other flags are dropped (help was asked for, not a run).
+    Every other command line is left as it is."""
     path = argv[:1] if isinstance(component, dict) and argv and argv[0] in component else []
+    target = component[path[0]] if path else component
+    if "--" in argv or not any(a in ("-h", "--help") for a in argv) or not inspect.isroutine(target):
+        return argv
+    if not any(p.kind is p.VAR_KEYWORD for p in inspect.signature(target).parameters.values()):
+        return argv
     return path + ["--", "--help"]
 
 
