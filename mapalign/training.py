@@ -1,4 +1,5 @@
-"""What the trainers (trainPPO, trainDPO, rewardTrainer, getDPOsoup) share: seeds, LoRA configs,
+"""What the trainers (trainPPO, trainDPO, rewardTrainer, getDPOsoup) share: their common config dataclass
+(TrainerConfig, LoRAOptions), seeds, LoRA configs,
 CPU-safe TRL config defaults, explicit reference models, resume/finish bookkeeping, output naming
 and the metadata file written next to every trained model.
 
