@@ -1,7 +1,6 @@
-"""What the trainers (trainPPO, trainDPO, rewardTrainer, getDPOsoup) share: their common config dataclass
-(TrainerConfig, LoRAOptions), seeds, LoRA configs,
-CPU-safe TRL config defaults, explicit reference models, resume/finish bookkeeping, output naming
-and the metadata file written next to every trained model.
+"""What the trainers (trainPPO, trainDPO, rewardTrainer, getDPOsoup) share: their common config dataclasses
+(TrainerConfig, LoRAOptions), seeds, LoRA configs, CPU-safe TRL config defaults, explicit reference models,
+resume/finish bookkeeping, output naming and the metadata file written next to every trained model.
 
 A trained-model folder is complete only once its metadata file (`map_training.json`) exists: it is
 written last, atomically, after the weights. A run killed earlier leaves `checkpoint-*` folders
