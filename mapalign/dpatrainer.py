@@ -35,6 +35,7 @@ import numpy as np
 
 from mapalign import arguments
 from mapalign import dpa
+from mapalign.configs import option
 from mapalign import records
 from mapalign import values as value_registry
 
@@ -43,49 +44,42 @@ CONFIG_FILE = "dpa_config.json"
 
 @dataclass
 class DPAConfig:
-    """Settings of a DPA / palette-conditioned run (every field is recorded in dpa_config.json).
-
-    model_name: starting policy π0 (models.py name or folder). objectives: the k rewarded values
-    (registry names or rm:FOLDER[/attr]). objective_names: the names written into the system prompt
-    (default: the values' attribute names). mode: "direction" (DPA RSF) or "palette" (MAP × DPA).
-    data_name / num_train_prompts / num_eval_prompts: prompts (training = the first N of the source,
-    evaluation = the next num_eval_prompts, held out). iterations: T. samples_per_prompt: K.
-    max_new_tokens, temperature, top_k, batch_size: sampling (as gendata.py). max_angle: training
-    directions' half-width in degrees (45). main_objective: the cap's centre for k > 2.
-    rerank_directions: extra directions (palette mode: palettes) per prompt re-ranking the same K samples
-    (0 = DPA as published; more examples per generated sample, a different data distribution; recorded).
-    num_palettes / scaling_max: palette pool size and Σλ cap (palette mode). eval_grid_step: degrees (5
-    or 15). SFT: learning_rate, num_train_epochs, per_device_train_batch_size, use_lora, lora_r, lora_alpha,
-    max_length. seed: every draw (directions, samples, selections, palettes) derives from it.
-    """
-    model_name: str = "smollm2-135m"
-    objectives: str = "rm:models/rm"
-    objective_names: Optional[str] = None
-    mode: str = "direction"
-    data_name: str = "builtin"
-    num_train_prompts: int = 64
-    num_eval_prompts: int = 16
-    iterations: int = 3
-    samples_per_prompt: int = 4
-    max_new_tokens: int = 64
-    temperature: float = 1.0
-    top_k: int = 50
-    batch_size: int = 32
-    max_angle: float = 45.0
-    main_objective: int = 0
-    rerank_directions: int = 0
-    num_palettes: int = 16
-    scaling_max: float = 50.0
-    eval_grid_step: float = 15.0
-    learning_rate: float = 1e-4
-    num_train_epochs: float = 2.0
-    per_device_train_batch_size: int = 8
-    use_lora: bool = True
-    lora_r: int = 16
-    lora_alpha: int = 32
-    max_length: int = 512
-    seed: int = 0
-    template: str = field(default="", init=True)
+    """Settings of a DPA / palette-conditioned run (every field is recorded in dpa_config.json, with the
+    system-prompt template the mode implies)."""
+    model_name: str = option("smollm2-135m", "starting policy π0 (models.py name, folder or hub id)")
+    objectives: str = option("rm:models/rm", "the k rewarded values: registry names or reward-model heads "
+                                             "(rm:FOLDER = all heads, rm:FOLDER/attr = one), comma-separated")
+    objective_names: Optional[str] = option(None, "names written into the system prompt (default the values' "
+                                                  "attribute names)")
+    mode: str = option("direction", "direction (DPA rejection-sampling fine-tuning) or palette (MAP × DPA)")
+    data_name: str = option("builtin", "prompt source (prompts.py)")
+    num_train_prompts: int = option(64, "training prompts per iteration (the first N of the source)")
+    num_eval_prompts: int = option(16, "held-out prompts (the next ones) for evaluation and palette generation")
+    iterations: int = option(3, "T, the sample -> score -> select -> train iterations")
+    samples_per_prompt: int = option(4, "K responses per prompt")
+    max_new_tokens: int = option(64, "sampling: new tokens per response (as gendata.py)")
+    temperature: float = option(1.0, "sampling temperature")
+    top_k: int = option(50, "sampling top-k")
+    batch_size: int = option(32, "sequences per generation forward pass")
+    max_angle: float = option(45.0, "training directions θ ~ U[−max_angle, max_angle], degrees (45, as DPA)")
+    main_objective: int = option(0, "index of the cap's centre for k > 2 objectives")
+    rerank_directions: int = option(0, "extra directions (palette mode: palettes) per prompt that re-rank the same "
+                                       "K samples (0 = DPA as published; more examples per generated sample, a "
+                                       "different data distribution; recorded)")
+    num_palettes: int = option(16, "palette mode: size of the drawn pool of feasible palettes")
+    scaling_max: float = option(50.0, "palette mode: accept palettes with Σλ ≤ this")
+    eval_grid_step: float = option(15.0, "θ grid step for evaluation, degrees (5 or 15)")
+    learning_rate: float = option(1e-4, "SFT step (sft.train_sft, TRL SFTTrainer, loss on the assistant turn "
+                                        "only): learning rate")
+    num_train_epochs: float = option(2.0, "SFT epochs per iteration")
+    per_device_train_batch_size: int = option(8, "SFT examples per device per step")
+    use_lora: bool = option(True, "SFT with LoRA adapters")
+    lora_r: int = option(16, "LoRA rank")
+    lora_alpha: int = option(32, "LoRA scaling α")
+    max_length: int = option(512, "SFT tokens per example")
+    seed: int = option(0, "every draw (directions, samples, selections, palettes) derives from it")
+    # the system-prompt template of the mode: derived, not a flag; recorded with the settings
+    template: str = field(default="", init=False)
 
     def __post_init__(self):
         if self.mode not in ("direction", "palette"):

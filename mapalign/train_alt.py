@@ -28,134 +28,150 @@ Generation by other scripts: `python gendata.py --basemodel_name={output_dir}/it
 """
 import hashlib
 import os
+from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 
 from mapalign import alt
 from mapalign import arguments
+from mapalign import configs
 from mapalign import models
 from mapalign import records
 from mapalign import training
+from mapalign.configs import option
 from mapalign.generation import TextGeneration, parse_chat_flag
 from mapalign.errors import InputError
 
 DEFAULT_SAMPLES = {"quark": 96, "alt_rm": 96, "palette": 96, "alt_lmc": 20, "alt_lmu": 20}
 
 
+@dataclass(kw_only=True)
+class ALTConfig(training.LoRAOptions):
+    """The settings of an ALT run (trainALT.py's flags before the command); LoRA's are LoRAOptions'."""
+    output_dir: str = option("results/alt", "folder of the run (one sub-folder per iteration)")
+    feedback: str = option("alt_rm", "quark | alt_rm | alt_lmc | alt_lmu | palette (see alt.py)")
+    value_list: Optional[str] = option(
+        None, "values scored through the value registry (comma list); the reward of quark/alt_rm is λᵀr over "
+              "them, palette feedback names one quantile bin per value, and validation reports each of them. "
+              "Required except for alt_lmc/alt_lmu")
+    lam_list: Optional[str] = option(None, "λ, one per value (default 1 each)")
+    model_name: str = option(models.DEFAULT_MODEL, "the initial policy and the KL reference (default the embedded "
+                                                   "SmolLM2)")
+    data_name: str = option("builtin", "prompt source (prompts.py; builtin is offline)")
+    num_train_prompts: int = option(64, "the first N prompts are the training prompts")
+    num_valid_prompts: int = option(32, "the next N prompts are the validation prompts")
+    samples_per_prompt: Optional[int] = option(
+        None, "generations per training prompt per iteration (default 96 for reward feedback, 20 for LLM "
+              "feedback, as upstream)")
+    max_new_tokens: int = option(64, "generation budget in tokens (64 as upstream TL;DR); the EOS rule uses it")
+    temperature: float = option(1.0, "sampling temperature of the training generations (gendata's top-k sampler)")
+    top_k: int = option(50, "top-k of the training generations")
+    seed: int = option(0, "run seed; iteration k uses seed + k")
+    num_quantiles: int = option(5, "K reward quantiles")
+    phrases: Optional[str] = option(None, "ALT-RM phrases best first (default Excellent./Good./Mediocre./Bad./"
+                                          "Horrible.)")
+    template: Optional[str] = option(None, "conditioning template with {feedback} and {prompt} (default per "
+                                           "feedback kind)")
+    quantiles: str = option("per_prompt", "per_prompt or global quantile assignment")
+    drop_factor: float = option(1.0, "share of the datapool dropped each iteration (1.0: no replay, as upstream)")
+    per_quantile: int = option(2, "kept samples per quantile per prompt for reward feedback")
+    per_prompt: int = option(8, "kept samples per prompt for LLM feedback")
+    kl_coef: float = option(0.05, "β of the KL(π_ref‖π_θ) term; 0 = the noKL variant (no reference model)")
+    entropy_coef: float = option(0.06, "α of the entropy bonus")
+    learning_rate: float = option(2e-5, "2e-5 (upstream, full fine-tuning); LoRA usually wants 1e-4..1e-3")
+    num_train_epochs: float = option(2, "epochs per iteration")
+    per_device_train_batch_size: int = option(8, "examples per device per step")
+    gradient_accumulation_steps: int = option(1, "passes per optimizer step")
+    warmup_ratio: float = option(0.05, "linear warm-up share of each iteration's steps")
+    adam_beta1: float = option(0.8, "Adam β1 (upstream)")
+    adam_beta2: float = option(0.999, "Adam β2")
+    adam_epsilon: float = option(1e-8, "Adam ε")
+    weight_decay: float = option(3e-7, "weight decay (upstream)")
+    unfrozen_layers_ratio: float = option(1.0, "top share of transformer blocks that train (1.0 = all; upstream "
+                                               "GPT-J 0.3)")
+    use_lora: Optional[bool] = option(
+        None, "LoRA adapters (default True for textual feedback; Quark trains all weights, since TRL forbids "
+              "adapters on the head and the new token rows must train)")
+    max_length: int = option(1024, "tokens of conditioned prompt + generation in training")
+    judge: str = option("local", "local (a transformers causal LM, --judge_model, default the embedded SmolLM2) or "
+                                 "endpoint (set automatically by --judge_base_url)")
+    judge_base_url: Optional[str] = option(None, "an OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1")
+    judge_model: Optional[str] = option(None, "the judge's model name")
+    judge_api_key_env: str = option("OPENAI_API_KEY", "environment variable holding the endpoint's key")
+    judge_concurrency: int = option(8, "parallel requests to the endpoint")
+    judge_cache_dir: Optional[str] = option(None, "on-disk answer cache (default {output_dir}/judge_cache)")
+    judge_tries: int = option(5, "tries per request (exponential backoff)")
+    valid_samples: int = option(1, "generations per validation prompt")
+    valid_temperature: float = option(1.0, "0 = greedy validation (default 1.0 sampling, top-k as training)")
+    use_chat_template: str = option("auto", "auto | True | False")
+    batch_size: int = option(32, "sequences per generation forward pass")
+    checkpoint_every: int = option(8, "journal sampling progress every this many prompts (the resume point)")
+    device: Optional[str] = option(None, "model placement (cpu, cuda; default auto)")
+    dtype: Optional[str] = option(None, "model dtype (default float32)")
+    overwrite: bool = option(False, "redo stages whose outputs exist with other settings (default: refuse)")
+
+
 class ALT:
     """ALT trainer: stages sample, feedback, train, validate (each for one --iteration) and run.
 
     Commands: sample, feedback, train, validate, run, conditioning; `python trainALT.py sample --help`
-    explains a command's own flags. The flags below configure the run and go before the command.
+    explains a command's own flags. The flags below (ALTConfig's fields) configure the run and go before
+    the command.
 
     Args:
-        output_dir: folder of the run (one sub-folder per iteration).
-        feedback: quark | alt_rm | alt_lmc | alt_lmu | palette (see alt.py).
-        value_list: values scored through the value registry (comma list); the reward of
-            quark/alt_rm is λᵀr over them, palette feedback names one quantile bin per value, and
-            validation reports each of them. Required except for alt_lmc/alt_lmu.
-        lam_list: λ, one per value (default 1 each).
-        model_name: the initial policy and the KL reference (default the embedded SmolLM2).
-        data_name: prompt source (prompts.py; "builtin" is offline).
-        num_train_prompts: the first N prompts are the training prompts.
-        num_valid_prompts: the next N prompts are the validation prompts.
-        samples_per_prompt: generations per training prompt per iteration (default 96 for reward
-            feedback, 20 for LLM feedback, as upstream).
-        max_new_tokens: generation budget (64 as upstream TL;DR); the EOS rule uses it.
-        temperature, top_k: sampling of the training generations (gendata's top-k sampler).
-        seed: run seed; iteration k uses seed + k.
-        num_quantiles: K reward quantiles (5).
-        phrases: ALT-RM phrases best first (default Excellent./Good./Mediocre./Bad./Horrible.).
-        template: conditioning template with {feedback} and {prompt} (default per feedback kind).
-        quantiles: per_prompt (default) or global quantile assignment.
-        drop_factor: share of the datapool dropped each iteration (1.0: no replay, as upstream).
-        per_quantile: kept samples per quantile per prompt for reward feedback (2).
-        per_prompt: kept samples per prompt for LLM feedback (8).
-        kl_coef: β of the KL(π_ref‖π_θ) term (0.05); 0 = the noKL variant (no reference model).
-        entropy_coef: α of the entropy bonus (0.06).
-        learning_rate: 2e-5 (upstream, full fine-tuning); LoRA usually wants 1e-4..1e-3.
-        num_train_epochs: epochs per iteration (2).
-        per_device_train_batch_size, gradient_accumulation_steps: batch (8 × 1).
-        warmup_ratio: linear warm-up share of each iteration's steps (0.05).
-        adam_beta1, adam_beta2, adam_epsilon, weight_decay: Adam (0.8, 0.999, 1e-8, 3e-7 as upstream).
-        unfrozen_layers_ratio: top share of transformer blocks that train (1.0 = all; upstream GPT-J 0.3).
-        use_lora: LoRA adapters (default True for textual feedback; Quark trains all weights, since
-            TRL forbids adapters on the head and the new token rows must train).
-        lora_r, lora_alpha, lora_dropout, lora_target_modules: LoRA settings.
-        max_length: tokens of conditioned prompt + generation in training (1024).
-        judge: "local" (a transformers causal LM, --judge_model, default the embedded SmolLM2) or
-            "endpoint" (set automatically by --judge_base_url).
-        judge_base_url, judge_model: an OpenAI-compatible endpoint and its model name.
-        judge_api_key_env: environment variable holding the endpoint's key (OPENAI_API_KEY).
-        judge_concurrency: parallel requests to the endpoint (8).
-        judge_cache_dir: on-disk answer cache (default {output_dir}/judge_cache).
-        judge_tries: tries per request (5, exponential backoff).
-        valid_samples: generations per validation prompt (1).
-        valid_temperature: 0 = greedy validation (default 1.0 sampling, top-k as training).
-        use_chat_template: auto | True | False.
-        batch_size: sequences per generation forward pass (32).
-        checkpoint_every: journal sampling progress every this many prompts (8; the resume point).
-        device, dtype: model placement ("cpu", "cuda"; default auto) and dtype.
-        overwrite: redo stages whose outputs exist with other settings (default: refuse).
+        progress: tqdm bars.
     """
 
-    def __init__(self, output_dir="results/alt", feedback="alt_rm", value_list=None, lam_list=None,
-                 model_name=models.DEFAULT_MODEL, data_name="builtin", num_train_prompts=64, num_valid_prompts=32,
-                 samples_per_prompt=None, max_new_tokens=64, temperature=1.0, top_k=50, seed=0, num_quantiles=5,
-                 phrases=None, template=None, quantiles="per_prompt", drop_factor=1.0, per_quantile=2, per_prompt=8,
-                 kl_coef=0.05, entropy_coef=0.06, learning_rate=2e-5, num_train_epochs=2,
-                 per_device_train_batch_size=8, gradient_accumulation_steps=1, warmup_ratio=0.05, adam_beta1=0.8,
-                 adam_beta2=0.999, adam_epsilon=1e-8, weight_decay=3e-7, unfrozen_layers_ratio=1.0, use_lora=None,
-                 lora_r=16, lora_alpha=32, lora_dropout=0.05, lora_target_modules="all-linear", max_length=1024,
-                 judge="local", judge_base_url=None, judge_model=None, judge_api_key_env="OPENAI_API_KEY",
-                 judge_concurrency=8, judge_cache_dir=None, judge_tries=5, valid_samples=1, valid_temperature=1.0,
-                 use_chat_template="auto", batch_size=32, checkpoint_every=8, device=None, dtype=None, overwrite=False,
-                 progress=True):
-        values = arguments.str_list(value_list, "value_list") if value_list is not None else []
-        lam = arguments.float_list(lam_list, "lam_list") if lam_list is not None else None
-        self.fb = alt.Feedback(feedback, values=values, lam=lam, num_quantiles=num_quantiles,
-                               phrases=arguments.str_list(phrases, "phrases") if phrases is not None else None,
-                               template=template)
+    def __init__(self, progress=True, **flags):
+        cfg = self.config = configs.config_from_flags(ALTConfig, flags)
+        feedback, output_dir = cfg.feedback, cfg.output_dir
+        values = arguments.str_list(cfg.value_list, "value_list") if cfg.value_list is not None else []
+        lam = arguments.float_list(cfg.lam_list, "lam_list") if cfg.lam_list is not None else None
+        self.fb = alt.Feedback(feedback, values=values, lam=lam, num_quantiles=cfg.num_quantiles,
+                               phrases=arguments.str_list(cfg.phrases, "phrases") if cfg.phrases is not None else None,
+                               template=cfg.template)
+        use_lora = cfg.use_lora
         if use_lora is None:
             use_lora = feedback != "quark"
         if feedback == "quark" and use_lora:
             raise InputError("--feedback=quark trains the new token embeddings and the head, which TRL does not allow "
                              "under a LoRA adapter; drop --use_lora or use textual feedback (alt_rm).")
         self.output_dir = output_dir
-        self.model_name = model_name
-        self.data_name = data_name
-        self.num_train, self.num_valid = int(num_train_prompts), int(num_valid_prompts)
-        self.samples_per_prompt = int(samples_per_prompt or DEFAULT_SAMPLES[feedback])
-        self.max_new_tokens, self.temperature, self.top_k = int(max_new_tokens), float(temperature), int(top_k)
-        self.seed = int(seed)
-        self.quantiles, self.drop_factor = quantiles, float(drop_factor)
-        self.per_quantile, self.per_prompt = int(per_quantile), int(per_prompt)
-        self.kl_coef, self.entropy_coef = float(kl_coef), float(entropy_coef)
+        self.model_name = cfg.model_name
+        self.data_name = cfg.data_name
+        self.num_train, self.num_valid = int(cfg.num_train_prompts), int(cfg.num_valid_prompts)
+        self.samples_per_prompt = int(cfg.samples_per_prompt or DEFAULT_SAMPLES[feedback])
+        self.max_new_tokens, self.temperature = int(cfg.max_new_tokens), float(cfg.temperature)
+        self.top_k = int(cfg.top_k)
+        self.seed = int(cfg.seed)
+        self.quantiles, self.drop_factor = cfg.quantiles, float(cfg.drop_factor)
+        self.per_quantile, self.per_prompt = int(cfg.per_quantile), int(cfg.per_prompt)
+        self.kl_coef, self.entropy_coef = float(cfg.kl_coef), float(cfg.entropy_coef)
         self.use_lora = bool(use_lora)
         self.train_args = dict(
-            learning_rate=float(learning_rate), num_train_epochs=float(num_train_epochs),
-            per_device_train_batch_size=int(per_device_train_batch_size),
-            gradient_accumulation_steps=int(gradient_accumulation_steps), warmup_ratio=float(warmup_ratio),
-            adam_beta1=float(adam_beta1), adam_beta2=float(adam_beta2), adam_epsilon=float(adam_epsilon),
-            weight_decay=float(weight_decay), unfrozen_layers_ratio=float(unfrozen_layers_ratio),
-            lora_r=int(lora_r), lora_alpha=float(lora_alpha), lora_dropout=float(lora_dropout),
-            lora_target_modules=lora_target_modules, max_length=int(max_length))
-        if judge_base_url:
-            judge = "endpoint"
+            learning_rate=float(cfg.learning_rate), num_train_epochs=float(cfg.num_train_epochs),
+            per_device_train_batch_size=int(cfg.per_device_train_batch_size),
+            gradient_accumulation_steps=int(cfg.gradient_accumulation_steps), warmup_ratio=float(cfg.warmup_ratio),
+            adam_beta1=float(cfg.adam_beta1), adam_beta2=float(cfg.adam_beta2), adam_epsilon=float(cfg.adam_epsilon),
+            weight_decay=float(cfg.weight_decay), unfrozen_layers_ratio=float(cfg.unfrozen_layers_ratio),
+            lora_r=int(cfg.lora_r), lora_alpha=float(cfg.lora_alpha), lora_dropout=float(cfg.lora_dropout),
+            lora_target_modules=cfg.lora_target_modules, max_length=int(cfg.max_length))
+        judge = "endpoint" if cfg.judge_base_url else cfg.judge
         if judge not in ("local", "endpoint"):
             raise InputError(f"--judge must be 'local' or 'endpoint'; got {judge!r}")
-        if judge == "endpoint" and not (judge_base_url and judge_model):
+        if judge == "endpoint" and not (cfg.judge_base_url and cfg.judge_model):
             raise InputError("--judge=endpoint needs --judge_base_url (e.g. http://127.0.0.1:8000/v1) and --judge_model")
-        self.judge_cfg = dict(judge=judge, base_url=judge_base_url, model=judge_model or (
-            models.DEFAULT_MODEL if judge == "local" else None), api_key_env=judge_api_key_env,
-            concurrency=int(judge_concurrency), tries=int(judge_tries),
-            cache_dir=judge_cache_dir or os.path.join(output_dir, "judge_cache"))
-        self.valid_samples, self.valid_temperature = int(valid_samples), float(valid_temperature)
-        self.use_chat_template = parse_chat_flag(use_chat_template)
-        self.batch_size = int(batch_size)
-        self.checkpoint_every = int(checkpoint_every)
-        self.device, self.dtype = device, dtype
-        self.overwrite, self.progress = bool(overwrite), bool(progress)
+        self.judge_cfg = dict(judge=judge, base_url=cfg.judge_base_url, model=cfg.judge_model or (
+            models.DEFAULT_MODEL if judge == "local" else None), api_key_env=cfg.judge_api_key_env,
+            concurrency=int(cfg.judge_concurrency), tries=int(cfg.judge_tries),
+            cache_dir=cfg.judge_cache_dir or os.path.join(output_dir, "judge_cache"))
+        self.valid_samples, self.valid_temperature = int(cfg.valid_samples), float(cfg.valid_temperature)
+        self.use_chat_template = parse_chat_flag(cfg.use_chat_template)
+        self.batch_size = int(cfg.batch_size)
+        self.checkpoint_every = int(cfg.checkpoint_every)
+        self.device, self.dtype = cfg.device, cfg.dtype
+        self.overwrite, self.progress = bool(cfg.overwrite), bool(progress)
         if self.num_train < 1 or self.num_valid < 0:
             raise InputError("--num_train_prompts must be ≥ 1 and --num_valid_prompts ≥ 0")
 
@@ -465,3 +481,6 @@ class ALT:
             if validate and self.num_valid > 0 and self.fb.values:
                 self.validate(k)
         return self.policy(int(iterations))
+
+
+configs.document(ALT, ALTConfig, accept_unknown=False)

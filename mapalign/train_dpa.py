@@ -17,17 +17,17 @@ SFT (see dpatrainer.py for the method, dpa.py for directions, weights and templa
 At inference, `gendata.py --direction=-15` (or `--weights=97,-26`, `--objectives=...`) writes the same
 system prompt as training; `generate_direction_grid --step=15` covers θ = −45°…45°.
 """
-import dataclasses
 import json
 import os
 
 from mapalign import arguments
+from mapalign import configs
 from mapalign.errors import NotFoundError
 from mapalign import dpatrainer
 from mapalign.dpatrainer import DPAConfig
 
 
-FIELDS = [f.name for f in dataclasses.fields(DPAConfig) if f.name != "template"]
+FIELDS = [f.name for f in configs.config_fields(DPAConfig)]
 
 
 def settings(output_dir, given):
@@ -49,45 +49,17 @@ class TrainDPA:
     """Direction- (DPA) or palette-conditioned rejection-sampling fine-tuning; settings are recorded in
     {output_dir}/dpa_config.json and a run folder refuses other settings unless --overwrite=True. A flag left
     out takes the run folder's recorded value, else the default below (so `--output_dir=runs/dpa front`
-    works on a finished run).
+    works on a finished run). The run's flags are DPAConfig's fields.
 
     Args:
         output_dir: run folder (iter{t}/samples|scored|selected.json, iter{t}/model, eval/iter{t}.json).
-        model_name: starting policy π0 (default the embedded smollm2-135m; a folder or hub id).
-        objectives: the k rewarded values: registry names or reward-model heads (rm:FOLDER = all heads,
-            rm:FOLDER/attr = one), comma-separated (default rm:models/rm).
-        objective_names: names written into the system prompt (default the heads' attribute names).
-        mode: direction (DPA, the default) or palette (MAP × DPA).
-        data_name: prompt source (prompts.py; default builtin).
-        num_train_prompts: training prompts per iteration (the first N of the source; default 64).
-        num_eval_prompts: held-out prompts (the next ones) for evaluation and palette generation (16).
-        iterations: T (default 3).
-        samples_per_prompt: K responses per prompt (default 4).
-        max_new_tokens, temperature, top_k, batch_size: sampling (as gendata.py; 64, 1.0, 50, 32).
-        max_angle: training directions θ ~ U[−max_angle, max_angle] degrees (45, as DPA).
-        main_objective: index of the cap's centre for k > 2 objectives (default 0).
-        rerank_directions: extra directions (palette mode: palettes) per prompt that re-rank the same K
-            samples (default 0 = DPA as published; recorded, it changes the data distribution).
-        num_palettes: palette mode: size of the drawn pool of feasible palettes (default 16).
-        scaling_max: palette mode: accept palettes with Σλ ≤ this (default 50).
-        eval_grid_step: θ grid step for evaluation (5 or 15 degrees; default 15).
-        learning_rate, num_train_epochs, per_device_train_batch_size, use_lora, lora_r, lora_alpha,
-            max_length: the SFT step (sft.train_sft, TRL SFTTrainer, loss on the assistant turn only; defaults
-            1e-4, 2, 8, True, 16, 32, 512).
-        seed: every random draw derives from it (default 0).
         overwrite: redo finished stages and replace a run folder's settings.
         progress: tqdm bars.
     """
 
-    def __init__(self, output_dir, model_name=None, objectives=None, objective_names=None, mode=None, data_name=None,
-                 num_train_prompts=None, num_eval_prompts=None, iterations=None, samples_per_prompt=None,
-                 max_new_tokens=None, temperature=None, top_k=None, batch_size=None, max_angle=None,
-                 main_objective=None, rerank_directions=None, num_palettes=None, scaling_max=None,
-                 eval_grid_step=None, learning_rate=None, num_train_epochs=None, per_device_train_batch_size=None,
-                 use_lora=None, lora_r=None, lora_alpha=None, max_length=None, seed=None, overwrite=False,
-                 progress=True):
-        given = {k: v for k, v in locals().items() if k in FIELDS and v is not None}
-        self.config = DPAConfig(**settings(output_dir, given))
+    def __init__(self, output_dir, overwrite=False, progress=True, **flags):
+        given = {k: v for k, v in flags.items() if v is not None}
+        self.config = configs.config_from_flags(DPAConfig, settings(output_dir, given))
         self.trainer = dpatrainer.DPATrainer(self.config, output_dir, overwrite=overwrite, progress=progress)
 
     def sample(self, iteration=1):
@@ -150,3 +122,6 @@ class TrainDPA:
             x = np.array([r[v] for r in recs])
             print(f"  {n}: c = {c}, realized {x.mean():.4f} ± {standard_error(x):.4f}")
         return path
+
+
+configs.document(TrainDPA, DPAConfig, flags_default=None, accept_unknown=False)

@@ -39,21 +39,110 @@ Iterated MAP-DPO (--palette=c1,c2,...): rounds of (sample pairs from the current
 training prompts, score, soft-label DPO toward the current λ), with λ corrected between rounds from
 the policy's realized levels on held-out prompts (primaldual.py), until the palette is met.
 """
+import dataclasses
+import functools
 import os
+from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 
 from mapalign import arguments
+from mapalign import configs
 from mapalign import dpodata
 from mapalign import models
 from mapalign import records
 from mapalign import training
+from mapalign.configs import option
 from mapalign.errors import InputError
 
 DPO_LOSSES = ("sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot",
               "aot_unpaired", "apo_zero", "apo_down", "discopop", "sft", "sigmoid_norm")
 KTO_LOSSES = ("kto", "apo_zero_unpaired")
 PAIRINGS = ("soft", "bradley_terry", "best_worst", "all")
+
+
+# ---------------------------------------------------------------------------------------------
+# Configs: PreferenceConfig is what build_preference_trainer reads; each command extends it.
+
+@dataclass(kw_only=True)
+class PreferenceConfig(training.TrainerConfig):
+    """DPO / KTO settings shared by both commands (TRL's DPOConfig / KTOConfig fields of the same names)."""
+    beta: float = option(0.1, "DPO/KTO β (the KL weight: the policy targets p0·exp(r/β))")
+    loss_type: str = option("sigmoid", "DPO loss(es), comma-separated (sigmoid, hinge, ipo, robust, ...), or kto / "
+                                       "apo_zero_unpaired (KTOTrainer); see the module docstring")
+    loss_weights: Optional[str] = option(None, "weights of several --loss_type losses, comma-separated (TRL's)")
+    label_smoothing: float = option(0.0, "DPO label smoothing ε (TRL's; robust/cDPO losses)")
+    desirable_weight: float = option(1.0, "KTO: weight of desirable examples' loss")
+    undesirable_weight: float = option(1.0, "KTO: weight of undesirable examples' loss")
+    learning_rate: float = option(5e-5, "optimizer learning rate (5e-5, the transformers default the original's "
+                                        "TRL, mid-2024, used for DPO)")
+    num_train_epochs: float = option(1, "passes over the pairs (the original's 1)")
+    per_device_train_batch_size: int = option(2, "pairs per device per forward/backward pass (the original's 2)")
+    gradient_accumulation_steps: int = option(10, "passes per optimizer step (the original's 10)")
+    max_length: int = option(1024, "tokens of prompt + completion kept (TRL truncates longer ones)")
+    use_chat_template: Optional[bool] = option(None, "format prompts with the chat template (default: when the "
+                                                     "model has one)")
+
+
+# the hyperparameters recorded in map_training.json (`hyperparameters`)
+HYPERPARAMETERS = ("loss_weights", "label_smoothing", "desirable_weight", "undesirable_weight", "learning_rate",
+                   "num_train_epochs", "per_device_train_batch_size", "gradient_accumulation_steps", "max_length",
+                   "use_chat_template", "report_to", "bf16", "gradient_checkpointing", "logging_steps", "save_steps",
+                   "max_steps")
+
+
+@dataclass(kw_only=True)
+class DPOBaselineConfig(PreferenceConfig):
+    """train_dpo: the original DPO baseline on a seeded HH-RLHF harmless/helpful mixture (--use_lora trains a
+    fresh LoRA adapter; the original instead loaded an existing adapter folder)."""
+    sample_size: int = option(doc="rows drawn from HH-RLHF in total (the original grid used 2000)")
+    beta: float = option(doc="DPO β (original grid 0.1, 0.5)")
+    harmless_ratio: float = option(doc="p, the harmless-base share; helpful-base gets 1 − p")
+    save_path: Optional[str] = option(None, "output folder; default modelsDPO/{model}-{sample_size}sample-{beta}beta-"
+                                            "{p}harmless, as the original")
+    model_name: str = option(models.DEFAULT_MODEL, "base model (the original: facebook/opt-1.3b = opt1.3b; default "
+                                                   "the embedded SmolLM2)")
+    data_source_path: Optional[str] = option(None, "local HH-RLHF copy (see genDPOdata); default the hub (needs it "
+                                                   "cached offline)")
+    split: str = option("train", "HH-RLHF split")
+    max_words: int = option(50, "words kept per field (50, as the original)")
+
+
+@dataclass(kw_only=True)
+class MAPDPOConfig(PreferenceConfig):
+    """train_map_dpo: MAP-DPO from a results file with several samples per prompt (module docstring)."""
+    file_path: str = option(doc="results file (gendata with samples per prompt; rewards added for every value)")
+    lam_list: Optional[str] = option(None, "λ, one per value of --value_list (same order)")
+    value_list: Optional[str] = option(None, "the values λ weights (comma-separated; all = the task's values)")
+    model_name: Optional[str] = option(None, "the model that generated the file (p0 and the starting policy); "
+                                             "default: the results file's metadata model_name")
+    save_path: Optional[str] = option(None, "default modelsDPO/{file stem}-lam_{λ}-val_{values}-{pairing}-{loss} "
+                                            "(pal_{c} with --palette)")
+    pairing: str = option("soft", "soft | bradley_terry | best_worst | all (module docstring)")
+    margin: float = option(0.0, "best_worst/all: keep a pair only when its λᵀr gap exceeds this; KTO: the labelling "
+                                "margin around the prompt's mean λᵀr")
+    max_pairs_per_prompt: Optional[int] = option(None, "keep at most this many pairs per prompt (seeded); None = all")
+    beta: float = option(1.0, "DPO β; 1.0 with soft or bradley_terry pairs and the sigmoid loss aims at p_λ")
+    use_chat_template: Optional[bool] = option(None, "default: the results file's metadata, else auto")
+    lambda_file: Optional[str] = option(
+        None, "a λ target from alignValues.py instead of lam_list (results/alignValues.jsonl, last entry): its "
+              "sampling config and base model must match the results file's (the pairs are samples of that file), "
+              "else the run is refused unless allow_mismatch (recorded as a warning)")
+    allow_mismatch: bool = option(False, "train even when the λ file's sampling config or base model differs")
+    palette: Optional[str] = option(
+        None, "target levels c1,c2,...: iterated MAP-DPO (module docstring). Each of palette_rounds rounds trains "
+              "on soft-label pairs toward the current λ (round 1: the file's samples; later rounds: fresh samples "
+              "of the current policy, as many per prompt as the file has), then measures the realized levels on "
+              "the file's last palette_prompts prompts (held out from training; palette_samples samples each) and "
+              "updates λ; stops once every value is within palette_tol_se standard errors. num_train_epochs and "
+              "max_steps apply to each round")
+    palette_rounds: int = option(3, "--palette: rounds of (sample, pair, train, update λ)")
+    palette_prompts: int = option(8, "--palette: held-out prompts (the file's last N)")
+    palette_samples: int = option(4, "--palette: samples per held-out prompt per round")
+    dual_update: str = option("exact", "--palette: exact (dual solve on importance weights) or ascent")
+    dual_step: float = option(1.0, "--palette: η of --dual_update=ascent")
+    palette_tol_se: float = option(2.0, "--palette: stop once every value is within this many standard errors")
 
 
 def parse_loss_type(loss_type):
@@ -209,11 +298,9 @@ def exact_token_ids(tokenizer, examples, formatted_prompts, chat, max_new_tokens
     return out
 
 
-def _dpo_classes():
-    """TokenizedDPOTrainer and SoftDPOTrainer, built on first use (TRL imports are slow)."""
-    global TokenizedDPOTrainer, SoftDPOTrainer
-    if "SoftDPOTrainer" in globals():
-        return TokenizedDPOTrainer, SoftDPOTrainer
+@functools.cache
+def dpo_classes():
+    """(SoftLabelCollator, TokenizedDPOTrainer, SoftDPOTrainer), built on first use (TRL imports are slow)."""
     import torch
     import torch.nn.functional as F
     from trl import DPOTrainer
@@ -288,27 +375,25 @@ def _dpo_classes():
                 return loss, outputs
             return loss
 
-    globals().update(TokenizedDPOTrainer=TokenizedDPOTrainer, SoftDPOTrainer=SoftDPOTrainer,
-                     SoftLabelCollator=SoftLabelCollator)
-    return TokenizedDPOTrainer, SoftDPOTrainer
+    return SoftLabelCollator, TokenizedDPOTrainer, SoftDPOTrainer
 
 
-def build_preference_trainer(model, tokenizer, examples, output_dir, loss_type="sigmoid", beta=0.1, ref_model=None,
-                             peft_config=None, use_chat_template=None, learning_rate=5e-5, num_train_epochs=1,
-                             per_device_train_batch_size=2, gradient_accumulation_steps=10, loss_weights=None,
-                             label_smoothing=0.0, desirable_weight=1.0, undesirable_weight=1.0, max_length=1024,
-                             seed=0, report_to="none", bf16=False, gradient_checkpointing=False, logging_steps=10,
-                             save_steps=50, max_steps=-1, callbacks=None, max_new_tokens=None):
+def build_preference_trainer(model, tokenizer, examples, output_dir, config=None, ref_model=None, peft_config=None,
+                             callbacks=None, max_new_tokens=None, **settings):
     """A DPOTrainer (pairs: prompt/chosen/rejected) or KTOTrainer (prompt/completion/label) on `examples`.
 
-    Raw prompts are formatted for the model here (chat template when it has one, or as
-    `use_chat_template` says). `ref_model` is the explicit frozen reference; with a PEFT adapter it
-    may be None (the adapter-disabled base is the reference). MAP pairs (map_preference_pairs) are
-    trained on their exact token ids (exact_token_ids; `max_new_tokens` is the samples' generation length,
-    for deciding which text-only samples stopped); soft-label pairs use SoftDPOTrainer.
+    `config` is a PreferenceConfig (or a command's config; default PreferenceConfig()), `settings` override
+    its fields (e.g. loss_type="ipo", beta=1.0, seed=1). Raw prompts are formatted for the model here (chat
+    template when it has one, or as `use_chat_template` says). `ref_model` is the explicit frozen reference;
+    with a PEFT adapter it may be None (the adapter-disabled base is the reference). MAP pairs
+    (map_preference_pairs) are trained on their exact token ids (exact_token_ids; `max_new_tokens` is the
+    samples' generation length, for deciding which text-only samples stopped); soft-label pairs use
+    SoftDPOTrainer.
     """
+    cfg = dataclasses.replace(config or PreferenceConfig(), **settings)
+    use_chat_template = cfg.use_chat_template
     from datasets import Dataset
-    kind, losses = parse_loss_type(loss_type)
+    kind, losses = parse_loss_type(cfg.loss_type)
     prompts = models.format_prompts(tokenizer, [e["prompt"] for e in examples], use_chat_template=use_chat_template)
     map_pairs = kind == "dpo" and all("gap" in e for e in examples)
     soft = map_pairs and any("soft_label" in e for e in examples)
@@ -332,141 +417,94 @@ def build_preference_trainer(model, tokenizer, examples, output_dir, loss_type="
                 "label": [e["label"] for e in examples]}
     dataset = Dataset.from_dict(data)
     extra = {}
-    common = training.common_config(
-        output_dir, seed=seed, report_to=report_to, bf16=bf16, gradient_checkpointing=gradient_checkpointing,
-        logging_steps=logging_steps, save_steps=save_steps, learning_rate=float(learning_rate),
-        num_train_epochs=float(num_train_epochs), per_device_train_batch_size=int(per_device_train_batch_size),
-        gradient_accumulation_steps=int(gradient_accumulation_steps), max_steps=int(max_steps), beta=float(beta),
-        max_length=int(max_length))
+    common = training.trainer_kwargs(
+        cfg, output_dir, learning_rate=float(cfg.learning_rate), num_train_epochs=float(cfg.num_train_epochs),
+        per_device_train_batch_size=int(cfg.per_device_train_batch_size),
+        gradient_accumulation_steps=int(cfg.gradient_accumulation_steps), beta=float(cfg.beta),
+        max_length=int(cfg.max_length))
     if kind == "dpo":
         from trl import DPOConfig, DPOTrainer
-        weights = None if loss_weights is None else arguments.float_list(loss_weights, "loss_weights")
-        config = DPOConfig(loss_type=losses, loss_weights=weights, label_smoothing=float(label_smoothing), **common)
+        weights = None if cfg.loss_weights is None else arguments.float_list(cfg.loss_weights, "loss_weights")
+        args = DPOConfig(loss_type=losses, loss_weights=weights, label_smoothing=float(cfg.label_smoothing), **common)
         trainer_cls = DPOTrainer
         if map_pairs:
-            tokenized_cls, soft_cls = _dpo_classes()
+            collator_cls, tokenized_cls, soft_cls = dpo_classes()
             trainer_cls = soft_cls if soft else tokenized_cls
             if soft:
-                extra["data_collator"] = SoftLabelCollator(pad_token_id=tokenizer.pad_token_id,
-                                                           max_length=config.max_length,
-                                                           truncation_mode=config.truncation_mode)
+                extra["data_collator"] = collator_cls(pad_token_id=tokenizer.pad_token_id, max_length=args.max_length,
+                                                      truncation_mode=args.truncation_mode)
     else:
         from trl import KTOConfig, KTOTrainer
-        config = KTOConfig(loss_type=losses[0], desirable_weight=float(desirable_weight),
-                           undesirable_weight=float(undesirable_weight), **common)
+        args = KTOConfig(loss_type=losses[0], desirable_weight=float(cfg.desirable_weight),
+                         undesirable_weight=float(cfg.undesirable_weight), **common)
         trainer_cls = KTOTrainer
-    return trainer_cls(model=model, ref_model=None if peft_config is not None else ref_model, args=config,
+    return trainer_cls(model=model, ref_model=None if peft_config is not None else ref_model, args=args,
                        train_dataset=dataset, processing_class=tokenizer, peft_config=peft_config,
                        callbacks=callbacks, **extra)
 
 
-def _train_and_save(model_name, examples, save_path, metadata, loss_type, beta, use_lora, lora_r, lora_alpha,
-                    lora_dropout, lora_target_modules, merge_lora, seed, resume_from_checkpoint, dtype, **kwargs):
-    training.set_seed(seed)
-    model, tokenizer = models.load_model_and_tokenizer(model_name, device="cpu", dtype=dtype)
+def hyperparameters(cfg, **extra):
+    """The `hyperparameters` entry of map_training.json: the HYPERPARAMETERS fields of cfg, plus extra."""
+    return dict({k: getattr(cfg, k) for k in HYPERPARAMETERS}, **extra)
+
+
+def _train_and_save(cfg, model_name, examples, save_path, metadata, max_new_tokens=None):
+    """Train `model_name` on `examples` as cfg says and save it with `metadata` (+ the trainer's settings)."""
+    training.set_seed(cfg.seed)
+    model, tokenizer = models.load_model_and_tokenizer(model_name, device="cpu", dtype=cfg.dtype)
     model.train()
-    peft_config = training.lora_config(lora_r, lora_alpha, lora_dropout, lora_target_modules) if use_lora else None
-    ref_model = None if use_lora else training.frozen_copy(model)
-    trainer = build_preference_trainer(model, tokenizer, examples, save_path, loss_type=loss_type, beta=beta,
-                                       ref_model=ref_model, peft_config=peft_config, seed=seed, **kwargs)
-    metadata.update(trainer=type(trainer).__name__, loss_type=parse_loss_type(loss_type)[1], beta=float(beta),
-                    num_examples=len(examples), use_lora=bool(use_lora),
-                    lora={"r": lora_r, "alpha": lora_alpha, "dropout": lora_dropout,
-                          "target_modules": lora_target_modules} if use_lora else None,
-                    hyperparameters={k: v for k, v in kwargs.items() if k != "callbacks"})
-    trainer.train(resume_from_checkpoint=training.resume_checkpoint(save_path, resume_from_checkpoint))
+    ref_model = None if cfg.use_lora else training.frozen_copy(model)
+    trainer = build_preference_trainer(model, tokenizer, examples, save_path, cfg, ref_model=ref_model,
+                                       peft_config=training.peft_config(cfg), max_new_tokens=max_new_tokens)
+    extra = {} if max_new_tokens is None else {"max_new_tokens": max_new_tokens}
+    metadata.update(trainer=type(trainer).__name__, loss_type=parse_loss_type(cfg.loss_type)[1], beta=float(cfg.beta),
+                    num_examples=len(examples), use_lora=bool(cfg.use_lora), lora=training.lora_metadata(cfg),
+                    hyperparameters=hyperparameters(cfg, **extra))
+    trainer.train(resume_from_checkpoint=training.resume_checkpoint(save_path, cfg.resume_from_checkpoint))
     metadata["log_history"] = trainer.state.log_history
-    return training.save_trained(trainer, tokenizer, save_path, metadata, merge_lora=merge_lora)
+    return training.save_trained(trainer, tokenizer, save_path, metadata, merge_lora=cfg.merge_lora)
 
 
-def train_dpo(sample_size, beta, harmless_ratio, save_path=None, use_lora=False, model_name=models.DEFAULT_MODEL,
-              data_source_path=None, split="train", max_words=50, loss_type="sigmoid", loss_weights=None,
-              label_smoothing=0.0, learning_rate=5e-5, num_train_epochs=1, per_device_train_batch_size=2,
-              gradient_accumulation_steps=10, max_length=1024, use_chat_template=None, lora_r=16, lora_alpha=32,
-              lora_dropout=0.05, lora_target_modules="all-linear", merge_lora=True, seed=0,
-              resume_from_checkpoint=None, report_to="none", bf16=False, gradient_checkpointing=False,
-              logging_steps=10, save_steps=50, max_steps=-1, dtype=None, overwrite=False):
+def train_dpo(*args, **flags):
     """The original DPO baseline: DPO on a seeded mixture of HH-RLHF harmless (share p) and helpful pairs.
+    The flags are DPOBaselineConfig's fields (below; sample_size, beta and harmless_ratio may be given
+    positionally, in that order); an unknown flag is refused. Returns the save_path (model, tokenizer and
+    map_training.json)."""
+    return run_dpo(configs.config_from_flags(DPOBaselineConfig, flags, args))
 
-    Args:
-        sample_size: rows drawn from HH-RLHF in total (the original grid used 2000).
-        beta: DPO β (original grid 0.1, 0.5).
-        harmless_ratio: p, the harmless-base share; helpful-base gets 1 − p.
-        save_path: default modelsDPO/{model}-{sample_size}sample-{beta}beta-{p}harmless, as the original.
-        use_lora: train a fresh LoRA adapter (the original instead loaded an existing adapter folder).
-        model_name: base model (the original: facebook/opt-1.3b = "opt1.3b"; default the embedded SmolLM2).
-        data_source_path: local HH-RLHF copy (see genDPOdata); default the hub (needs it cached offline).
-        split, max_words: data split and the words kept per field (50, as the original).
-        loss_type: DPO loss(es) or "kto" (see the module docstring); loss_weights, label_smoothing as TRL.
-        learning_rate: 5e-5, the transformers default the original's TRL (mid-2024) used for DPO.
-        num_train_epochs, per_device_train_batch_size, gradient_accumulation_steps: the original's 1, 2, 10.
-        max_length, use_chat_template, lora_*, merge_lora, seed, resume_from_checkpoint, report_to, bf16,
-        gradient_checkpointing, logging_steps, save_steps, max_steps, dtype, overwrite: as trainPPO.main.
-    Returns:
-        the save_path (model, tokenizer and map_training.json).
-    """
-    p = float(harmless_ratio)
+
+def run_dpo(cfg):
+    """train_dpo with the settings of `cfg`, a DPOBaselineConfig; returns the save_path."""
+    p = float(cfg.harmless_ratio)
+    save_path = cfg.save_path
     if save_path is None:
-        save_path = os.path.join("modelsDPO", f"{models.model_short_name(model_name)}-{int(sample_size)}sample-"
-                                              f"{float(beta)}beta-{p}harmless")
-    if training.is_finished(save_path) and not overwrite:
+        save_path = os.path.join("modelsDPO", f"{models.model_short_name(cfg.model_name)}-{int(cfg.sample_size)}"
+                                              f"sample-{float(cfg.beta)}beta-{p}harmless")
+    if training.is_finished(save_path) and not cfg.overwrite:
         print(f"{save_path} already holds a finished DPO model; pass --overwrite=True to retrain.")
         return save_path
-    data = dpodata.gen_mixed_preference_data({"harmless": p, "helpful": 1.0 - p}, sample_size, split,
-                                                data_source_path=data_source_path, max_words=max_words)
+    data = dpodata.gen_mixed_preference_data({"harmless": p, "helpful": 1.0 - p}, cfg.sample_size, cfg.split,
+                                             data_source_path=cfg.data_source_path, max_words=cfg.max_words)
     examples = data.to_list()
-    metadata = training.base_metadata("DPO baseline (HH-RLHF mixture)", model_name, seed, sample_size=int(sample_size),
-                                      harmless_ratio=p, split=split, data_source_path=data_source_path,
-                                      max_words=int(max_words))
-    return _train_and_save(model_name, examples, save_path, metadata, loss_type, beta, use_lora, lora_r, lora_alpha,
-                           lora_dropout, lora_target_modules, merge_lora, seed, resume_from_checkpoint, dtype,
-                           loss_weights=loss_weights, label_smoothing=label_smoothing, learning_rate=learning_rate,
-                           num_train_epochs=num_train_epochs,
-                           per_device_train_batch_size=per_device_train_batch_size,
-                           gradient_accumulation_steps=gradient_accumulation_steps, max_length=max_length,
-                           use_chat_template=use_chat_template, report_to=report_to, bf16=bf16,
-                           gradient_checkpointing=gradient_checkpointing, logging_steps=logging_steps,
-                           save_steps=save_steps, max_steps=max_steps)
+    metadata = training.base_metadata("DPO baseline (HH-RLHF mixture)", cfg.model_name, cfg.seed,
+                                      sample_size=int(cfg.sample_size), harmless_ratio=p, split=cfg.split,
+                                      data_source_path=cfg.data_source_path, max_words=int(cfg.max_words))
+    return _train_and_save(cfg, cfg.model_name, examples, save_path, metadata)
 
 
-def train_map_dpo(file_path, lam_list=None, value_list=None, model_name=None, save_path=None, pairing="soft",
-                  margin=0.0, max_pairs_per_prompt=None, beta=1.0, loss_type="sigmoid", loss_weights=None,
-                  label_smoothing=0.0, desirable_weight=1.0, undesirable_weight=1.0, learning_rate=5e-5,
-                  num_train_epochs=1, per_device_train_batch_size=2, gradient_accumulation_steps=10, max_length=1024,
-                  use_chat_template=None, lambda_file=None, allow_mismatch=False, palette=None, palette_rounds=3,
-                  palette_prompts=8, palette_samples=4, dual_update="exact", dual_step=1.0, palette_tol_se=2.0,
-                  use_lora=False, lora_r=16, lora_alpha=32, lora_dropout=0.05,
-                  lora_target_modules="all-linear", merge_lora=True, seed=0, resume_from_checkpoint=None,
-                  report_to="none", bf16=False, gradient_checkpointing=False, logging_steps=10, save_steps=50,
-                  max_steps=-1, dtype=None, overwrite=False):
+def train_map_dpo(*args, **flags):
     """MAP-DPO: preference fine-tuning toward p_λ from a results file with several samples per prompt.
+    The flags are MAPDPOConfig's fields (below; file_path may be given positionally); an unknown flag is
+    refused. Returns the save_path."""
+    return run_map_dpo(configs.config_from_flags(MAPDPOConfig, flags, args))
 
-    Args:
-        file_path: results file (gendata with samples per prompt; rewards added for every value).
-        lam_list, value_list: λ and the values it weights (same order; "all" = the task's values).
-        lambda_file: a λ target from alignValues.py instead of lam_list (results/alignValues.jsonl, last
-            entry): its sampling config and base model must match the results file's (the pairs are
-            samples of that file), else the run is refused unless allow_mismatch (recorded as a warning).
-        palette: target levels c1,c2,...: iterated MAP-DPO (module docstring). Each of palette_rounds
-            rounds trains on soft-label pairs toward the current λ (round 1: the file's samples; later
-            rounds: fresh samples of the current policy, as many per prompt as the file has), then
-            measures the realized levels on the file's last palette_prompts prompts (held out from
-            training; palette_samples samples each) and updates λ (dual_update "exact" or "ascent" with
-            step dual_step); stops once every value is within palette_tol_se standard errors.
-        model_name: the model that generated the file (p0 and the starting policy); default: the
-            results file's metadata `model_name`.
-        save_path: default modelsDPO/{file stem}-lam_{λ}-val_{values}-{pairing}-{loss} (pal_{c} with --palette).
-        pairing, margin, max_pairs_per_prompt: pair construction (module docstring); "soft" by default.
-        beta: DPO β; 1.0 (default) with soft or bradley_terry pairs and the sigmoid loss aims at p_λ.
-        loss_type, loss_weights, label_smoothing, desirable_weight, undesirable_weight: TRL's losses.
-        use_chat_template: default: the results file's metadata, else auto.
-        Other arguments: as train_dpo (num_train_epochs and max_steps apply to each round).
-    Returns:
-        the save_path.
-    """
+
+def run_map_dpo(cfg):
+    """train_map_dpo with the settings of `cfg`, a MAPDPOConfig; returns the save_path."""
     from mapalign import primaldual
-    values, lam, target, c = primaldual.training_target(lam_list, value_list, lambda_file, palette)
-    kind, losses = parse_loss_type(loss_type)
+    file_path, model_name, save_path = cfg.file_path, cfg.model_name, cfg.save_path
+    values, lam, target, c = primaldual.training_target(cfg.lam_list, cfg.value_list, cfg.lambda_file, cfg.palette)
+    kind, losses = parse_loss_type(cfg.loss_type)
     recs = records.load_records(file_path)
     meta = records.load_metadata(file_path)
     file_sampling, file_model = primaldual.sampling_of_results(file_path)
@@ -475,91 +513,83 @@ def train_map_dpo(file_path, lam_list=None, value_list=None, model_name=None, sa
         if not model_name:
             raise InputError(f"{file_path!r} has no metadata naming its model; pass --model_name (the model that "
                              "generated the samples: it is p0 and the starting policy).")
-    if use_chat_template is None:  # train on the prompts formatted as the samples were generated
-        use_chat_template = meta.get("use_chat_template", (meta.get("sampling") or {}).get("use_chat_template"))
+    if cfg.use_chat_template is None:  # train on the prompts formatted as the samples were generated
+        cfg = dataclasses.replace(cfg, use_chat_template=meta.get(
+            "use_chat_template", (meta.get("sampling") or {}).get("use_chat_template")))
     # the pairs are the file's samples: the λ target must have been fitted on samples drawn the same way
-    requested = dict(file_sampling or {}, use_chat_template=use_chat_template)
+    requested = dict(file_sampling or {}, use_chat_template=cfg.use_chat_template)
     sampling, model_name, notes = primaldual.resolve_sampling(
         target if target is not None else {"sampling": file_sampling, "base_model": file_model} if file_sampling
-        else None, requested, model_name, allow_mismatch)
+        else None, requested, model_name, cfg.allow_mismatch)
     if save_path is None:
         stem = os.path.splitext(os.path.basename(file_path))[0]
         what = f"pal={records.lam_string(c)}" if c is not None else f"lam={records.lam_string(lam)}"
         save_path = os.path.join("modelsDPO", training.sanitize(
-            f"{stem}-{what}-val={','.join(values)}-{pairing}-{'+'.join(losses)}"))
-    if training.is_finished(save_path) and not overwrite:
+            f"{stem}-{what}-val={','.join(values)}-{cfg.pairing}-{'+'.join(losses)}"))
+    if training.is_finished(save_path) and not cfg.overwrite:
         print(f"{save_path} already holds a finished MAP-DPO model; pass --overwrite=True to retrain.")
         return save_path
     metadata = training.base_metadata(
-        "MAP-DPO" if c is None else "iterated MAP-DPO (primal-dual)", model_name, seed, values=values,
-        lam=None if lam is None else [float(x) for x in lam], results_file=file_path, pairing=pairing,
-        margin=float(margin), max_pairs_per_prompt=max_pairs_per_prompt, sampling=sampling, lambda_file=lambda_file,
-        lambda_target=target, target_warnings=notes, allow_mismatch=bool(allow_mismatch),
+        "MAP-DPO" if c is None else "iterated MAP-DPO (primal-dual)", model_name, cfg.seed, values=values,
+        lam=None if lam is None else [float(x) for x in lam], results_file=file_path, pairing=cfg.pairing,
+        margin=float(cfg.margin), max_pairs_per_prompt=cfg.max_pairs_per_prompt, sampling=sampling,
+        lambda_file=cfg.lambda_file, lambda_target=target, target_warnings=notes,
+        allow_mismatch=bool(cfg.allow_mismatch),
         target="p ∝ p0·exp(λᵀr/β) (= p_λ at β = 1) for the sigmoid loss with soft or bradley_terry pairs",
         num_prompts=len(set(records.prompt_groups(recs).tolist())), num_samples=len(recs))
-    hyper = dict(loss_weights=loss_weights, label_smoothing=label_smoothing, desirable_weight=desirable_weight,
-                 undesirable_weight=undesirable_weight, learning_rate=learning_rate, num_train_epochs=num_train_epochs,
-                 per_device_train_batch_size=per_device_train_batch_size,
-                 gradient_accumulation_steps=gradient_accumulation_steps, max_length=max_length,
-                 use_chat_template=use_chat_template, report_to=report_to, bf16=bf16,
-                 gradient_checkpointing=gradient_checkpointing, logging_steps=logging_steps, save_steps=save_steps,
-                 max_steps=max_steps, max_new_tokens=sampling["max_new_tokens"])
     if c is not None:
         if kind != "dpo":
             raise InputError("--palette (iterated MAP-DPO) needs a DPO loss (sigmoid with soft pairs)")
-        return _iterated_map_dpo(recs, values, lam, c, model_name, save_path, metadata, sampling, loss_type, beta,
-                                 pairing, margin, max_pairs_per_prompt, use_lora, lora_r, lora_alpha, lora_dropout,
-                                 lora_target_modules, merge_lora, seed, dtype, palette_rounds, palette_prompts,
-                                 palette_samples, dual_update, dual_step, palette_tol_se, hyper)
+        return _iterated_map_dpo(cfg, recs, values, lam, c, model_name, save_path, metadata, sampling)
     if kind == "kto":
-        examples = map_kto_examples(recs, values, lam, margin=margin, source=file_path)
+        examples = map_kto_examples(recs, values, lam, margin=cfg.margin, source=file_path)
     else:
-        examples = map_preference_pairs(recs, values, lam, pairing=pairing, margin=margin,
-                                        max_pairs_per_prompt=max_pairs_per_prompt, seed=seed, source=file_path)
-    return _train_and_save(model_name, examples, save_path, metadata, loss_type, beta, use_lora, lora_r, lora_alpha,
-                           lora_dropout, lora_target_modules, merge_lora, seed, resume_from_checkpoint, dtype, **hyper)
+        examples = map_preference_pairs(recs, values, lam, pairing=cfg.pairing, margin=cfg.margin,
+                                        max_pairs_per_prompt=cfg.max_pairs_per_prompt, seed=cfg.seed, source=file_path)
+    return _train_and_save(cfg, model_name, examples, save_path, metadata, max_new_tokens=sampling["max_new_tokens"])
 
 
-def _iterated_map_dpo(recs, values, lam, c, model_name, save_path, metadata, sampling, loss_type, beta, pairing,
-                      margin, max_pairs_per_prompt, use_lora, lora_r, lora_alpha, lora_dropout, lora_target_modules,
-                      merge_lora, seed, dtype, rounds, palette_prompts, palette_samples, dual_update, dual_step,
-                      palette_tol_se, hyper):
+def _iterated_map_dpo(cfg, recs, values, lam, c, model_name, save_path, metadata, sampling):
     """Iterated MAP-DPO with primal-dual λ (train_map_dpo --palette); returns the save_path."""
     from mapalign import decoding
     from mapalign import primaldual
     from mapalign import values as value_registry
     groups = records.prompt_groups(recs)
     order = sorted(set(groups.tolist()))
-    if len(order) <= int(palette_prompts):
-        raise InputError(f"--palette_prompts={palette_prompts} leaves no training prompt: the file has {len(order)}")
-    held = set(order[-int(palette_prompts):])
+    n_held = int(cfg.palette_prompts)
+    if len(order) <= n_held:
+        raise InputError(f"--palette_prompts={cfg.palette_prompts} leaves no training prompt: the file has "
+                         f"{len(order)}")
+    held = set(order[-n_held:])
     train_recs = [r for r, g in zip(recs, groups) if int(g) not in held]
     first_of = {}
     for r, g in zip(recs, groups):
         first_of.setdefault(int(g), r["prompt"])
-    held_prompts = [first_of[g] for g in order[-int(palette_prompts):]]
-    train_prompts = [first_of[g] for g in order[:-int(palette_prompts)]]
+    held_prompts = [first_of[g] for g in order[-n_held:]]
+    train_prompts = [first_of[g] for g in order[:-n_held]]
     per_prompt = max(2, int(np.bincount(groups).max()))
     scorers = value_registry.load_scorers(values, basemodel_for_perplexity=model_name)
 
     def score(prompts, conts):
         return decoding.score_samples(values, scorers, list(prompts), list(conts))
 
+    seed = cfg.seed
     training.set_seed(seed)
-    model, tokenizer = models.load_model_and_tokenizer(model_name, device="cpu", dtype=dtype)
+    model, tokenizer = models.load_model_and_tokenizer(model_name, device="cpu", dtype=cfg.dtype)
     model.train()
-    peft_config = training.lora_config(lora_r, lora_alpha, lora_dropout, lora_target_modules) if use_lora else None
-    ref_model = None if use_lora else training.frozen_copy(model)
-    tracker = primaldual.PaletteTracker(values, c, score, held_prompts, palette_samples, sampling, update=dual_update,
-                                        step=dual_step, tol_se=palette_tol_se, seed=seed, first_id=10 ** 6)
+    peft_config = training.peft_config(cfg)
+    ref_model = None if cfg.use_lora else training.frozen_copy(model)
+    tracker = primaldual.PaletteTracker(values, c, score, held_prompts, cfg.palette_samples, sampling,
+                                        update=cfg.dual_update, step=cfg.dual_step, tol_se=cfg.palette_tol_se,
+                                        seed=seed, first_id=10 ** 6)
     # feasibility is proved (or refuted) on the results file's samples of p0, the largest sample at hand
     primaldual.check_feasible(values, c, records.reward_matrix(recs, values), groups)
-    if lam is None or dual_update == "exact":  # round 0: the reference model's levels (and λ, exact)
+    if lam is None or cfg.dual_update == "exact":  # round 0: the reference model's levels (and λ, exact)
         lam0 = np.zeros(len(values)) if lam is None else lam
         lam, _ = tracker.round(model, tokenizer, lam0, step=0, ref_model=model if ref_model is None else ref_model)
         print(tracker.summary_line())
     trainer, log = None, []
-    for r in range(1, int(rounds) + 1):
+    for r in range(1, int(cfg.palette_rounds) + 1):
         if r == 1:
             samples = train_recs
         else:  # fresh pairs from the current policy
@@ -569,12 +599,12 @@ def _iterated_map_dpo(recs, values, lam, c, model_name, save_path, metadata, sam
             for i, v in enumerate(values):
                 for x, val in zip(samples, R[i]):
                     x[v] = float(val)
-        pairs = map_preference_pairs(samples, values, lam, pairing=pairing, margin=margin,
-                                     max_pairs_per_prompt=max_pairs_per_prompt, seed=seed + r, source=f"round {r}")
+        pairs = map_preference_pairs(samples, values, lam, pairing=cfg.pairing, margin=cfg.margin,
+                                     max_pairs_per_prompt=cfg.max_pairs_per_prompt, seed=seed + r, source=f"round {r}")
         policy = model if trainer is None else trainer.model
-        trainer = build_preference_trainer(policy, tokenizer, pairs, os.path.join(save_path, f"round{r}"),
-                                           loss_type=loss_type, beta=beta, ref_model=ref_model,
-                                           peft_config=peft_config if trainer is None else None, seed=seed + r, **hyper)
+        trainer = build_preference_trainer(policy, tokenizer, pairs, os.path.join(save_path, f"round{r}"), cfg,
+                                           ref_model=ref_model, peft_config=peft_config if trainer is None else None,
+                                           max_new_tokens=sampling["max_new_tokens"], seed=seed + r)
         trainer.train()
         log.append({"round": r, "pairs": len(pairs), "lam": [float(x) for x in lam],
                     "log_history": trainer.state.log_history})
@@ -582,13 +612,17 @@ def _iterated_map_dpo(recs, values, lam, c, model_name, save_path, metadata, sam
         print(tracker.summary_line())
         if ok:
             break
-    metadata.update(trainer=type(trainer).__name__, loss_type=parse_loss_type(loss_type)[1], beta=float(beta),
-                    palette=[float(x) for x in c], lam=[float(x) for x in lam], dual_update=dual_update,
+    metadata.update(trainer=type(trainer).__name__, loss_type=parse_loss_type(cfg.loss_type)[1], beta=float(cfg.beta),
+                    palette=[float(x) for x in c], lam=[float(x) for x in lam], dual_update=cfg.dual_update,
                     objective="min KL(π‖p0) s.t. E_π[r_i] ≥ c_i", palette_rounds=tracker.history,
                     palette_within_tolerance=bool(tracker.history[-1]["status"] == "within tolerance"),
-                    rounds=log, held_out_prompts=len(held_prompts), use_lora=bool(use_lora),
-                    hyperparameters={k: v for k, v in hyper.items()})
+                    rounds=log, held_out_prompts=len(held_prompts), use_lora=bool(cfg.use_lora),
+                    hyperparameters=hyperparameters(cfg, max_new_tokens=sampling["max_new_tokens"]))
     metadata["log_history"] = trainer.state.log_history
     os.makedirs(save_path, exist_ok=True)
     primaldual.plot_history(tracker.history, values, c, os.path.join(save_path, "palette_rounds.png"))
-    return training.save_trained(trainer, tokenizer, save_path, metadata, merge_lora=merge_lora)
+    return training.save_trained(trainer, tokenizer, save_path, metadata, merge_lora=cfg.merge_lora)
+
+
+configs.document(train_dpo, DPOBaselineConfig)
+configs.document(train_map_dpo, MAPDPOConfig)

@@ -31,17 +31,79 @@ from the policy's realized levels on held-out prompts.
 
     python trainPPO.py --lambda_file=results/alignValues.jsonl --palette=0.45,0.6 --use_lora=True ...
 """
+import dataclasses
 import os
+from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 from transformers import TrainerCallback
 
+from mapalign import configs
 from mapalign import models
 from mapalign import training
 from mapalign import values as value_registry
+from mapalign.configs import option
 from mapalign.errors import InputError
 
 TRAINERS = ("rloo", "grpo")
+
+
+@dataclass(kw_only=True)
+class MAPFConfig(training.TrainerConfig):
+    """The settings of a MAP-F run (trainPPO.py): the target, the policy and its prompts, the RLOO/GRPO
+    optimisation and the sampling; the shared ones (LoRA, seed, checkpoints, logging) are TrainerConfig's."""
+    lam_list: Optional[str] = option(None, "λ, one per value, e.g. 1.548,1.148 (by hand: nothing records what "
+                                           "it was fitted on)")
+    value_list: Optional[str] = option(
+        None, "all (the task's values) or a comma-separated list (default: the λ file's values, else all); the "
+              "reward is Σ λ_i r_i over every one of them, scored on (raw prompt, clean continuation)")
+    model_name: Optional[str] = option(
+        None, "policy p0: smollm2-135m (embedded), opt1.3b, llama2_chat, gpt2, a folder or a hub id (default: "
+              "the λ file's base model, else smollm2-135m)")
+    data_name: str = option("builtin", "prompt source for prompts.load_prompts (builtin offline, "
+                                       "Anthropic-harmless, Imdb)")
+    save_path: Optional[str] = option(
+        None, "output folder; default modelsPPO/{model}-{data}-lam_{λ}-val_{values} (the original's name, ',' "
+              "and '=' replaced by '_'; with --palette, pal_{c} instead of λ)")
+    learning_rate: float = option(1e-6, "optimizer learning rate (original 1e-6 for full fine-tuning; LoRA needs "
+                                        "~1e-5..1e-4)")
+    batch_size: int = option(20, "completions per optimizer step (original: rollouts per PPO step, 20)")
+    mini_batch_size: int = option(2, "completions per forward/backward pass; gradient accumulation = batch/mini")
+    nepoch: float = option(1, "passes over the prompts (each prompt is sampled num_generations times per pass)")
+    trainer: str = option("rloo", "rloo (KL in the reward) or grpo (KL in the loss, scale_rewards='none')")
+    beta: float = option(1.0, "KL weight β; the trained policy targets p0·exp(λᵀr/β), so β = 1 aims at p_λ")
+    num_generations: int = option(2, "samples per prompt for the leave-one-out / group baseline (>= 2)")
+    max_new_tokens: Optional[int] = option(None, "sampling: new tokens per completion (default: the λ file's, "
+                                                 "else 50)")
+    temperature: Optional[float] = option(None, "sampling temperature (default: the λ file's, else 1)")
+    top_k: Optional[int] = option(None, "sampling top-k, 0 = none (default: the λ file's, else 0)")
+    top_p: Optional[float] = option(None, "sampling nucleus mass, 1 = none (default: the λ file's, else 1)")
+    use_chat_template: Optional[bool] = option(None, "format prompts with the chat template (default: the λ "
+                                                     "file's, else when the model has one)")
+    max_prompts: Optional[int] = option(None, "use only the first N training prompts (quick runs)")
+    lambda_file: Optional[str] = option(
+        None, "a λ target from alignValues.py (results/alignValues.jsonl: its last entry, or a .json): values, "
+              "λ, estimator, sampling config, base model and results file. The run samples with that config and "
+              "refuses a different one (see allow_mismatch)")
+    allow_mismatch: bool = option(False, "train even when the sampling config or base model differs from the λ "
+                                         "file's (the difference is recorded as a warning in the metadata)")
+    palette: Optional[str] = option(
+        None, "target levels c1,c2,... (one per value): primal-dual tracking (primaldual.py) minimises KL(π‖p0) "
+              "subject to E_π[r_i] ≥ c_i by correcting λ from the policy's realized levels. A palette proved "
+              "infeasible is refused with the suggested palette (proved on the λ file's results file when there "
+              "is one, else on the first round's held-out samples of p0)")
+    palette_every: int = option(10, "optimizer steps between λ updates (--palette)")
+    palette_prompts: int = option(16, "held-out prompts for --palette (the last N of the source, never trained on)")
+    palette_samples: int = option(4, "samples per held-out prompt per --palette round")
+    dual_update: str = option(
+        "exact", "exact (dual solve on importance weights of the policy's samples; the first round, before "
+                 "training, is the exact solve on p0's samples) or ascent (λ ← max(0, λ + η(c − m̂)), η = dual_step)")
+    dual_step: float = option(1.0, "η of --dual_update=ascent")
+    palette_tol_se: float = option(2.0, "stop once every value is within this many standard errors of its level")
+    num_iterations: int = option(1, "TRL's optimisation passes per generated batch")
+    grpo_loss_type: str = option("dapo", "GRPO's loss (dapo, grpo, dr_grpo, ...); ignored by RLOO")
+    value_device: Optional[str] = option(None, "device for the reward scorers (default: this process's device)")
 
 
 class ValueReward:
@@ -112,21 +174,25 @@ def build_dataset(tokenizer, data_name, seed=0, max_prompts=None, use_chat_templ
                           use_chat_template=use_chat_template)
 
 
-def build_trainer(model, tokenizer, prompts, values, lam, scorers, output_dir, trainer="rloo", beta=1.0,
-                  ref_model=None, peft_config=None, learning_rate=1e-6, batch_size=20, mini_batch_size=2,
-                  nepoch=1, num_generations=2, max_new_tokens=50, temperature=1.0, top_k=0, top_p=1.0,
-                  use_chat_template=None, seed=0, report_to="none", bf16=False, gradient_checkpointing=False,
-                  logging_steps=10, save_steps=50, max_steps=-1, num_iterations=1, grpo_loss_type="dapo",
-                  callbacks=None):
-    """The configured TRL trainer (RLOOTrainer or GRPOTrainer) for MAP-F; see `main` for the arguments.
+def build_trainer(model, tokenizer, prompts, values, lam, scorers, output_dir, config=None, ref_model=None,
+                  peft_config=None, callbacks=None, **settings):
+    """The configured TRL trainer (RLOOTrainer or GRPOTrainer) for MAP-F.
 
-    `prompts` are raw prompt texts; the trainer sees them formatted for the model (chat template
-    when it has one) while reward functions see the raw text. `ref_model` is the explicit p0 for
-    full fine-tuning (None with a PEFT adapter: the adapter-disabled base is p0).
+    `config` is a MAPFConfig (default: its defaults), `settings` override its fields (e.g. beta=0.5,
+    trainer="grpo"); sampling left at None takes primaldual.DEFAULT_SAMPLING (50 new tokens, temperature 1,
+    no top-k/top-p truncation). `prompts` are raw prompt texts; the trainer sees them formatted for the model
+    (chat template when it has one) while reward functions see the raw text. `ref_model` is the explicit p0
+    for full fine-tuning (None with a PEFT adapter: the adapter-disabled base is p0).
     """
+    from mapalign.primaldual import DEFAULT_SAMPLING
+    cfg = dataclasses.replace(config or MAPFConfig(), **settings)
+    trainer, beta = cfg.trainer, cfg.beta
+    sampling = {k: DEFAULT_SAMPLING[k] if getattr(cfg, k) is None else getattr(cfg, k)
+                for k in ("max_new_tokens", "temperature", "top_k", "top_p")}
     if trainer not in TRAINERS:
         raise InputError(f"--trainer must be one of {TRAINERS}; got {trainer!r}")
-    batch_size, mini_batch_size, num_generations = int(batch_size), int(mini_batch_size), int(num_generations)
+    batch_size, mini_batch_size = int(cfg.batch_size), int(cfg.mini_batch_size)
+    num_generations = int(cfg.num_generations)
     if num_generations < 2:
         raise InputError("--num_generations must be >= 2: RLOO/GRPO compare samples of the same prompt")
     if batch_size % mini_batch_size:
@@ -142,16 +208,14 @@ def build_trainer(model, tokenizer, prompts, values, lam, scorers, output_dir, t
         raise InputError("full fine-tuning with beta > 0 needs the explicit reference p0: pass "
                          "ref_model=training.frozen_copy(model) (taken before training)")
     funcs, weights = map_reward_functions(values, lam, scorers)
-    dataset = prompt_dataset(tokenizer, prompts, use_chat_template=use_chat_template)
-    common = training.common_config(
-        output_dir, seed=seed, report_to=report_to, bf16=bf16, gradient_checkpointing=gradient_checkpointing,
-        logging_steps=logging_steps, save_steps=save_steps, learning_rate=float(learning_rate),
-        per_device_train_batch_size=mini_batch_size,
+    dataset = prompt_dataset(tokenizer, prompts, use_chat_template=cfg.use_chat_template)
+    common = training.trainer_kwargs(
+        cfg, output_dir, learning_rate=float(cfg.learning_rate), per_device_train_batch_size=mini_batch_size,
         gradient_accumulation_steps=max(1, batch_size // mini_batch_size // _world_size()),
-        num_train_epochs=float(nepoch), max_steps=int(max_steps), beta=float(beta),
-        num_generations=num_generations, max_completion_length=int(max_new_tokens),
-        temperature=float(temperature), top_k=int(top_k), top_p=float(top_p), reward_weights=weights,
-        num_iterations=int(num_iterations), remove_unused_columns=False)
+        num_train_epochs=float(cfg.nepoch), beta=float(beta), num_generations=num_generations,
+        max_completion_length=int(sampling["max_new_tokens"]), temperature=float(sampling["temperature"]),
+        top_k=int(sampling["top_k"]), top_p=float(sampling["top_p"]), reward_weights=weights,
+        num_iterations=int(cfg.num_iterations), remove_unused_columns=False)
     if trainer == "rloo":
         from trl import RLOOConfig, RLOOTrainer
         from trl.trainer import rloo_trainer as module
@@ -161,7 +225,7 @@ def build_trainer(model, tokenizer, prompts, values, lam, scorers, output_dir, t
         from trl import GRPOConfig, GRPOTrainer
         from trl.trainer import grpo_trainer as module
         config = GRPOConfig(scale_rewards="none", multi_objective_aggregation="sum_then_normalize",
-                            loss_type=grpo_loss_type, **common)
+                            loss_type=cfg.grpo_loss_type, **common)
         trainer_cls = GRPOTrainer
     with training.explicit_reference(module, model, None if peft_config is not None else ref_model) as used:
         built = trainer_cls(model=model, reward_funcs=funcs, args=config, train_dataset=dataset,
@@ -221,99 +285,47 @@ def _world_size():
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
-def main(lam_list=None, value_list=None, model_name=None, data_name="builtin", save_path=None,
-         learning_rate=1e-6, batch_size=20, mini_batch_size=2, nepoch=1, trainer="rloo", beta=1.0,
-         num_generations=2, max_new_tokens=None, temperature=None, top_k=None, top_p=None, max_prompts=None,
-         use_chat_template=None, lambda_file=None, allow_mismatch=False, palette=None, palette_every=10,
-         palette_prompts=16, palette_samples=4, dual_update="exact", dual_step=1.0, palette_tol_se=2.0,
-         use_lora=False, lora_r=16, lora_alpha=32, lora_dropout=0.05,
-         lora_target_modules="all-linear", merge_lora=True, seed=0, resume_from_checkpoint=None,
-         report_to="none", bf16=False, gradient_checkpointing=False, logging_steps=10, save_steps=50,
-         max_steps=-1, num_iterations=1, grpo_loss_type="dapo", dtype=None, value_device=None, overwrite=False):
+def main(**flags):
     """Train MAP-F and save the model to `save_path` (with map_training.json: λ, values, base model, seed,
-    the λ target and, with --palette, the primal-dual rounds and palette_rounds.png).
+    the λ target and, with --palette, the primal-dual rounds and palette_rounds.png). The flags are
+    MAPFConfig's fields (below); an unknown flag is refused. Returns the save_path."""
+    return train(configs.config_from_flags(MAPFConfig, flags))
 
-    Args:
-        lam_list: λ, one per value, e.g. 1.548,1.148 (by hand: nothing records what it was fitted on).
-        lambda_file: a λ target from alignValues.py (results/alignValues.jsonl: its last entry, or a .json):
-            values, λ, estimator, sampling config, base model and results file. The run samples with that
-            config and refuses a different one (see allow_mismatch).
-        allow_mismatch: train even when the sampling config or base model differs from the λ file's (the
-            difference is recorded as a warning in the metadata).
-        palette: target levels c1,c2,... (one per value): primal-dual tracking (primaldual.py) minimises
-            KL(π‖p0) subject to E_π[r_i] ≥ c_i by correcting λ from the policy's realized levels. A palette
-            proved infeasible is refused with the suggested palette (proved on the λ file's results file
-            when there is one, else on the first round's held-out samples of p0).
-        palette_every: optimizer steps between λ updates; palette_prompts: held-out prompts (the last N of
-            the source, never trained on); palette_samples: samples per held-out prompt per round.
-        dual_update: "exact" (dual solve on importance weights of the policy's samples; the first round,
-            before training, is the exact solve on p0's samples) or "ascent" (λ ← max(0, λ + η(c − m̂)),
-            η = dual_step). palette_tol_se: stop once every value is within this many standard errors.
-        value_list: "all" (the task's values) or a comma-separated list (default: the λ file's values, else
-            all); the reward is Σ λ_i r_i over every one of them, scored on (raw prompt, clean continuation).
-        model_name: policy p0: "smollm2-135m" (embedded), opt1.3b, llama2_chat, gpt2, a folder or a hub id
-            (default: the λ file's base model, else smollm2-135m).
-        data_name: prompt source for prompts.load_prompts ("builtin" offline, "Anthropic-harmless", "Imdb").
-        save_path: output folder; default modelsPPO/{model}-{data}-lam_{λ}-val_{values} (the original's
-            name, "," and "=" replaced by "_"; with --palette, "pal_{c}" instead of λ).
-        learning_rate: optimizer learning rate (original 1e-6 for full fine-tuning; LoRA needs ~1e-5..1e-4).
-        batch_size: completions per optimizer step (original: rollouts per PPO step, 20).
-        mini_batch_size: completions per forward/backward pass; gradient accumulation = batch/mini.
-        nepoch: passes over the prompts (each prompt is sampled num_generations times per pass).
-        trainer: "rloo" (default; KL in the reward) or "grpo" (KL in the loss, scale_rewards="none").
-        beta: KL weight β; the trained policy targets p0·exp(λᵀr/β), so β = 1 (default) aims at p_λ.
-        num_generations: samples per prompt for the leave-one-out / group baseline (>= 2).
-        max_new_tokens, temperature, top_k, top_p, use_chat_template: sampling; default: the λ file's
-            (the config λ was fitted with), else the documented default: 50 new tokens, temperature 1,
-            no top-k/top-p truncation, chat template when the model has one.
-        max_prompts: use only the first N training prompts (quick runs).
-        use_lora, lora_r, lora_alpha, lora_dropout, lora_target_modules: train a LoRA adapter (PEFT)
-            instead of all weights; p0 is then the adapter-disabled base.
-        merge_lora: save the merged full model in save_path (adapter in save_path/adapter); False saves
-            only the adapter.
-        seed: seeds sampling, data order and initialisation; recorded in the metadata.
-        resume_from_checkpoint: None = continue from the newest checkpoint in save_path if any;
-            False = start over; True = require one; or a checkpoint folder.
-        report_to: "none" (default), "tensorboard", "wandb" or a comma-separated list.
-        bf16, gradient_checkpointing: off by default (CPU-safe); turn on for GPUs.
-        logging_steps, save_steps, max_steps, num_iterations: Trainer settings (max_steps > 0 caps steps).
-        grpo_loss_type: GRPO's loss ("dapo" default, "grpo", "dr_grpo", ...); ignored by RLOO.
-        dtype: model dtype ("float32" default, "bfloat16").
-        value_device: device for the reward scorers (default: this process's device).
-        overwrite: retrain even when save_path already holds a finished model.
-    Returns:
-        the save_path.
-    """
+
+def train(cfg):
+    """Train MAP-F with the settings of `cfg`, a MAPFConfig; returns the save_path (see main)."""
     from mapalign import primaldual
-    values, lam, target, c = primaldual.training_target(lam_list, value_list, lambda_file, palette)
-    requested = {"temperature": temperature, "top_k": top_k, "top_p": top_p, "max_new_tokens": max_new_tokens,
-                 "use_chat_template": use_chat_template}
+    model_name, data_name, save_path, seed, beta = cfg.model_name, cfg.data_name, cfg.save_path, cfg.seed, cfg.beta
+    values, lam, target, c = primaldual.training_target(cfg.lam_list, cfg.value_list, cfg.lambda_file, cfg.palette)
+    requested = {k: getattr(cfg, k) for k in ("temperature", "top_k", "top_p", "max_new_tokens", "use_chat_template")}
     if target is None and model_name is None:
         model_name = models.DEFAULT_MODEL
-    sampling, model_name, notes = primaldual.resolve_sampling(target, requested, model_name, allow_mismatch)
+    sampling, model_name, notes = primaldual.resolve_sampling(target, requested, model_name, cfg.allow_mismatch)
     if save_path is None:
         from mapalign import prompts as prompt_sources
         stem = training.map_model_name(models.model_short_name(model_name), prompt_sources.data_tag(data_name),
                                        lam if lam is not None else c, values)
         save_path = os.path.join("modelsPPO", stem.replace("-lam_", "-pal_") if c is not None else stem)
     save_path = training.sanitize_save_path(save_path)
-    if training.is_finished(save_path) and not overwrite:
+    if training.is_finished(save_path) and not cfg.overwrite:
         print(f"{save_path} already holds a finished MAP-F model; pass --overwrite=True to retrain.")
         return save_path
     training.set_seed(seed)
     prompts = load_training_prompts(data_name, seed=seed)
     held_out = []
     if c is not None:
-        if len(prompts) <= int(palette_prompts):
+        n_held = int(cfg.palette_prompts)
+        if len(prompts) <= n_held:
             raise InputError(f"--palette needs held-out prompts: the source has {len(prompts)} prompts and "
-                             f"--palette_prompts={palette_prompts}; lower it or use a larger source")
-        prompts, held_out = prompts[:-int(palette_prompts)], prompts[-int(palette_prompts):]
-    if max_prompts is not None:
-        prompts = prompts[:int(max_prompts)]
-    model, tokenizer = models.load_model_and_tokenizer(model_name, device="cpu", dtype=dtype)
+                             f"--palette_prompts={cfg.palette_prompts}; lower it or use a larger source")
+        prompts, held_out = prompts[:-n_held], prompts[-n_held:]
+    if cfg.max_prompts is not None:
+        prompts = prompts[:int(cfg.max_prompts)]
+    model, tokenizer = models.load_model_and_tokenizer(model_name, device="cpu", dtype=cfg.dtype)
     model.train()
-    peft_config = training.lora_config(lora_r, lora_alpha, lora_dropout, lora_target_modules) if use_lora else None
-    ref_model = None if use_lora or float(beta) == 0.0 else training.frozen_copy(model)
+    peft_config = training.peft_config(cfg)
+    ref_model = None if cfg.use_lora or float(beta) == 0.0 else training.frozen_copy(model)
+    value_device = cfg.value_device
     if value_device is None:  # under `accelerate launch` each process scores on its own device
         from accelerate import PartialState
         value_device = str(PartialState().device)
@@ -322,8 +334,8 @@ def main(lam_list=None, value_list=None, model_name=None, data_name="builtin", s
     if c is not None:
         tracker = primaldual.PaletteTracker(
             values, c, lambda p, t: combined_reward(p, t, values, np.zeros(len(values)), scorers)[0], held_out,
-            palette_samples, sampling, update=dual_update, step=dual_step, tol_se=palette_tol_se, seed=seed,
-            first_id=len(prompts))
+            cfg.palette_samples, sampling, update=cfg.dual_update, step=cfg.dual_step, tol_se=cfg.palette_tol_se,
+            seed=seed, first_id=len(prompts))
         checked = False
         results_file = (target or {}).get("results_file")
         if results_file and os.path.isfile(results_file):  # prove feasibility on the λ's own p0 samples
@@ -332,15 +344,10 @@ def main(lam_list=None, value_list=None, model_name=None, data_name="builtin", s
             primaldual.check_feasible(values, c, records.reward_matrix(recs, values, source=results_file),
                                       records.prompt_groups(recs))
             checked = True
-        callback = PaletteCallback(tracker, palette_every, tokenizer, lam=lam, refuse_at_start=not checked)
+        callback = PaletteCallback(tracker, cfg.palette_every, tokenizer, lam=lam, refuse_at_start=not checked)
     trainer_obj = build_trainer(
         model, tokenizer, prompts, values, lam if lam is not None else np.zeros(len(values)), scorers, save_path,
-        trainer=trainer, beta=beta, ref_model=ref_model, peft_config=peft_config, learning_rate=learning_rate,
-        batch_size=batch_size, mini_batch_size=mini_batch_size, nepoch=nepoch, num_generations=num_generations,
-        max_new_tokens=sampling["max_new_tokens"], temperature=sampling["temperature"], top_k=sampling["top_k"],
-        top_p=sampling["top_p"], use_chat_template=sampling["use_chat_template"], seed=seed, report_to=report_to,
-        bf16=bf16, gradient_checkpointing=gradient_checkpointing, logging_steps=logging_steps, save_steps=save_steps,
-        max_steps=max_steps, num_iterations=num_iterations, grpo_loss_type=grpo_loss_type,
+        config=dataclasses.replace(cfg, **sampling), ref_model=ref_model, peft_config=peft_config,
         callbacks=None if callback is None else [callback])
     if callback is not None:
         callback.trainer = trainer_obj
@@ -348,20 +355,23 @@ def main(lam_list=None, value_list=None, model_name=None, data_name="builtin", s
         "MAP-F", model_name, seed, trainer=type(trainer_obj).__name__, values=values,
         lam=None if lam is None else [float(x) for x in lam], beta=float(beta),
         target="p ∝ p0·exp(λᵀr/β) (= p_λ at β = 1)", data_name=data_name, num_prompts=len(prompts),
-        learning_rate=float(learning_rate), batch_size=int(batch_size), mini_batch_size=int(mini_batch_size),
-        nepoch=float(nepoch), num_generations=int(num_generations), sampling=sampling,
-        max_new_tokens=int(sampling["max_new_tokens"]), temperature=float(sampling["temperature"]),
-        top_k=int(sampling["top_k"]), top_p=float(sampling["top_p"]), use_lora=bool(use_lora),
-        lambda_target=target, lambda_file=lambda_file, target_warnings=notes, allow_mismatch=bool(allow_mismatch),
-        lora={"r": lora_r, "alpha": lora_alpha, "dropout": lora_dropout, "target_modules": lora_target_modules}
-        if use_lora else None, use_chat_template=sampling["use_chat_template"], max_steps=int(max_steps))
-    trainer_obj.train(resume_from_checkpoint=training.resume_checkpoint(save_path, resume_from_checkpoint))
+        learning_rate=float(cfg.learning_rate), batch_size=int(cfg.batch_size),
+        mini_batch_size=int(cfg.mini_batch_size), nepoch=float(cfg.nepoch), num_generations=int(cfg.num_generations),
+        sampling=sampling, max_new_tokens=int(sampling["max_new_tokens"]),
+        temperature=float(sampling["temperature"]), top_k=int(sampling["top_k"]), top_p=float(sampling["top_p"]),
+        use_lora=bool(cfg.use_lora), lambda_target=target, lambda_file=cfg.lambda_file, target_warnings=notes,
+        allow_mismatch=bool(cfg.allow_mismatch), lora=training.lora_metadata(cfg),
+        use_chat_template=sampling["use_chat_template"], max_steps=int(cfg.max_steps))
+    trainer_obj.train(resume_from_checkpoint=training.resume_checkpoint(save_path, cfg.resume_from_checkpoint))
     metadata["log_history"] = trainer_obj.state.log_history
     if callback is not None:
         metadata.update(palette=[float(x) for x in c], lam=[float(x) for x in callback.lam],
-                        objective="min KL(π‖p0) s.t. E_π[r_i] ≥ c_i", dual_update=dual_update,
+                        objective="min KL(π‖p0) s.t. E_π[r_i] ≥ c_i", dual_update=cfg.dual_update,
                         palette_rounds=callback.tracker.history, palette_within_tolerance=callback.stopped_within,
-                        held_out_prompts=len(held_out), palette_samples=int(palette_samples))
+                        held_out_prompts=len(held_out), palette_samples=int(cfg.palette_samples))
         os.makedirs(save_path, exist_ok=True)
         primaldual.plot_history(callback.tracker.history, values, c, os.path.join(save_path, "palette_rounds.png"))
-    return training.save_trained(trainer_obj, tokenizer, save_path, metadata, merge_lora=merge_lora)
+    return training.save_trained(trainer_obj, tokenizer, save_path, metadata, merge_lora=cfg.merge_lora)
+
+
+configs.document(main, MAPFConfig)

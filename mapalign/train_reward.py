@@ -40,45 +40,51 @@ Every CLI then names the folder's heads as values: `--value_list=rm:models/rm-ri
 linearly so that the labels' range (or `--label_range=lo,hi`) goes to 10..90, DPA's scale; both kinds
 of model take it.
 """
+import functools
 import os
-import sys
-from dataclasses import dataclass, field
+import typing
+from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
 
 from mapalign import arguments
+from mapalign import configs
 from mapalign import records
 from mapalign import rewardmodels
 from mapalign import training
+from mapalign.configs import option
 from mapalign.errors import InputError, NotFoundError
 from mapalign.rewardmodels import DEFAULT_TEMPLATE, RM_FILE
-CPU_SAFE = {"bf16": "False", "gradient_checkpointing": "False", "report_to": "none"}
+
+CPU_SAFE = {"bf16": False, "gradient_checkpointing": False, "report_to": "none"}  # unless given
+OLD_NAMES = {"evaluation_strategy": "eval_strategy"}  # the original command line's name
 
 
 @dataclass
 class RewardScriptArguments:
-    """Data and objective options (the rest comes from RewardConfig and ModelConfig)."""
-    objective: str = field(default="pairwise", metadata={"help": "pairwise (Bradley-Terry) or regression (k outputs)"})
-    dataset_name: str = field(default="Anthropic/hh-rlhf", metadata={"help": "hub dataset (pairwise)"})
-    dataset_config: Optional[str] = field(default=None, metadata={"help": "data_dir of the hub dataset"})
-    data_source_path: Optional[str] = field(default=None, metadata={"help": "local training file (json/jsonl/csv)"})
-    eval_data_path: Optional[str] = field(default=None, metadata={"help": "local evaluation file"})
-    dataset_train_split: str = field(default="train")
-    dataset_test_split: str = field(default="test")
-    max_train_samples: Optional[int] = field(default=None, metadata={"help": "use only the first N training rows"})
-    max_eval_samples: Optional[int] = field(default=None)
-    attributes: Optional[str] = field(default=None, metadata={"help": "regression: comma-separated target columns"})
-    prompt_column: str = field(default="prompt")
-    response_column: str = field(default="continuation", metadata={"help": "regression: response text column"})
-    template: str = field(default=DEFAULT_TEMPLATE, metadata={"help": "regression: input text template"})
-    standardize: bool = field(default=True, metadata={"help": "regression: train on standardised targets"})
-    eval_fraction: float = field(default=0.0, metadata={"help": "regression: hold out this share for evaluation"})
-    pooling: str = field(default="last", metadata={"help": "ridge: embedding of the last token or the mean"})
-    output_scale: Optional[str] = field(default=None, metadata={"help": "ridge/regression: 0-100 (DPA scale)"})
-    label_range: Optional[str] = field(default=None, metadata={
-        "help": "with --output_scale=0-100: lo,hi of the labels (mapped to 10 and 90); default observed min/max"})
-    val_fraction: float = field(default=0.2, metadata={"help": "ridge: validation share for choosing L2"})
+    """Data and objective options (the training and model options are TRL's RewardConfig and ModelConfig)."""
+    objective: str = option("pairwise", "pairwise (Bradley-Terry, TRL RewardTrainer), regression (k outputs, masked "
+                                        "MSE) or ridge (ridge probes on a frozen backbone)")
+    dataset_name: str = option("Anthropic/hh-rlhf", "hub dataset (pairwise)")
+    dataset_config: Optional[str] = option(None, "data_dir of the hub dataset")
+    data_source_path: Optional[str] = option(None, "local training file (json/jsonl/csv)")
+    eval_data_path: Optional[str] = option(None, "local evaluation file")
+    dataset_train_split: str = option("train", "split of the hub dataset to train on")
+    dataset_test_split: str = option("test", "split of the hub dataset to evaluate on")
+    max_train_samples: Optional[int] = option(None, "use only the first N training rows")
+    max_eval_samples: Optional[int] = option(None, "use only the first N evaluation rows")
+    attributes: Optional[str] = option(None, "regression/ridge: comma-separated target columns")
+    prompt_column: str = option("prompt", "regression/ridge: prompt text column")
+    response_column: str = option("continuation", "regression/ridge: response text column")
+    template: str = option(DEFAULT_TEMPLATE, "regression/ridge: input text template ({prompt}, {response})")
+    standardize: bool = option(True, "regression: train on standardised targets")
+    eval_fraction: float = option(0.0, "regression: hold out this share for evaluation")
+    pooling: str = option("last", "ridge: embedding of the last token or the mean")
+    output_scale: Optional[str] = option(None, "ridge/regression: 0-100 (DPA scale)")
+    label_range: Optional[str] = option(
+        None, "with --output_scale=0-100: lo,hi of the labels (mapped to 10 and 90); default observed min/max")
+    val_fraction: float = option(0.2, "ridge: validation share for choosing L2")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -319,30 +325,55 @@ def register_regression_values(model_dir, names=None, device=None, batch_size=16
 # ---------------------------------------------------------------------------------------------
 # Command line
 
-def _cli_defaults(argv):
-    """The command line with old flag names mapped (--evaluation_strategy -> --eval_strategy) and
-    CPU-safe values added for bf16, gradient_checkpointing and report_to when not given."""
-    given = {a.split("=")[0].lstrip("-") for a in argv if a.startswith("--")}
-    argv = ["--eval_strategy" + a[len("--evaluation_strategy"):] if a.startswith("--evaluation_strategy") else a
-            for a in argv]
-    return argv + [f"--{k}={v}" for k, v in CPU_SAFE.items() if k not in given]
+def _config_classes():
+    from trl import ModelConfig, RewardConfig  # imported here: TRL is slow to import
+    return RewardScriptArguments, RewardConfig, ModelConfig
 
 
-def main(argv=None):
-    """Parse the command line (RewardScriptArguments, RewardConfig, ModelConfig) and train."""
-    from transformers import HfArgumentParser
-    from trl import ModelConfig, RewardConfig
-    argv = list(sys.argv[1:] if argv is None else argv)
-    parser = HfArgumentParser((RewardScriptArguments, RewardConfig, ModelConfig))
-    script_args, config, model_config = parser.parse_args_into_dataclasses(args=_cli_defaults(argv))
+def _typed(value, tp):
+    """A flag's value (python-fire's literal) as a field of type `tp` takes it, as TRL's argument parser
+    would have typed the text: a number for a str field becomes its text, a comma tuple for a str field
+    "a,b", for a list field a list."""
+    kinds = {typing.get_origin(a) or a for a in (typing.get_args(tp) or (tp,))}
+    if list in kinds and isinstance(value, (tuple, str)):
+        return list(value) if isinstance(value, tuple) else value if str in kinds else [value]
+    if str in kinds and isinstance(value, tuple):
+        return ",".join(str(v) for v in value)
+    if str in kinds and isinstance(value, (int, float)) and not isinstance(value, bool) and not kinds & {int, float}:
+        return str(value)
+    return value
+
+
+def configs_from_flags(flags):
+    """(RewardScriptArguments, RewardConfig, ModelConfig) from the command line's flags: each flag fills the
+    field of its name (the three share none), typed as the field wants. --evaluation_strategy is taken as
+    the old name of --eval_strategy; bf16, gradient_checkpointing and report_to are off unless given
+    (CPU-safe). Raises errors.InputError naming an unknown flag and listing the valid ones."""
+    classes = _config_classes()
+    flags = dict(CPU_SAFE, **{OLD_NAMES.get(k, k): v for k, v in flags.items()})
+    fields = [{f.name: f for f in configs.config_fields(c)} for c in classes]
+    unknown = [k for k in flags if not any(k in f for f in fields)]
+    if unknown:
+        raise InputError(f"unknown flag --{unknown[0]}; valid flags: "
+                         + ", ".join(f"--{n}" for f in fields for n in f))
+    return tuple(c(**{k: _typed(v, f[k].type) for k, v in flags.items() if k in f}) for c, f in zip(classes, fields))
+
+
+def train_reward(**flags):
+    """Train a reward model: pairwise (Bradley-Terry), multi-objective regression or ridge probes (module
+    docstring). The flags fill RewardScriptArguments (data and objective), TRL's RewardConfig (training:
+    output_dir, learning_rate, ...) and ModelConfig (model_name_or_path, use_peft, ...), each flag the field
+    of its name; an unknown flag is refused. Unless given, bf16, gradient_checkpointing and report_to are
+    off (CPU-safe). Returns the output folder."""
+    script_args, config, model_config = configs_from_flags(flags)
     if model_config.model_name_or_path is None:
-        parser.error("--model_name_or_path is required (e.g. gpt2 or a local folder)")
+        raise InputError("--model_name_or_path is required (e.g. gpt2 or a local folder)")
     if script_args.objective == "pairwise":
         return train_pairwise_reward_model(script_args, config, model_config)
     if script_args.objective not in ("regression", "ridge"):
-        parser.error(f"--objective must be pairwise, regression or ridge; got {script_args.objective!r}")
+        raise InputError(f"--objective must be pairwise, regression or ridge; got {script_args.objective!r}")
     if not script_args.attributes or not script_args.data_source_path:
-        parser.error(f"--objective={script_args.objective} needs --attributes=a,b,... and --data_source_path=<file>")
+        raise InputError(f"--objective={script_args.objective} needs --attributes=a,b,... and --data_source_path=<file>")
     label_range = arguments.float_list(script_args.label_range, "label_range") if script_args.label_range else None
     if script_args.objective == "ridge":
         return train_ridge_from_file(model_config.model_name_or_path, script_args.data_source_path,
@@ -357,6 +388,17 @@ def main(argv=None):
         response_column=script_args.response_column, standardize=script_args.standardize,
         max_length=config.max_length or 512, eval_fraction=script_args.eval_fraction, peft_config=peft_config,
         args=config, output_scale=script_args.output_scale, label_range=label_range)
+
+
+@functools.cache
+def documented():
+    """train_reward with the signature and --help of the three configs (built on first use: imports TRL);
+    --help shows the CPU-safe defaults this command uses, not TRL's."""
+    fn = configs.document(train_reward, _config_classes())
+    sig = fn.__signature__
+    fn.__signature__ = sig.replace(parameters=[p.replace(default=CPU_SAFE[p.name]) if p.name in CPU_SAFE else p
+                                               for p in sig.parameters.values()])
+    return fn
 
 
 def train_ridge_from_file(backbone, data_path, attributes, output_dir, script_args, label_range=None, seed=0):

@@ -1,6 +1,6 @@
-"""What the trainers (trainPPO, trainDPO, rewardTrainer, getDPOsoup) share: seeds, LoRA configs,
-CPU-safe TRL config defaults, explicit reference models, resume/finish bookkeeping, output naming
-and the metadata file written next to every trained model.
+"""What the trainers (trainPPO, trainDPO, rewardTrainer, getDPOsoup) share: their common config dataclasses
+(TrainerConfig, LoRAOptions), seeds, LoRA configs, CPU-safe TRL config defaults, explicit reference models,
+resume/finish bookkeeping, output naming and the metadata file written next to every trained model.
 
 A trained-model folder is complete only once its metadata file (`map_training.json`) exists: it is
 written last, atomically, after the weights. A run killed earlier leaves `checkpoint-*` folders
@@ -11,8 +11,11 @@ import copy
 import glob
 import os
 import shutil
+from dataclasses import dataclass
+from typing import Optional, Union
 
 from mapalign import arguments
+from mapalign.configs import option
 from mapalign import records
 from mapalign.errors import NotFoundError
 
@@ -52,6 +55,56 @@ def map_model_name(model_short, data_name, lam, values):
 
 
 # ---------------------------------------------------------------------------------------------
+# The settings every TRL-based trainer (trainPPO, trainDPO) shares; each extends TrainerConfig with its
+# method's own (train_ppo.MAPFConfig, train_dpo.DPOBaselineConfig / MAPDPOConfig); ALT takes LoRAOptions.
+
+@dataclass(kw_only=True)
+class LoRAOptions:
+    """Whether and how to train a LoRA adapter (PEFT) instead of all weights (lora_config's arguments)."""
+    use_lora: bool = option(False, "train a LoRA adapter (PEFT) instead of all weights; p0 is then the "
+                                   "adapter-disabled base")
+    lora_r: int = option(16, "LoRA rank")
+    lora_alpha: float = option(32, "LoRA scaling α (updates are scaled by α/r)")
+    lora_dropout: float = option(0.05, "dropout on the LoRA branch (probability)")
+    lora_target_modules: str = option("all-linear", "modules that get adapters: all-linear (every linear layer "
+                                                    "but the output head) or a comma-separated list of names")
+
+
+@dataclass(kw_only=True)
+class TrainerConfig(LoRAOptions):
+    """LoRA, seeding, checkpointing, logging and precision settings of a trainer run."""
+    merge_lora: bool = option(True, "save the merged full model in save_path (adapter in save_path/adapter); "
+                                    "False saves only the adapter")
+    seed: int = option(0, "seeds sampling, data order and initialisation; recorded in the metadata")
+    resume_from_checkpoint: Union[None, bool, str] = option(
+        None, "None = continue from the newest checkpoint in save_path if any; False = start over; True = "
+              "require one; or a checkpoint folder")
+    report_to: str = option("none", "none, tensorboard, wandb or a comma-separated list")
+    bf16: bool = option(False, "bfloat16 mixed precision (off: CPU-safe; turn on for GPUs)")
+    gradient_checkpointing: bool = option(False, "recompute activations in the backward pass (saves memory)")
+    logging_steps: int = option(10, "optimizer steps between logged metrics")
+    save_steps: int = option(50, "optimizer steps between checkpoints (a killed run resumes from the newest)")
+    max_steps: int = option(-1, "cap on optimizer steps (> 0), overriding the epochs; -1 = no cap")
+    dtype: Optional[str] = option(None, "model dtype: float32 (default) or bfloat16")
+    overwrite: bool = option(False, "retrain even when save_path already holds a finished model")
+
+
+def peft_config(config):
+    """The LoraConfig a LoRAOptions config asks for (None without --use_lora)."""
+    if not config.use_lora:
+        return None
+    return lora_config(config.lora_r, config.lora_alpha, config.lora_dropout, config.lora_target_modules)
+
+
+def lora_metadata(config):
+    """The `lora` entry of the training metadata (None without --use_lora)."""
+    if not config.use_lora:
+        return None
+    return {"r": config.lora_r, "alpha": config.lora_alpha, "dropout": config.lora_dropout,
+            "target_modules": config.lora_target_modules}
+
+
+# ---------------------------------------------------------------------------------------------
 # Seeds, LoRA, TRL configs
 
 def set_seed(seed):
@@ -67,6 +120,15 @@ def lora_config(r=16, alpha=32, dropout=0.05, target_modules="all-linear", task_
     modules = target_modules if target_modules == "all-linear" else arguments.str_list(target_modules, "lora_target_modules")
     return LoraConfig(r=int(r), lora_alpha=float(alpha), lora_dropout=float(dropout), target_modules=modules,
                       task_type=task_type, bias="none")
+
+
+def trainer_kwargs(config, output_dir, **extra):
+    """common_config from a TrainerConfig's settings (`extra`, e.g. seed=, overrides them)."""
+    kwargs = dict(seed=config.seed, report_to=config.report_to, bf16=config.bf16,
+                  gradient_checkpointing=config.gradient_checkpointing, logging_steps=config.logging_steps,
+                  save_steps=config.save_steps, max_steps=int(config.max_steps))
+    kwargs.update(extra)
+    return common_config(output_dir, **kwargs)
 
 
 def common_config(output_dir, seed=0, report_to="none", bf16=False, gradient_checkpointing=False,
@@ -108,6 +170,15 @@ def explicit_reference(trainer_module, policy, ref_model):
     context that call returns `ref_model` instead, so TRL still applies its own preparation to it
     (dropout, fused LM head, accelerator placement). `used` in the yielded dict tells whether the
     trainer asked for a reference at all (it does not when beta == 0 or with a PEFT adapter).
+
+    Why a patch and not a supported extension point: TRL 1.16.0's RLOOTrainer and GRPOTrainer take no
+    `ref_model` argument and no config option for one; their `__init__` builds the reference inline
+    (`create_model_from_path(get_config_model_id(model.config), ...)`, then dropout removal, the fused LM
+    head and accelerator/DeepSpeed/FSDP preparation). A subclass cannot reach that step without copying
+    `__init__`, and setting `trainer.ref_model` afterwards would still load p0 from the path first and
+    skip TRL's preparation. Only the name in the given trainer module is replaced, for the duration of
+    the construction; drop this once TRL accepts `ref_model` for these trainers (DPOTrainer and
+    KTOTrainer do, and get it directly).
     """
     original = trainer_module.create_model_from_path
     path = getattr(policy.config, "_name_or_path", None)

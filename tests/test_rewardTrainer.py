@@ -9,12 +9,18 @@ import pytest
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, TrainingArguments
 
+from mapalign import cli
 from mapalign import train_reward as rewardTrainer
 from mapalign import tiny
 from mapalign import training
 from mapalign import values
 
 WORDS = ["sunny", "rainy", "happy", "sad", "bread", "cats", "dogs", "park"]
+
+
+def run_command_line(argv):
+    """What `python rewardTrainer.py ARGV` does, in this process."""
+    return cli.main(rewardTrainer.documented(), command=argv)
 
 
 def test_masked_mse_ignores_missing():
@@ -81,7 +87,7 @@ def test_pairwise_reward_model_through_the_original_command_line(tmp_path):
             "--remove_unused_columns=False", "--optim=adamw_torch", "--logging_steps=4",
             "--evaluation_strategy=no", "--max_length=64", f"--data_source_path={data}", "--save_steps=1000",
             "--report_to=tensorboard"]
-    assert rewardTrainer.main(argv) == out_dir
+    assert run_command_line(argv) == out_dir
     events = [f for _, _, files in os.walk(tmp_path) for f in files if f.startswith("events.out.tfevents")]
     assert events, "--report_to=tensorboard wrote no event file"
     meta = training.load_training_metadata(out_dir)
@@ -94,7 +100,7 @@ def test_pairwise_reward_model_through_the_original_command_line(tmp_path):
         score = lambda t: model(**tokenizer(q + t, return_tensors="pt")).logits[0, 0].item()  # noqa: E731
         assert min(score(t) for t in good) > max(score(t) for t in bad)
     with pytest.raises(SystemExit):
-        rewardTrainer.main([f"--output_dir={out_dir}", "--objective=regression"])
+        run_command_line([f"--output_dir={out_dir}", "--objective=regression"])
 
 
 def test_ridge_objective_through_the_command_line(tmp_path, tiny_lm_dir, capsys):
@@ -105,7 +111,7 @@ def test_ridge_objective_through_the_command_line(tmp_path, tiny_lm_dir, capsys)
     data = tmp_path / "data.jsonl"
     data.write_text("\n".join(json.dumps(r) for r in rows))
     out = str(tmp_path / "rm")
-    assert rewardTrainer.main([f"--model_name_or_path={tiny_lm_dir}", "--objective=ridge", f"--output_dir={out}",
+    assert run_command_line([f"--model_name_or_path={tiny_lm_dir}", "--objective=ridge", f"--output_dir={out}",
                                f"--data_source_path={data}", "--attributes=words,other", "--pooling=mean",
                                "--output_scale=0-100", "--label_range=1,8"]) == out
     info = rewardmodels.read_info(out)
