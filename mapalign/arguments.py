@@ -31,17 +31,24 @@ def float_list(x, name):
     return out
 
 
-def str_list(x, name):
-    """A list of strings from what fire passes: a comma-separated string or a list/tuple (fire makes
-    `--x=a,b` a tuple). Items are stripped; empty ones dropped. Raises errors.InputError naming `--{name}`
-    for other types or an empty list."""
+def split_items(x):
+    """The items of a comma-separated string or a list/tuple (fire makes `--x=a,b` a tuple), as stripped
+    strings with empty ones dropped; None for any other type (the caller names the flag in its error)."""
     if isinstance(x, str):
         items = x.split(",")
     elif isinstance(x, (list, tuple)):
         items = [str(v) for v in x]
     else:
+        return None
+    return [s.strip() for s in items if s.strip()]
+
+
+def str_list(x, name):
+    """A list of strings from what fire passes (split_items). Raises errors.InputError naming `--{name}`
+    for other types or an empty list."""
+    items = split_items(x)
+    if items is None:
         raise InputError(f"--{name} must be a comma-separated string or a list; got {x!r}")
-    items = [s.strip() for s in items if s.strip()]
     if not items:
         raise InputError(f"--{name} is empty")
     return items

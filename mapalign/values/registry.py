@@ -17,6 +17,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
+from mapalign.arguments import split_items
 from mapalign.errors import InputError, NotFoundError, UnknownNameError
 from mapalign.values.kinds import KINDS
 
@@ -56,15 +57,11 @@ def expand_value_list(value_list):
     Accepts "all" (the task's list), a comma-separated string, a list, or the tuple that fire
     makes of `--value_list=humor,harmless`. Returns a list of value names (whitespace stripped).
     """
-    if isinstance(value_list, str):
-        if value_list.strip() == "all":
-            return list(ALL_SUPPORTED_VALUES)
-        names = value_list.split(",")
-    elif isinstance(value_list, (list, tuple)):
-        names = [str(v) for v in value_list]
-    else:
+    if isinstance(value_list, str) and value_list.strip() == "all":
+        return list(ALL_SUPPORTED_VALUES)
+    names = split_items(value_list)
+    if names is None:
         raise InputError(f"value_list must be 'all', a comma-separated string or a list; got {value_list!r}")
-    names = [n.strip() for n in names if n.strip()]
     names = [head for n in names for head in (rm_heads(n) if n.startswith(RM_PREFIX) else [n])]
     if not names:
         raise InputError("value_list is empty: name at least one value, e.g. --value_list=humor")
