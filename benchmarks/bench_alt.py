@@ -71,7 +71,7 @@ def fmt(x):
 
 def main(model_name=models.DEFAULT_MODEL, n_train=16, n_valid=64, samples_per_prompt=10, iterations=2,
          max_new_tokens=20, valid_samples=2, learning_rate=1e-3, num_train_epochs=3, batch_size=8, kl_coef=0.0,
-         chat=False, drop_factor=1.0, mapf_lam=1.0, mapf_beta=0.1, mapf_learning_rate=5e-4, mapf_batch=8, methods="alt_rm,palette",
+         chat=False, drop_factor=1.0, per_quantile=2, mapf_lam=1.0, mapf_beta=0.1, mapf_learning_rate=5e-4, mapf_batch=8, methods="alt_rm,palette",
          seed=0, workdir="results/.bench_alt", out_file="results/bench_alt.json", keep=False):
     """Run the benchmark (module docstring) and print the table.
 
@@ -84,6 +84,8 @@ def main(model_name=models.DEFAULT_MODEL, n_train=16, n_valid=64, samples_per_pr
         learning_rate, num_train_epochs, batch_size: ALT's LoRA training per iteration.
         kl_coef: ALT's β (0 = the noKL variant the upstream TL;DR/HH orchestrators ran; no reference forward).
         drop_factor: ALT's datapool flush (1.0: train on the new samples only, as upstream; 0.0: replay all).
+        per_quantile: samples kept per quantile per prompt (2 upstream; ≥ samples_per_prompt keeps them all, so
+            the training set is distributed as the sampler's own samples even where tied rewards share a bin).
         chat: apply the chat template (False: raw prompts, as upstream ALT; about half the tokens per example).
         mapf_lam, mapf_beta, mapf_learning_rate, mapf_batch: MAP-F (RLOO, reward λ·sentiment, KL β, LoRA).
         methods: ALT feedback kinds to run (comma list of alt_rm, palette).
@@ -106,7 +108,7 @@ def main(model_name=models.DEFAULT_MODEL, n_train=16, n_valid=64, samples_per_pr
         a = trainALT.ALT(output_dir=os.path.join(workdir, kind), feedback=kind, value_list="sentiment",
                          model_name=model_name, num_train_prompts=n_train, num_valid_prompts=n_valid,
                          samples_per_prompt=samples_per_prompt, max_new_tokens=max_new_tokens, seed=seed,
-                         kl_coef=kl_coef, drop_factor=drop_factor, learning_rate=learning_rate, num_train_epochs=num_train_epochs,
+                         kl_coef=kl_coef, drop_factor=drop_factor, per_quantile=per_quantile, learning_rate=learning_rate, num_train_epochs=num_train_epochs,
                          per_device_train_batch_size=batch_size, batch_size=32, device="cpu", progress=False,
                          use_chat_template=chat)
         results[kind] = []
