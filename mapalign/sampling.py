@@ -81,7 +81,7 @@ def _prefill_shared(model, input_ids, attention_mask, rows):
 
 def sample(model, tokenizer, inputs, num_samples=1, *, max_new_tokens=50, temperature=1.0, top_k=50, top_p=None,
            do_sample=True, num_beams=1, seed=None, key=0, batch_size=None, share_prefix=True,
-           add_special_tokens=False, stop_ids=None, logits_processor=None):
+           add_special_tokens=False, stop_ids=None, logits_processor=None, **generate_options):
     """Sample `num_samples` continuations of each input text.
 
     Args:
@@ -100,6 +100,8 @@ def sample(model, tokenizer, inputs, num_samples=1, *, max_new_tokens=50, temper
         stop_ids: token ids that end a continuation (default the tokenizer's EOS).
         logits_processor: optional callable (prompt index of each row of the chunk, padded prompt width)
             -> list of transformers LogitsProcessor for that chunk's generate call.
+        generate_options: further `model.generate` options, passed as given (e.g. min_new_tokens,
+            repetition_penalty).
     Returns:
         Samples(texts, new_tokens, prompt_ids, token_ids) (see Samples).
     """
@@ -111,6 +113,7 @@ def sample(model, tokenizer, inputs, num_samples=1, *, max_new_tokens=50, temper
                     eos_token_id=stop if stop_ids is not None else tokenizer.eos_token_id)
     if top_p is not None:
         settings["top_p"] = float(top_p)
+    settings.update(generate_options)
     total = len(inputs) * n
     step = max(1, total if batch_size is None else int(batch_size))
     texts, token_ids, prompt_ids, new_tokens = [], [], [None] * len(inputs), 0

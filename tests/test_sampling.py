@@ -106,3 +106,13 @@ def test_logits_processor_sees_each_chunk(tiny):
     assert [rows for rows, _ in calls] == [[0, 0, 1, 1], [2, 2]]
     widths = [len(tok(x, add_special_tokens=False)["input_ids"]) for x in chat_inputs(tok)]
     assert [w for _, w in calls] == [max(widths[:2]), widths[2]]
+
+
+def test_further_generate_options_reach_generate(tiny):
+    # min_new_tokens suppresses EOS until that many tokens exist: every row then counts all of them
+    # (bench_gendata uses it for equal work per run)
+    model, tok = tiny
+    inputs = chat_inputs(tok)
+    out = sampling.sample(model, tok, inputs, 2, max_new_tokens=12, seed=0, min_new_tokens=12)
+    assert out.new_tokens == len(inputs) * 2 * 12
+    assert all(len(ids) == 12 for rows in out.token_ids for ids in rows)
