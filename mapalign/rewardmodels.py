@@ -114,11 +114,10 @@ def label_range(Y, output_scale, given=None):
 
 def load_backbone(name, device=None):
     """(base model without LM head, tokenizer with right padding) of a models.py model name."""
-    from transformers import AutoModel
     from mapalign import models
     _, location = models.resolve_model_name(name)
-    tokenizer = models.load_tokenizer(location, padding_side="right")
-    model = AutoModel.from_pretrained(location).to(device or models.default_device()).eval()
+    model, tokenizer, _ = models.load_pretrained(location, "AutoModel", device=device, what="reward-model backbone")
+    tokenizer.padding_side = "right"
     return model, tokenizer
 
 
@@ -234,13 +233,11 @@ class RewardModel:
             p = np.load(os.path.join(self.folder, RIDGE_FILE))
             self._probes = (p["coef"], p["intercept"])
         else:
-            from transformers import AutoModelForSequenceClassification, AutoTokenizer
+            from mapalign import models
             self.device = self.device or ("cuda" if torch.cuda.is_available() else "cpu")
-            self._tokenizer = AutoTokenizer.from_pretrained(self.folder)
+            self._model, self._tokenizer, _ = models.load_pretrained(
+                self.folder, "AutoModelForSequenceClassification", device=self.device, what="reward model")
             self._tokenizer.truncation_side = self.info.get("truncation_side", "left")
-            if self._tokenizer.pad_token is None:
-                self._tokenizer.pad_token = self._tokenizer.eos_token
-            self._model = AutoModelForSequenceClassification.from_pretrained(self.folder).to(self.device).eval()
 
     def raw(self, prompts, continuations):
         """(n, k) outputs before the 0-100 scale."""
