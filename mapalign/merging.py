@@ -28,6 +28,7 @@ from mapalign import records
 from mapalign.errors import ExistsError
 from mapalign.records import RecordsError
 
+
 class OutputExistsError(ExistsError):
     """An output file already exists and would be replaced; the message names it and the override flag.
     (A ValueError too, so the CLIs report it as one line, like other bad inputs.)"""

@@ -280,7 +280,6 @@ class PaletteCallback(TrainerCallback):
             return self._round(state, control)
 
 
-
 def _world_size():
     return int(os.environ.get("WORLD_SIZE", "1"))
 

@@ -183,6 +183,7 @@ SMOLLM2_GGUF_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728
 SMOLLM2_PARAMETERS = 134515008
 SMOLLM2_GREEDY_TOKENS = [7042, 30, 198, 198, 504, 2988, 314, 42]
 
+
 def test_real_smollm2_gguf_conversion(tmp_path, monkeypatch):
     """The real conversion of the embedded GGUF file (offline, ~30 s, ~540 MB in a temp cache): runs in
     CI (MAP_STRICT=1) whatever this machine has cached; locally only with MAP_SLOW=1 (a visible skip)."""

@@ -30,7 +30,6 @@ carry a "group" (method name) used by plot_winrate. The summary of the original 
 import os
 
 
-
 import numpy as np  # noqa: E402
 
 from mapalign.plots import figstyle  # noqa: E402  (selects the headless backend before pyplot is used)

@@ -26,7 +26,6 @@ as quantiles of the file's own rewards (share of samples strictly below). A fail
 """
 
 
-
 import numpy as np  # noqa: E402
 
 from mapalign.plots import figstyle  # noqa: E402  (selects the headless backend before pyplot is used)

@@ -447,5 +447,3 @@ def scorer_fingerprint(value, basemodel_for_perplexity=None, dtype=None):
         except Exception:  # not available here: loading the scorer will say so, naming the fix
             pass
     return out
-
-
