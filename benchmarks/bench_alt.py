@@ -56,11 +56,7 @@ def evaluate(model_path, prompts_range, out_dir, seed, valid_samples, max_new_to
     if reference is not None:
         model, tok = gen.load_model()
         ref, ref_tok = models.load_model_and_tokenizer(reference, device="cpu")
-        cond = [conditioning.replace("{prompt}", p) if conditioning else p for p in prompts]
-        x_pol = models.format_prompts(tok, cond, use_chat_template=chat)
-        x_ref = models.format_prompts(ref_tok, prompts, use_chat_template=chat)
-        conts = texts if chat else [" " + t for t in texts]
-        ratio = alt.sequence_logprobs(model, tok, x_pol, conts) - alt.sequence_logprobs(ref, ref_tok, x_ref, conts)
+        ratio = alt.log_ratio_to_reference(model, tok, ref, ref_tok, conditioning, prompts, texts, chat)
         out["kl"] = {"mean": float(ratio.mean()), "se": float(standard_error(ratio))}
     return out
 

@@ -665,26 +665,22 @@ class ChatJudge:
 # Diagnostics
 
 def sequence_logprobs(model, tokenizer, inputs, continuations, batch_size=8):
-    """Σ_t log p(y_t | input, y_<t) of each continuation after its model-ready input text; (n,) float64."""
-    import torch
-    out = []
-    for lo in range(0, len(inputs), batch_size):
-        rows, starts = [], []
-        for x, y in zip(inputs[lo:lo + batch_size], continuations[lo:lo + batch_size]):
-            xi = tokenizer(x, add_special_tokens=False)["input_ids"]
-            yi = tokenizer(y, add_special_tokens=False)["input_ids"]
-            rows.append(xi + yi)
-            starts.append(len(xi))
-        T = max(map(len, rows))
-        ids = torch.full((len(rows), T), tokenizer.pad_token_id, dtype=torch.long)
-        att = torch.zeros_like(ids)
-        for i, r in enumerate(rows):
-            ids[i, :len(r)] = torch.tensor(r)
-            att[i, :len(r)] = 1
-        with torch.no_grad():
-            logp = torch.log_softmax(model(input_ids=ids.to(model.device), attention_mask=att.to(model.device)
-                                           ).logits.float(), -1).cpu()
-        for i, r in enumerate(rows):
-            pos = torch.arange(starts[i], len(r))
-            out.append(float(logp[i, pos - 1, ids[i, pos]].sum()) if len(pos) else 0.0)
-    return np.array(out, dtype=np.float64)
+    """Σ_t log p(y_t | input, y_<t) of each continuation after its model-ready input text; (n,) float64
+    (each text tokenized on its own, then sampling.sequence_logprobs at temperature 1)."""
+    from mapalign import sampling
+    tokens = lambda texts: [tokenizer(x, add_special_tokens=False)["input_ids"] for x in texts]  # noqa: E731
+    return sampling.sequence_logprobs(model, tokens(inputs), tokens(continuations), batch_size=batch_size)
+
+
+def log_ratio_to_reference(model, tokenizer, reference, reference_tokenizer, conditioning, prompts, texts, chat):
+    """log π(y|conditioned x) − log π_ref(y|x) (n,) of each sampled text y of its prompt x: the policy sees
+    the prompt through `conditioning` (a template with {prompt}, or None), the reference the bare prompt;
+    chat: the prompts went through the chat template (else the raw continuation follows after a space).
+    Its mean is the k1 estimate of KL(π(·|cond x) ‖ π_ref(·|x)) in nats per sequence."""
+    from mapalign import models
+    conts = texts if chat else [" " + t for t in texts]
+    cond = [conditioning.replace("{prompt}", p) if conditioning else p for p in prompts]
+    x_pol = models.format_prompts(tokenizer, cond, use_chat_template=chat)
+    x_ref = models.format_prompts(reference_tokenizer, prompts, use_chat_template=chat)
+    return (sequence_logprobs(model, tokenizer, x_pol, conts)
+            - sequence_logprobs(reference, reference_tokenizer, x_ref, conts))

@@ -218,30 +218,10 @@ def sample_policy(model, tokenizer, prompts, per_prompt, sampling, seed, first_i
 
 def sequence_logprobs(model, recs, temperature=1.0, batch_size=16):
     """log π(y|x) (n,) of each record's continuation_ids after its prompt_ids, at the sampling temperature
-    (exact for top_k = 0, top_p = 1: truncation is not part of the density)."""
-    import torch
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    out = []
-    with torch.no_grad():
-        for lo in range(0, len(recs), batch_size):
-            batch = recs[lo:lo + batch_size]
-            seqs = [r["prompt_ids"] + r["continuation_ids"] for r in batch]
-            width = max(len(s) for s in seqs)
-            ids = torch.zeros(len(seqs), width, dtype=torch.long)
-            mask = torch.zeros(len(seqs), width, dtype=torch.long)
-            for i, s in enumerate(seqs):  # right padding: positions stay 0..len-1
-                ids[i, :len(s)] = torch.tensor(s)
-                mask[i, :len(s)] = 1
-            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
-            logp = torch.log_softmax(logits[:, :-1] / float(temperature), dim=-1)
-            token_logp = logp.gather(-1, ids[:, 1:].to(device).unsqueeze(-1)).squeeze(-1)
-            for i, r in enumerate(batch):
-                start, end = len(r["prompt_ids"]) - 1, len(seqs[i]) - 1
-                out.append(float(token_logp[i, start:end].sum()))
-    model.train(was_training)
-    return np.asarray(out)
+    (sampling.sequence_logprobs)."""
+    from mapalign import sampling
+    return sampling.sequence_logprobs(model, [r["prompt_ids"] for r in recs], [r["continuation_ids"] for r in recs],
+                                      temperature, batch_size)
 
 
 @contextlib.contextmanager

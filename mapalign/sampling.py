@@ -144,3 +144,33 @@ def sample(model, tokenizer, inputs, num_samples=1, *, max_new_tokens=50, temper
             prompt_ids[p] = ids[p - first][mask[p - first].bool()].tolist()
     group = lambda flat: [flat[i * n:(i + 1) * n] for i in range(len(inputs))]  # noqa: E731
     return Samples(group(texts), new_tokens, prompt_ids, group(token_ids))
+
+
+def sequence_logprobs(model, prompt_ids, continuation_ids, temperature=1.0, batch_size=16):
+    """log π(y|x) of each continuation: Σ_t log softmax(logits / temperature)[y_t] over its token ids after
+    its prompt's (n,) float64, in nats; 0 for an empty continuation. The density of what `sample` draws at
+    that temperature (exact for top_k = 0, top_p = 1: truncation is not part of it). prompt_ids,
+    continuation_ids: n lists of token ids. Right-padded batches of `batch_size`, so each sequence keeps
+    positions 0..len-1; the model runs in eval mode and gets its mode back."""
+    import torch
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    out = []
+    with torch.no_grad():
+        for lo in range(0, len(prompt_ids), batch_size):
+            prompts = prompt_ids[lo:lo + batch_size]
+            seqs = [list(x) + list(y) for x, y in zip(prompts, continuation_ids[lo:lo + batch_size])]
+            width = max(len(s) for s in seqs)
+            ids = torch.zeros(len(seqs), width, dtype=torch.long)
+            mask = torch.zeros(len(seqs), width, dtype=torch.long)
+            for i, s in enumerate(seqs):
+                ids[i, :len(s)] = torch.tensor(s, dtype=torch.long)
+                mask[i, :len(s)] = 1
+            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
+            logp = torch.log_softmax(logits[:, :-1] / float(temperature), dim=-1)
+            token_logp = logp.gather(-1, ids[:, 1:].to(device).unsqueeze(-1)).squeeze(-1)
+            for i, s in enumerate(seqs):
+                out.append(float(token_logp[i, len(prompts[i]) - 1:len(s) - 1].sum()))
+    model.train(was_training)
+    return np.asarray(out, dtype=np.float64)

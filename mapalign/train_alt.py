@@ -466,10 +466,7 @@ class ALT:
         model, tokenizer = gen.load_model()
         chat = gen.chat_template_used()
         ref, ref_tok = models.load_model_and_tokenizer(self.model_name, device=str(model.device), dtype=self.dtype)
-        conts = texts if chat else [" " + t for t in texts]
-        x_pol = models.format_prompts(tokenizer, [cond.replace("{prompt}", p) for p in prompts], use_chat_template=chat)
-        x_ref = models.format_prompts(ref_tok, prompts, use_chat_template=chat)
-        ratio = alt.sequence_logprobs(model, tokenizer, x_pol, conts) - alt.sequence_logprobs(ref, ref_tok, x_ref, conts)
+        ratio = alt.log_ratio_to_reference(model, tokenizer, ref, ref_tok, cond, prompts, texts, chat)
         return {"mean": float(ratio.mean()), "se": float(evaluation.standard_error(ratio))}
 
     def run(self, iterations=3, validate=True):
