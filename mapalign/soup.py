@@ -164,15 +164,25 @@ def _finish_output(tmp, save_path, metadata):
     return save_path
 
 
+def first_mismatch(sources):
+    """(source, up to 5 tensor names in one but not both) of the first TensorSource whose tensor names differ
+    from the first source's; None when all hold the same names."""
+    keys = set(sources[0].keys())
+    for src in sources[1:]:
+        if set(src.keys()) != keys:
+            return src, sorted(keys ^ set(src.keys()))[:5]
+    return None
+
+
 def soup_full_models(paths, weights, tmp, max_shard_bytes):
     import torch
     sources = [TensorSource(p) for p in paths]
     keys = sources[0].keys()
-    for src in sources[1:]:
-        if set(src.keys()) != set(keys):
-            diff = sorted(set(keys) ^ set(src.keys()))[:5]
-            raise SoupError(f"{src.folder!r} and {paths[0]!r} hold different tensors (e.g. {diff}); soups need models "
-                            "of the same architecture fine-tuned from the same base.")
+    odd = first_mismatch(sources)
+    if odd:
+        src, diff = odd
+        raise SoupError(f"{src.folder!r} and {paths[0]!r} hold different tensors (e.g. {diff}); soups need models "
+                        "of the same architecture fine-tuned from the same base.")
     writer = ShardWriter(tmp, "model", max_shard_bytes)
     for key in keys:
         first = sources[0].get(key)
@@ -226,11 +236,11 @@ def soup_lora_adapters(paths, weights, tmp):
     scales = [c["lora_alpha"] / (math.sqrt(c["r"]) if c.get("use_rslora") else c["r"]) for c in configs]
     sources = [TensorSource(f, ADAPTER_FILE) for f in folders]
     keys = sources[0].keys()
-    for src in sources[1:]:
-        if set(src.keys()) != set(keys):
-            diff = sorted(set(keys) ^ set(src.keys()))[:5]
-            raise SoupError(f"adapters {src.folder!r} and {folders[0]!r} adapt different modules (e.g. {diff}); "
-                            "train them with the same target modules.")
+    odd = first_mismatch(sources)
+    if odd:
+        src, diff = odd
+        raise SoupError(f"adapters {src.folder!r} and {folders[0]!r} adapt different modules (e.g. {diff}); "
+                        "train them with the same target modules.")
     used = [i for i, w in enumerate(weights) if w != 0.0]
     tensors = {}
     for key in keys:
