@@ -783,7 +783,7 @@ def add_rewards(pipe, prefix, results_path, values, after=(), basemodel_for_perp
                     ["merge_added_rewards", f"--original_file_path={results_path}"],
                     done=values_merged(results_path, values), after=scored)
     if assess:
-        stem = results_path[:-len(".json")] if results_path.endswith(".json") else results_path
+        stem = records.file_stem(results_path)
         last = pipe.add(f"{prefix}-assess", "rewardProcessor.py",
                         flags(file_path=results_path, values_to_evaluate=values)
                         + ["assess_original_value", f"--evaluation_mode={evaluation_mode}"],
@@ -840,7 +840,7 @@ def add_iterations(pipe, script, stages, iterations, args_of, done_of, kinds):
 
 def add_histograms(pipe, name, results_path, after=()):
     """The reward histograms of a results file (plot/plot_reward_dist.py plot_hist)."""
-    stem = results_path[:-len(".json")] if results_path.endswith(".json") else results_path
+    stem = records.file_stem(results_path)
     return pipe.add(name, "plot/plot_reward_dist.py", ["plot_hist", f"--json_file={results_path}"],
                     done=file_done(stem + "_reward_hist.pdf"), after=after)
 

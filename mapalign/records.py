@@ -263,6 +263,12 @@ def timestamp():
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
+def file_stem(path):
+    """A results file's path without its ".json" (other paths as given): the prefix of the files derived
+    from it (level CSVs, histograms, λ files)."""
+    return path[:-len(".json")] if path.endswith(".json") else path
+
+
 def lam_string(lam):
     """λ (or a palette) as the original wrote it in file names, logs and alignValues.txt: three decimals,
     comma-joined ("1.548,1.148"). File names hold it (shards, MAP-F model folders, level tables), so

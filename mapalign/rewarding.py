@@ -44,10 +44,6 @@ def value_list_str(value_list):
     return ",".join(str(v) for v in value_list)
 
 
-def file_stem(file_path):
-    return file_path[:-len(".json")] if file_path.endswith(".json") else file_path
-
-
 def level_table(recs, value_names, evaluation_mode=False):
     """The realized-level table of a results file (pandas DataFrame): column Statistic, then one column per
     value; rows avg, avg_std, 50%, 60%, 70%, 80%, 90%, 99%, unrounded.
@@ -205,7 +201,7 @@ class RewardProcessor:
         """
         recs = self._records()
         table = level_table(recs, self._evaluated(recs), evaluation_mode=evaluation_mode).round(3)
-        path = file_stem(self.file_path) + "_realC-levels.csv"
+        path = records.file_stem(self.file_path) + "_realC-levels.csv"
         records.write_text_atomic(table.to_csv(index=False), path)
         print(table.to_string(index=False))
         print(f"assess_original_value: wrote {path}")
@@ -254,7 +250,7 @@ class RewardProcessor:
         R_eval = records.reward_matrix(recs, evaluated, source=self.file_path)
         groups = records.prompt_groups(recs) if per_prompt else None
         n_align = len(self.values_to_align)
-        stem = file_stem(self.file_path)
+        stem = records.file_stem(self.file_path)
         if lam is not None:
             lam_values = arguments.float_list(lam, "lam")
             if len(lam_values) != n_align:

@@ -39,7 +39,7 @@ def main(file_path, basemodel_name, values_to_evaluate=None, evaluation_mode=Fal
     merge = pipe.add("merge-rewards", "mergeProcessor.py",
                      ["merge_added_rewards", f"--original_file_path={file_path}", "--values=perplexity"],
                      done=rescored, after=[score])
-    table = (file_path[:-len(".json")] if file_path.endswith(".json") else file_path) + "_realC-levels.csv"
+    table = records.file_stem(file_path) + "_realC-levels.csv"
     pipe.add("assess", "rewardProcessor.py",
              pipeline.flags(file_path=file_path, values_to_evaluate=values_to_evaluate)
              + ["assess_original_value", f"--evaluation_mode={evaluation_mode}"],

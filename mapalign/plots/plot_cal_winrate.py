@@ -46,8 +46,7 @@ NOT_AVAILABLE = "--"  # TeX's en dash: a metric a model was not scored on
 
 
 def _label(path):
-    base = os.path.basename(path)
-    return base[:-len(".json")] if base.endswith(".json") else base
+    return records.file_stem(os.path.basename(path))
 
 
 def collect_multiple_results(model_files, base_model_file, file_prefix, metrics=None):

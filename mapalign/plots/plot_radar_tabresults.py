@@ -14,6 +14,7 @@ import numpy as np  # noqa: E402
 from mapalign.plots import figstyle  # noqa: E402  (selects the headless backend before pyplot is used)
 from mapalign.plots import artefacts  # noqa: E402
 from mapalign import evaluation  # noqa: E402
+from mapalign import records  # noqa: E402
 
 plt = figstyle.plt
 
@@ -59,5 +60,4 @@ def plot_radar(points_file, value_list=None, rmax=None, title=None, output_prefi
     ax.tick_params(axis="y", labelsize=7)
     ax.set_title(figstyle.text(title or table.get("title") or os.path.basename(points_file)), fontsize=10, pad=18)
     ax.legend(frameon=False, fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.08), ncol=2)
-    stem = points_file[:-len(".json")] if points_file.endswith(".json") else points_file
-    return figstyle.save_figure(fig, output_prefix or f"{stem}_radar")
+    return figstyle.save_figure(fig, output_prefix or f"{records.file_stem(points_file)}_radar")

@@ -23,10 +23,6 @@ from mapalign import values  # noqa: E402
 plt = figstyle.plt
 
 
-def _stem(path):
-    return path[:-len(".json")] if path.endswith(".json") else path
-
-
 def _panel_grid(count, per_row=3, size=(4.0, 3.0)):
     cols = min(count, per_row)
     rows = -(-count // cols)
@@ -58,7 +54,7 @@ def plot_hist(json_file, value_list=None, bins=20, output_prefix=None):
         ax.legend(frameon=False, fontsize=8)
     fig.suptitle(figstyle.text(f"{os.path.basename(json_file)} (n = {rewards.shape[1]})"), fontsize=10)
     fig.tight_layout()
-    return figstyle.save_figure(fig, output_prefix or f"{_stem(json_file)}_reward_hist")
+    return figstyle.save_figure(fig, output_prefix or f"{records.file_stem(json_file)}_reward_hist")
 
 
 def plot_hist_positive(json_file, bins=20, output_prefix=None):
@@ -81,7 +77,7 @@ def plot_hist_positive(json_file, bins=20, output_prefix=None):
     ax.set_xlabel(figstyle.text(f"{values.display_name('positive')} (probability)"))
     ax.set_ylabel("samples")
     ax.legend(frameon=False, fontsize=8)
-    return figstyle.save_figure(fig, output_prefix or f"{_stem(json_file)}_positive_hist")
+    return figstyle.save_figure(fig, output_prefix or f"{records.file_stem(json_file)}_positive_hist")
 
 
 def _resolve_lambda(file_path, aligned, lam, lambda_log):
@@ -168,5 +164,5 @@ def plot_weighted_unweighted_histograms(file_path, values_to_align, lam=None, va
     lam_text = ", ".join(f"{values.display_name(v)} {x:.3g}" for v, x in zip(aligned, lam))
     fig.suptitle(figstyle.text(f"$\\lambda$: {lam_text}   (ESS {ess:.0f} of {weights.size})"), fontsize=9)
     fig.tight_layout()
-    default = f"{_stem(file_path)}_hist_lam={records.lam_string(lam)}"
+    default = f"{records.file_stem(file_path)}_hist_lam={records.lam_string(lam)}"
     return figstyle.save_figure(fig, output_prefix or default)

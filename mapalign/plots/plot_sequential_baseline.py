@@ -39,10 +39,6 @@ from mapalign import rewarding  # noqa: E402
 plt = figstyle.plt
 
 
-def _stem(path):
-    return path[:-len(".json")] if path.endswith(".json") else path
-
-
 def _level_name(level):
     text = str(level).strip()
     return text if text.endswith("%") else f"{float(text):g}%"
@@ -96,7 +92,7 @@ def compute_sequential_baseline(file_path, value_list="all", levels=(50, 60, 70)
         last = level["sequential"][-1]
         print(f"{name}: MAP {level['MAP']['status']}, quantiles {np.round(level['MAP']['quantiles'] or [], 3)}; "
               f"sequential round {last['round']}: quantiles {np.round(last['quantiles'] or [], 3)}")
-    path = f"{file_prefix or _stem(file_path) + '_sequential_baseline'}.json"
+    path = f"{file_prefix or records.file_stem(file_path) + '_sequential_baseline'}.json"
     records.save_json_atomic(out, path)
     print(f"wrote {path}")
     return path
@@ -164,4 +160,4 @@ def plot_sequential_baseline(results_json, output_prefix=None, values_shown=None
     fig.tight_layout()
     fig.legend(handles, labels, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=len(labels), frameon=False,
                fontsize=8)
-    return figstyle.save_figure(fig, output_prefix or _stem(results_json))
+    return figstyle.save_figure(fig, output_prefix or records.file_stem(results_json))
