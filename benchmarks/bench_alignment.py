@@ -171,12 +171,17 @@ def run_seed(seed, cfg, work):
         extra = {} if callback is None else {"rounds": callback.tracker.history, "lam_final": callback.lam.tolist()}
         return dict(zip(("levels", "se", "kl", "kl_se"), result), seconds=time.time() - t0, **extra)
 
-    out["MAP-F fixed"] = mapf(False)
-    print(f"[seed {seed}] MAP-F fixed done  [{time.time() - t_seed:.0f} s]", flush=True)
+    if "MAP-F fixed" in cfg["methods"]:
+        out["MAP-F fixed"] = mapf(False)
+        print(f"[seed {seed}] MAP-F fixed done  [{time.time() - t_seed:.0f} s]", flush=True)
     out["MAP-F primal-dual"] = mapf(True)
     print(f"[seed {seed}] MAP-F primal-dual done  [{time.time() - t_seed:.0f} s]", flush=True)
+    if "MAP-DPO soft" not in cfg["methods"] and "iterated MAP-DPO" not in cfg["methods"]:
+        return out, c, np.asarray(lam), values, notes
 
     # MAP-DPO soft on the results file's training prompts
+    if "MAP-DPO soft" not in cfg["methods"]:
+        return out, c, np.asarray(lam), values, notes
     t0 = time.time()
     model, tok = models.load_model_and_tokenizer(model_name, device="cpu")
     model.train()
@@ -229,7 +234,8 @@ def main(seeds="0,1,2", model_name=models.DEFAULT_MODEL, value_list="sentiment,c
          dual_samples_per_prompt=4, max_new_tokens=16, ppo_steps=16, ppo_batch_size=8, ppo_learning_rate=5e-4,
          palette_every=4, dual_update="exact", dual_step=2.0, palette_tol_se=2.0, dpo_epochs=1, dpo_rounds=2,
          dpo_max_pairs_per_prompt=3,
-         dpo_batch_size=4, dpo_learning_rate=3e-4, lora_r=16, out_file="results/bench_alignment.json"):
+         dpo_batch_size=4, dpo_learning_rate=3e-4, lora_r=16, methods=",".join(METHODS),
+         out_file="results/bench_alignment.json"):
     """Run the attainment experiment (module docstring) for each seed and print the table.
 
     Args:
@@ -247,8 +253,14 @@ def main(seeds="0,1,2", model_name=models.DEFAULT_MODEL, value_list="sentiment,c
         dpo_epochs, dpo_rounds, dpo_max_pairs_per_prompt, dpo_batch_size, dpo_learning_rate: MAP-DPO budgets
             (dpo_rounds: rounds of iterated MAP-DPO, one epoch each).
         lora_r: LoRA rank; out_file: JSON results (relative to the repository).
+        methods: the methods to run, a comma list from METHODS, in their order: p0, MAP-D and MAP-F
+            primal-dual always run (the target needs them); each later method needs the ones before it.
     """
     cfg = dict(locals())
+    cfg["methods"] = arguments.str_list(methods, "methods")
+    unknown = sorted(set(cfg["methods"]) - set(METHODS))
+    if unknown:
+        raise SystemExit(f"error: --methods: unknown {unknown}; valid: {', '.join(METHODS)}")
     torch.set_num_threads(1)
     from transformers.utils import logging as hf_logging
     hf_logging.set_verbosity_error()
@@ -288,7 +300,7 @@ def print_seed(run, values):
     print(f"\nseed {run['seed']}: c = {np.round(c, 3).tolist()}, λ = {np.round(lam, 3).tolist()}")
     head = "".join(f"{v + ' level':>24}{'|Δ|/SE':>8}" for v in values)
     print(f"{'method':<20}{head}{'KL':>8}{'s':>7}")
-    for name in METHODS:
+    for name in [m for m in METHODS if m in run["methods"]]:
         r = run["methods"][name]
         cells = "".join(f"{r['levels'][i]:>17.3f}±{r['se'][i]:<6.3f}"
                         f"{abs(r['levels'][i] - c[i]) / max(r['se'][i], 1e-9):>8.2f}" for i in range(len(values)))

@@ -2,16 +2,18 @@
 
     .venv/bin/python benchmarks/bench_alt.py            # offline: embedded SmolLM2-135M-Instruct + LoRA, CPU
 
-One offline value (sentiment: VADER compound of the continuation, in [-1, 1]), the built-in prompts
-(the first n_train train, the next n_valid validate), a few iterations of trainALT's stages for
-  * ALT-RM   (Excellent./.../Horrible. by per-prompt sentiment quantile), and
-  * palette  (MAP × ALT: "sentiment: top 20%" ... "sentiment: top 100%"; with one value the palette
+One offline value (`--value`; default perplexity: minus the mean token NLL of prompt + continuation under
+SmolLM2, continuous and without ties; `--value=sentiment` is VADER, whose 0 for neutral text ties most
+samples), the built-in prompts (the first n_train train, the next n_valid validate; 48 + 183 is all 231),
+a few iterations of trainALT's stages for
+  * ALT-RM   (Excellent./.../Horrible. by per-prompt quantile of the value), and
+  * palette  (MAP × ALT: "<value>: top 20%" ... "<value>: top 100%"; with one value the palette
               string names the same bins as ALT-RM, in other words),
-and after every iteration the mean sentiment on the validation prompts when the model is conditioned
+and after every iteration the mean value on the validation prompts when the model is conditioned
 on its best feedback, on its worst feedback, and of the reference model (unconditioned), each with its
 standard error, plus the k1 estimate of KL(policy(·|best, x) ‖ reference(·|x)) in nats per sequence and
-the seconds the iteration took. MAP-F (trainPPO's RLOO trainer, reward λ·sentiment, LoRA) gets the same
-number of generated samples as one ALT run in total and is scored the same way.
+the seconds the iteration took. MAP-F (trainPPO's RLOO trainer, reward λ·value, LoRA) gets the same
+number of generated samples as one ALT run in total and is scored the same way (`--methods` picks what runs).
 Target (issue 11): best > reference > worst by ≥ 2 SE after the last iteration, for both feedbacks.
 Ends with `ratio=<(ALT-RM best − reference) / (MAP-F − reference)>` (gain at equal samples).
 """
@@ -30,6 +32,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from mapalign import alt  # noqa: E402
+from mapalign import arguments  # noqa: E402
 from mapalign import models  # noqa: E402
 from mapalign import records  # noqa: E402
 from mapalign import training  # noqa: E402
@@ -39,9 +42,11 @@ from mapalign import values as value_registry  # noqa: E402
 from mapalign.evaluation import standard_error  # noqa: E402
 from mapalign.generation import TextGeneration  # noqa: E402
 
+VALUE = "sentiment"
+
 
 def evaluate(model_path, prompts_range, out_dir, seed, valid_samples, max_new_tokens, chat, conditioning=None,
-             reference=None, value="sentiment"):
+             reference=None, value=VALUE):
     """Sample the validation prompts (gendata, top-k 50, T = 1) and score `value`; with `reference`
     (model name) also the mean sequence log-ratio log π(y|cond x) − log π_ref(y|x). Returns a dict."""
     start, end = prompts_range
@@ -52,7 +57,11 @@ def evaluate(model_path, prompts_range, out_dir, seed, valid_samples, max_new_to
     prompts = [r["prompt"] for r in recs]
     texts = [records.continuation_of(r) for r in recs]
     r = np.asarray(value_registry.score(value, prompts, texts), dtype=np.float64)
-    out = {"mean": float(r.mean()), "se": float(standard_error(r)), "n": len(r)}
+    by_prompt = {}
+    for rec, x in zip(recs, r):
+        by_prompt.setdefault(str(rec["prompt_id"]), []).append(float(x))
+    out = {"mean": float(r.mean()), "se": float(standard_error(r)), "n": len(r),
+           "per_prompt": {k: float(np.mean(v)) for k, v in by_prompt.items()}}
     if reference is not None:
         model, tok = gen.load_model()
         ref, ref_tok = models.load_model_and_tokenizer(reference, device="cpu")
@@ -61,30 +70,42 @@ def evaluate(model_path, prompts_range, out_dir, seed, valid_samples, max_new_to
     return out
 
 
+def paired_gap(high, low):
+    """mean(high − low) / SE over prompts of the per-prompt mean differences (two evaluate() results)."""
+    keys = sorted(set(high["per_prompt"]) & set(low["per_prompt"]), key=int)
+    d = np.asarray([high["per_prompt"][k] - low["per_prompt"][k] for k in keys])
+    return float(d.mean() / standard_error(d))
+
+
 def fmt(x):
     return f"{x['mean']:+.3f} ± {x['se']:.3f}"
 
 
-def main(model_name=models.DEFAULT_MODEL, n_train=16, n_valid=64, samples_per_prompt=10, iterations=2,
-         max_new_tokens=20, valid_samples=2, learning_rate=1e-3, num_train_epochs=3, batch_size=8, kl_coef=0.0,
-         chat=False, drop_factor=1.0, per_quantile=2, mapf_lam=1.0, mapf_beta=0.1, mapf_learning_rate=5e-4, mapf_batch=8, methods="alt_rm,palette",
+def main(model_name=models.DEFAULT_MODEL, value="perplexity", n_train=48, n_valid=183, samples_per_prompt=10,
+         iterations=2, max_new_tokens=20, valid_samples=2, learning_rate=1e-3, num_train_epochs=3, batch_size=8,
+         kl_coef=0.0, chat=False, drop_factor=0.0, per_quantile=2, mapf_lam=1.0, mapf_beta=0.1,
+         mapf_learning_rate=5e-4, mapf_batch=8, methods="alt_rm,palette,map_f", quantiles="per_prompt",
          seed=0, workdir="results/.bench_alt", out_file="results/bench_alt.json", keep=False):
     """Run the benchmark (module docstring) and print the table.
 
     Args:
         model_name: reference and initial policy.
+        value: the one offline value that ALT's feedback and MAP-F's reward use (a registry name).
         n_train, n_valid: training and validation prompts (built-in set).
         samples_per_prompt: generations per training prompt per iteration (K = 5 quantiles, 2 kept each).
         iterations: ALT iterations per feedback kind.
         max_new_tokens: generation budget everywhere; valid_samples: samples per validation prompt.
         learning_rate, num_train_epochs, batch_size: ALT's LoRA training per iteration.
         kl_coef: ALT's β (0 = the noKL variant the upstream TL;DR/HH orchestrators ran; no reference forward).
-        drop_factor: ALT's datapool flush (1.0: train on the new samples only, as upstream; 0.0: replay all).
+        drop_factor: ALT's datapool flush (1.0: train on the new samples only, as upstream; 0.0, the default
+            here: replay all, so the worst bins keep the reference's samples instead of "the worst of the
+            best-conditioned samples", which made the worst feedback drift up in the runs without replay).
         per_quantile: samples kept per quantile per prompt (2 upstream; ≥ samples_per_prompt keeps them all, so
             the training set is distributed as the sampler's own samples even where tied rewards share a bin).
         chat: apply the chat template (False: raw prompts, as upstream ALT; about half the tokens per example).
-        mapf_lam, mapf_beta, mapf_learning_rate, mapf_batch: MAP-F (RLOO, reward λ·sentiment, KL β, LoRA).
-        methods: ALT feedback kinds to run (comma list of alt_rm, palette).
+        mapf_lam, mapf_beta, mapf_learning_rate, mapf_batch: MAP-F (RLOO, reward λ·value, KL β, LoRA).
+        methods: what to run, a comma list of alt_rm, palette (ALT feedback kinds) and map_f.
+        quantiles: ALT's quantile assignment, per_prompt (upstream's default) or global.
         workdir: scratch folder (removed at the end unless keep); out_file: JSON results.
     """
     config = dict(locals())
@@ -97,14 +118,16 @@ def main(model_name=models.DEFAULT_MODEL, n_train=16, n_valid=64, samples_per_pr
     print(f"torch threads {torch.get_num_threads()}; {model_name}; {n_train} train / {n_valid} valid prompts; "
           f"{samples_per_prompt} samples/prompt; {max_new_tokens} new tokens; {iterations} iterations; β={kl_coef}")
     ref = evaluate(model_name, valid, os.path.join(workdir, "reference"), seed + 1000, valid_samples, max_new_tokens,
-                   chat)
-    print(f"reference: sentiment {fmt(ref)} (n={ref['n']})  [{time.time() - t0:.0f} s]")
+                   chat, value=value)
+    print(f"reference: {value} {fmt(ref)} (n={ref['n']})  [{time.time() - t0:.0f} s]")
     rows, results = [], {"reference": ref, "config": config}
-    for kind in [m.strip() for m in methods.split(",") if m.strip()]:
-        a = trainALT.ALT(output_dir=os.path.join(workdir, kind), feedback=kind, value_list="sentiment",
+    methods = arguments.str_list(methods, "methods")
+    for kind in [m for m in methods if m != "map_f"]:
+        a = trainALT.ALT(output_dir=os.path.join(workdir, kind), feedback=kind, value_list=value,
                          model_name=model_name, num_train_prompts=n_train, num_valid_prompts=n_valid,
                          samples_per_prompt=samples_per_prompt, max_new_tokens=max_new_tokens, seed=seed,
-                         kl_coef=kl_coef, drop_factor=drop_factor, per_quantile=per_quantile, learning_rate=learning_rate, num_train_epochs=num_train_epochs,
+                         kl_coef=kl_coef, drop_factor=drop_factor, quantiles=quantiles, per_quantile=per_quantile,
+                         learning_rate=learning_rate, num_train_epochs=num_train_epochs,
                          per_device_train_batch_size=batch_size, batch_size=32, device="cpu", progress=False,
                          use_chat_template=chat)
         results[kind] = []
@@ -116,9 +139,10 @@ def main(model_name=models.DEFAULT_MODEL, n_train=16, n_valid=64, samples_per_pr
             seconds = time.time() - t
             model = a.policy(k)
             best = evaluate(model, valid, os.path.join(a.iter_dir(k), "eval-best"), seed + 1000, valid_samples,
-                            max_new_tokens, chat, a.fb.conditioning_template(a.fb.best_feedback()), reference=model_name)
+                            max_new_tokens, chat, a.fb.conditioning_template(a.fb.best_feedback()),
+                            reference=model_name, value=value)
             worst = evaluate(model, valid, os.path.join(a.iter_dir(k), "eval-worst"), seed + 1000, valid_samples,
-                             max_new_tokens, chat, a.fb.conditioning_template(a.fb.worst_feedback()))
+                             max_new_tokens, chat, a.fb.conditioning_template(a.fb.worst_feedback()), value=value)
             row = {"method": kind, "iteration": k, "best": best, "worst": worst, "kl": best["kl"],
                    "train_seconds": round(seconds, 1)}
             results[kind].append(row)
@@ -127,31 +151,34 @@ def main(model_name=models.DEFAULT_MODEL, n_train=16, n_valid=64, samples_per_pr
                   f"KL {fmt(best['kl'])}  {seconds:.0f} s/iteration  [{time.time() - t0:.0f} s]")
 
     # MAP-F at the same number of generated samples as one ALT run
-    total = int(iterations) * n_train * samples_per_prompt
-    steps = max(1, total // mapf_batch)
-    t = time.time()
-    policy, tok = models.load_model_and_tokenizer(model_name, device="cpu")
-    policy.train()
-    prompts = TextGeneration(basemodel_name=model_name).prompts[:n_train]
-    scorers = {"sentiment": value_registry.load_scorer("sentiment")}
-    trainer = trainPPO.build_trainer(policy, tok, prompts, ["sentiment"], [mapf_lam], scorers,
-                                     os.path.join(workdir, "mapf"), beta=mapf_beta,
-                                     peft_config=training.lora_config(16, 32, 0.0), learning_rate=mapf_learning_rate,
-                                     batch_size=mapf_batch, mini_batch_size=mapf_batch, num_generations=4,
-                                     max_new_tokens=max_new_tokens, top_k=50, max_steps=steps, logging_steps=1,
-                                     save_steps=10 ** 6, seed=seed, use_chat_template=chat)
-    trainer.train()
-    merged = trainer.model.merge_and_unload()
-    mapf_dir = os.path.join(workdir, "mapf", "model")
-    merged.save_pretrained(mapf_dir)
-    tok.save_pretrained(mapf_dir)
-    mapf_seconds = time.time() - t
-    mapf = evaluate(mapf_dir, valid, os.path.join(workdir, "mapf", "eval"), seed + 1000, valid_samples,
-                    max_new_tokens, chat, reference=model_name)
-    results["map_f"] = {"eval": mapf, "generated_samples": steps * mapf_batch, "steps": steps,
-                        "seconds": round(mapf_seconds, 1)}
-    print(f"MAP-F (RLOO, {steps} steps × {mapf_batch} = {steps * mapf_batch} samples): {fmt(mapf)}  "
-          f"KL {fmt(mapf['kl'])}  {mapf_seconds:.0f} s  [{time.time() - t0:.0f} s]")
+    mapf = None
+    if "map_f" in methods:
+        total = int(iterations) * n_train * samples_per_prompt
+        steps = max(1, total // mapf_batch)
+        t = time.time()
+        policy, tok = models.load_model_and_tokenizer(model_name, device="cpu")
+        policy.train()
+        prompts = TextGeneration(basemodel_name=model_name).prompts[:n_train]
+        scorers = value_registry.load_scorers([value])
+        trainer = trainPPO.build_trainer(policy, tok, prompts, [value], [mapf_lam], scorers,
+                                         os.path.join(workdir, "mapf"), beta=mapf_beta,
+                                         peft_config=training.lora_config(16, 32, 0.0),
+                                         learning_rate=mapf_learning_rate,
+                                         batch_size=mapf_batch, mini_batch_size=mapf_batch, num_generations=4,
+                                         max_new_tokens=max_new_tokens, top_k=50, max_steps=steps, logging_steps=1,
+                                         save_steps=10 ** 6, seed=seed, use_chat_template=chat)
+        trainer.train()
+        merged = trainer.model.merge_and_unload()
+        mapf_dir = os.path.join(workdir, "mapf", "model")
+        merged.save_pretrained(mapf_dir)
+        tok.save_pretrained(mapf_dir)
+        mapf_seconds = time.time() - t
+        mapf = evaluate(mapf_dir, valid, os.path.join(workdir, "mapf", "eval"), seed + 1000, valid_samples,
+                        max_new_tokens, chat, reference=model_name, value=value)
+        results["map_f"] = {"eval": mapf, "generated_samples": steps * mapf_batch, "steps": steps,
+                            "seconds": round(mapf_seconds, 1)}
+        print(f"MAP-F (RLOO, {steps} steps × {mapf_batch} = {steps * mapf_batch} samples): {fmt(mapf)}  "
+              f"KL {fmt(mapf['kl'])}  {mapf_seconds:.0f} s  [{time.time() - t0:.0f} s]")
 
     print()
     print("| method | iteration | best feedback | worst feedback | reference | KL to ref (nats/seq) | s/iteration |")
@@ -159,8 +186,9 @@ def main(model_name=models.DEFAULT_MODEL, n_train=16, n_valid=64, samples_per_pr
     for r in rows:
         print(f"| {r['method']} | {r['iteration']} | {fmt(r['best'])} | {fmt(r['worst'])} | {fmt(ref)} | "
               f"{fmt(r['kl'])} | {r['train_seconds']:.0f} |")
-    print(f"| MAP-F (RLOO) | {steps} steps | {fmt(mapf)} (unconditioned) | – | {fmt(ref)} | {fmt(mapf['kl'])} | "
-          f"{mapf_seconds:.0f} (total) |")
+    if mapf is not None:
+        print(f"| MAP-F (RLOO) | {steps} steps | {fmt(mapf)} (unconditioned) | – | {fmt(ref)} | {fmt(mapf['kl'])} | "
+              f"{mapf_seconds:.0f} (total) |")
     print()
     verdicts = {}
     for kind in [k for k in ("alt_rm", "palette") if k in results]:
@@ -168,10 +196,17 @@ def main(model_name=models.DEFAULT_MODEL, n_train=16, n_valid=64, samples_per_pr
         b, w = last["best"], last["worst"]
         gap_hi = (b["mean"] - ref["mean"]) / np.hypot(b["se"], ref["se"])
         gap_lo = (ref["mean"] - w["mean"]) / np.hypot(w["se"], ref["se"])
+        paired_hi, paired_lo = paired_gap(b, ref), paired_gap(ref, w)
         verdicts[kind] = {"best_minus_ref_in_se": gap_hi, "ref_minus_worst_in_se": gap_lo,
-                          "target_met": bool(gap_hi >= 2 and gap_lo >= 2)}
+                          "target_met": bool(gap_hi >= 2 and gap_lo >= 2),
+                          "paired_best_minus_ref_in_se": paired_hi, "paired_ref_minus_worst_in_se": paired_lo,
+                          "target_met_paired": bool(paired_hi >= 2 and paired_lo >= 2)}
         print(f"{kind}: best − reference = {gap_hi:.2f} SE, reference − worst = {gap_lo:.2f} SE "
-              f"(SE of the difference); target ≥ 2 SE each: {'met' if verdicts[kind]['target_met'] else 'NOT met'}")
+              f"(unpaired SE of the difference); target ≥ 2 SE each: "
+              f"{'met' if verdicts[kind]['target_met'] else 'NOT met'}")
+        print(f"{kind}: paired by prompt (the three conditions share prompts and sampling seeds): "
+              f"{paired_hi:.2f} SE and {paired_lo:.2f} SE; "
+              f"{'met' if verdicts[kind]['target_met_paired'] else 'NOT met'}")
     results["verdicts"] = verdicts
     results["seconds"] = round(time.time() - t0, 1)
     out = os.path.join(ROOT, out_file) if not os.path.isabs(out_file) else out_file
@@ -179,7 +214,7 @@ def main(model_name=models.DEFAULT_MODEL, n_train=16, n_valid=64, samples_per_pr
     if not keep:
         shutil.rmtree(workdir, ignore_errors=True)
     print(f"total {time.time() - t0:.0f} s (CPU shared with other jobs: timings are not clean); results in {out_file}")
-    if "alt_rm" in results:
+    if "alt_rm" in results and mapf is not None:
         gain_alt = results["alt_rm"][-1]["best"]["mean"] - ref["mean"]
         gain_mapf = mapf["mean"] - ref["mean"]
         print(f"ratio={gain_alt / gain_mapf if gain_mapf != 0 else float('nan'):.3f}")

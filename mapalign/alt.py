@@ -11,8 +11,9 @@ policy is conditioned on the best feedback. This module holds:
     alt_lmc  an LLM judge picks one of 4 categories, "{feedback}.\\n\\n{prompt}";
     alt_lmu  an LLM judge writes Analysis / Feedback / Score, "feedback: {feedback} input: {prompt}";
     palette  (MAP × ALT) each aligned value's per-prompt quantile bin, e.g.
-             "sentiment: top 20%; humor: top 60% input: {prompt}"; a MAP palette given as quantile
-             levels per value renders the same string at inference;
+             "sentiment: top 20% (excellent); humor: top 60% (mediocre) input: {prompt}" (the word
+             is the ALT-RM phrase of the bin; palette_words=False leaves it out); a MAP palette given
+             as quantile levels per value renders the same string at inference;
 * quantiles (`quantile_labels`: bins as equal as possible, None rewards dropped), the datapool
   (`DataPool`: per-prompt or global quantiles, `drop_factor` flush with real replay below 1, JSON),
   balanced and length-aware subsets (`balanced_subset`), the EOS rule (`needs_eos`);
@@ -252,9 +253,13 @@ class Feedback:
     values: the aligned values (reward-based kinds; palette renders one bin per value).
     lam: weights of λᵀr, the reward of quark/alt_rm (default 1 each); palette balances on λᵀr too.
     template: conditioning template with {feedback} and {prompt} (default per kind).
+    palette_words: palette feedback names each bin's ALT-RM phrase after its percentage ("top 20%
+        (excellent)"; only when there is one phrase per bin). A small model learns a known word far
+        more easily than a number: on SmolLM2-135M the numbers alone did not steer (README, ALT).
     """
 
-    def __init__(self, kind, values=(), lam=None, num_quantiles=5, phrases=None, template=None, categories=None):
+    def __init__(self, kind, values=(), lam=None, num_quantiles=5, phrases=None, template=None, categories=None,
+                 palette_words=True):
         if kind not in KINDS:
             raise ALTError(f"--feedback must be one of {KINDS}; got {kind!r}")
         self.kind = kind
@@ -269,6 +274,7 @@ class Feedback:
         self.num_quantiles = len(self.phrases) if kind == "alt_rm" else int(num_quantiles)
         self.categories = tuple(categories) if categories else LMC_CATEGORIES
         self.template = template or TEMPLATES[kind]
+        self.palette_words = bool(palette_words) and len(self.phrases) == self.num_quantiles
         for key in ("{feedback}", "{prompt}"):
             if self.template.count(key) != 1:
                 raise ALTError(f"--template must contain {key} exactly once; got {self.template!r}")
@@ -314,22 +320,32 @@ class Feedback:
             return self.render_bins(bins)
         return sample.get("feedback")
 
+    def bin_word(self, q):
+        """The word palette feedback adds after bin q's percentage: its ALT-RM phrase, lower case."""
+        return self.phrases[int(q)].strip().rstrip(".").lower()
+
     def render_bins(self, bins):
-        """Palette feedback: "v1: top 20%; v2: top 60%" (bin q of K → top 100·(q+1)/K %)."""
+        """Palette feedback: "v1: top 20% (excellent); v2: top 60% (mediocre)" (bin q of K → top
+        100·(q+1)/K %; the word only with palette_words)."""
         K = self.num_quantiles
-        return "; ".join(f"{v}: top {round(100 * (int(bins[v]) + 1) / K)}%" for v in self.values)
+        return "; ".join(f"{v}: top {round(100 * (int(bins[v]) + 1) / K)}%"
+                         + (f" ({self.bin_word(bins[v])})" if self.palette_words else "") for v in self.values)
 
     def parse_palette(self, text):
         """Inverse of render_bins: {value: bin}; ALTError naming the text when it does not parse."""
         out = {}
         K = self.num_quantiles
         for part in text.split(";"):
-            m = re.fullmatch(r"\s*(.+?):\s*top\s+(\d+)%\s*", part)
+            m = re.fullmatch(r"\s*(.+?):\s*top\s+(\d+)%\s*(?:\(([^()]*)\))?\s*", part)
             if not m or m.group(1) not in self.values:
                 raise ALTError(f"palette feedback {text!r} is not 'value: top N%; ...' over {self.values}")
             q = round(int(m.group(2)) * K / 100) - 1
             if not 0 <= q < K:
                 raise ALTError(f"palette feedback {text!r}: {m.group(2)}% is not a multiple of {100 / K:g}%")
+            if m.group(3) is not None and (not self.palette_words or m.group(3).strip() != self.bin_word(q)):
+                raise ALTError(f"palette feedback {text!r}: ({m.group(3)}) does not name top {m.group(2)}%"
+                               + (f" (expected ({self.bin_word(q)}))" if self.palette_words else
+                                  " (this run renders no words: palette_words=False)"))
             out[m.group(1)] = q
         if set(out) != set(self.values):
             raise ALTError(f"palette feedback {text!r} must name every value of {self.values}")
@@ -392,7 +408,8 @@ class Feedback:
 
     def to_json(self):
         return {"kind": self.kind, "values": self.values, "lam": self.lam, "num_quantiles": self.num_quantiles,
-                "phrases": list(self.phrases), "template": self.template, "categories": list(self.categories)}
+                "phrases": list(self.phrases), "template": self.template, "categories": list(self.categories),
+                "palette_words": self.palette_words}
 
 
 def reward_of(value_rewards, values, lam):

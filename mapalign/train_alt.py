@@ -73,6 +73,7 @@ class ALTConfig(training.LoRAOptions):
                                           "Horrible.)")
     template: Optional[str] = option(None, "conditioning template with {feedback} and {prompt} (default per "
                                            "feedback kind)")
+    palette_words: bool = option(True, "palette feedback adds each bin's ALT-RM word: 'top 20% (excellent)'")
     quantiles: str = option("per_prompt", "per_prompt or global quantile assignment")
     drop_factor: float = option(1.0, "share of the datapool dropped each iteration (1.0: no replay, as upstream)")
     per_quantile: int = option(2, "kept samples per quantile per prompt for reward feedback")
@@ -130,7 +131,7 @@ class ALT:
         lam = arguments.float_list(cfg.lam_list, "lam_list") if cfg.lam_list is not None else None
         self.fb = alt.Feedback(feedback, values=values, lam=lam, num_quantiles=cfg.num_quantiles,
                                phrases=arguments.str_list(cfg.phrases, "phrases") if cfg.phrases is not None else None,
-                               template=cfg.template)
+                               template=cfg.template, palette_words=cfg.palette_words)
         use_lora = cfg.use_lora
         if use_lora is None:
             use_lora = feedback != "quark"

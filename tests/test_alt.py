@@ -120,12 +120,23 @@ def test_palette_round_trip():
                "value_rewards": {"sentiment": float(i), "humor": float(-i)}} for i in range(5)])
     best = max(pool.samples, key=lambda s: s["value_rewards"]["sentiment"])
     assert best["bins"] == {"sentiment": 0, "humor": 4}
-    assert best["feedback"] == "sentiment: top 20%; humor: top 100%"
+    assert best["feedback"] == "sentiment: top 20% (excellent); humor: top 100% (horrible)"
     assert fb.parse_palette(best["feedback"]) == best["bins"]
     # a MAP palette as quantile levels renders the same string as the training bins it asks for
     assert fb.render_palette([0.8, 0.1]) == best["feedback"]
-    assert fb.render_palette({"sentiment": 0.5, "humor": 0.6}) == "sentiment: top 60%; humor: top 40%"
-    assert fb.best_feedback() == fb.render_palette([1.0, 1.0]) == "sentiment: top 20%; humor: top 20%"
+    assert fb.render_palette({"sentiment": 0.5, "humor": 0.6}) == "sentiment: top 60% (mediocre); humor: top 40% (good)"
+    assert fb.best_feedback() == fb.render_palette([1.0, 1.0]) == \
+        "sentiment: top 20% (excellent); humor: top 20% (excellent)"
+    # the word is optional on input, but must name the same bin as the percentage
+    assert fb.parse_palette("sentiment: top 60%; humor: top 40%") == {"sentiment": 2, "humor": 1}
+    with pytest.raises(alt.ALTError, match=r"\(bad\) does not name top 20%.*\(excellent\)"):
+        fb.parse_palette("sentiment: top 20% (bad); humor: top 20%")
+    # numbers only (palette_words=False), and whenever the phrases are not one per bin
+    plain = alt.Feedback("palette", values=["sentiment", "humor"], palette_words=False)
+    assert plain.render_palette([0.8, 0.5]) == "sentiment: top 20%; humor: top 60%"
+    assert alt.Feedback("palette", values=["sentiment"], num_quantiles=4).render_palette([0.8]) == "sentiment: top 25%"
+    with pytest.raises(alt.ALTError, match="renders no words"):
+        plain.parse_palette("sentiment: top 20% (excellent); humor: top 60%")
     for bins in ({"sentiment": 1, "humor": 3}, {"sentiment": 4, "humor": 0}):
         assert fb.parse_palette(fb.render_bins(bins)) == bins
     with pytest.raises(alt.ALTError, match="one quantile level per value"):

@@ -150,8 +150,9 @@ def test_quark_and_palette_iterations(tiny_lm_dir, tmp_path):
     pool = json.load(open(os.path.join(p.iter_dir(1), "datapool.json")))["samples"]
     assert all(p.fb.parse_palette(s["feedback"]) == s["bins"] for s in pool)
     s = p.validate(1, palette="0.8,0.5")
-    assert s["feedback"] == "sentiment: top 20%; length: top 60%" and s["condition"] == "custom"
-    assert p.conditioning(palette=[0.8, 0.5]) == "sentiment: top 20%; length: top 60% input: {prompt}"
+    assert s["feedback"] == "sentiment: top 20% (excellent); length: top 60% (mediocre)" and s["condition"] == "custom"
+    assert p.conditioning(palette=[0.8, 0.5]) == \
+        "sentiment: top 20% (excellent); length: top 60% (mediocre) input: {prompt}"
 
 
 def test_lmc_judge_endpoint_failures_are_dropped_and_counted(tiny_lm_dir, tmp_path):
