@@ -76,7 +76,8 @@ OLD = {
             'seed': 0},
 }
 # flags a command gained with its config (train_dpo shares PreferenceConfig with train_map_dpo: KTO's weights)
-ADDED = {"dpo": {"desirable_weight": 1.0, "undesirable_weight": 1.0}}
+# or later (trainALT's palette_words: palette feedback names each bin's ALT-RM word)
+ADDED = {"dpo": {"desirable_weight": 1.0, "undesirable_weight": 1.0}, "alt": {"palette_words": True}}
 
 
 def signature_defaults(fn):
