@@ -176,8 +176,6 @@ def run_seed(seed, cfg, work):
         print(f"[seed {seed}] MAP-F fixed done  [{time.time() - t_seed:.0f} s]", flush=True)
     out["MAP-F primal-dual"] = mapf(True)
     print(f"[seed {seed}] MAP-F primal-dual done  [{time.time() - t_seed:.0f} s]", flush=True)
-    if "MAP-DPO soft" not in cfg["methods"] and "iterated MAP-DPO" not in cfg["methods"]:
-        return out, c, np.asarray(lam), values, notes
 
     # MAP-DPO soft on the results file's training prompts
     if "MAP-DPO soft" not in cfg["methods"]:

@@ -407,9 +407,11 @@ class Feedback:
         return self.template.replace("{feedback}", feedback)
 
     def to_json(self):
-        return {"kind": self.kind, "values": self.values, "lam": self.lam, "num_quantiles": self.num_quantiles,
-                "phrases": list(self.phrases), "template": self.template, "categories": list(self.categories),
-                "palette_words": self.palette_words}
+        out = {"kind": self.kind, "values": self.values, "lam": self.lam, "num_quantiles": self.num_quantiles,
+               "phrases": list(self.phrases), "template": self.template, "categories": list(self.categories)}
+        if self.kind == "palette":  # only here: the other kinds' stage fingerprints stay as they were
+            out["palette_words"] = self.palette_words
+        return out
 
 
 def reward_of(value_rewards, values, lam):
