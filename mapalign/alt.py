@@ -409,8 +409,8 @@ class Feedback:
     def to_json(self):
         out = {"kind": self.kind, "values": self.values, "lam": self.lam, "num_quantiles": self.num_quantiles,
                "phrases": list(self.phrases), "template": self.template, "categories": list(self.categories)}
-        if self.kind == "palette":  # only here: the other kinds' stage fingerprints stay as they were
-            out["palette_words"] = self.palette_words
+        if self.kind == "palette" and self.palette_words:  # absent otherwise: older runs' fingerprints still match
+            out["palette_words"] = True
         return out
 
 
