@@ -42,13 +42,11 @@ from mapalign import values as value_registry  # noqa: E402
 from mapalign.evaluation import standard_error  # noqa: E402
 from mapalign.generation import TextGeneration  # noqa: E402
 
-VALUE = "sentiment"
-
 
 def evaluate(model_path, prompts_range, out_dir, seed, valid_samples, max_new_tokens, chat, conditioning=None,
-             reference=None, value=VALUE):
-    """Sample the validation prompts (gendata, top-k 50, T = 1) and score `value`; with `reference`
-    (model name) also the mean sequence log-ratio log π(y|cond x) − log π_ref(y|x). Returns a dict."""
+             reference=None, *, value):
+    """Sample the validation prompts (gendata, top-k 50, T = 1) and score `value` (a registry name); with
+    `reference` (model name) also the mean sequence log-ratio log π(y|cond x) − log π_ref(y|x). Returns a dict."""
     start, end = prompts_range
     gen = TextGeneration(basemodel_name=model_path, save_directory=out_dir, seed=seed, max_new_tokens=max_new_tokens,
                          samples_per_prompt=valid_samples, progress=False, conditioning=conditioning, device="cpu",
