@@ -8,7 +8,8 @@ Two objectives available offline:
   helpfulness  a ridge-probe reward model head (rewardmodels.py; frozen SmolLM2, mean-pooled embeddings)
                fitted to the registry value `sentiment` (VADER compound of the response; deterministic, so a
                learnable proxy) on DPA's 0-100 scale, named as the value rm:{out}/rm/helpfulness;
-  verbosity    the registry value `length` (words).
+  verbosity    the registry value `length` (words); or, with --second=positivity, positivity = 50 + 50 · VADER
+               compound of the response (0-100), which varies within responses cut at the token limit.
 Steps:
   1. reward model: 3 samples (48 new tokens) for each of 32 other prompts, labelled with sentiment and length;
   2. DPA: trainDPA's direction mode, T = 2 iterations, K = 4, 3 extra re-ranked directions per prompt (48 SFT
@@ -20,8 +21,9 @@ Steps:
      one iteration of SFT); for 3 palettes of the pool, the realized levels on the held-out prompts of the
      conditioned model (one sample per prompt), of MAP-D (M = 4 samples per prompt from p0, resampled with
      the palette's λ) and of the unconditioned p0, with standard errors and the generation cost per prompt.
-Writes results/bench_dpa/summary.json and the figure results/gallery/fig_dpa_front.png. Ends with
-`ratio=<MAP-D seconds per prompt / conditioned seconds per prompt>` (same run, same machine).
+--palettes=False runs steps 1-2 only. Writes results/bench_dpa/summary.json and the figure
+results/gallery/fig_dpa_front.png. Ends with `ratio=<MAP-D seconds per prompt / conditioned seconds per
+prompt>` (same run, same machine; not printed with --palettes=False).
 """
 import os
 import time
@@ -69,53 +71,22 @@ def levels(recs, values):
     return x.mean(0), np.array([standard_error(x[:, i]) for i in range(x.shape[1])])
 
 
-def main(out="results/bench_dpa", num_train_prompts=12, num_eval_prompts=6, max_new_tokens=40, iterations=2,
-         mc_samples=4, rm_prompts=32, rm_max_new_tokens=48, rm_label="sentiment", rm_pooling="mean",
-         samples_per_prompt=4,
-         rerank_directions=3, learning_rate=5e-4, num_train_epochs=3.0, seed=0,
-         figure="results/gallery/fig_dpa_front"):
-    torch.set_num_threads(1)
-    t_start = time.time()
-    from mapalign.prompts import load_prompts
-    allp = load_prompts("builtin", seed=seed)
-    n = num_train_prompts + num_eval_prompts
-    rm = train_reward_model(out, allp[n:n + rm_prompts], rm_max_new_tokens, seed, label=rm_label, pooling=rm_pooling)
-    info = rewardmodels.read_info(rm)
-    print(f"reward model {rm}: validation MSE {dict(zip(info['attributes'], np.round(info['val_mse'], 4)))}, "
-          f"alpha {info['alpha']}  ({time.time() - t_start:.0f} s)")
-    objectives = f"rm:{rm}/helpfulness,length"
-    common = dict(model_name="smollm2-135m", objectives=objectives, objective_names="helpfulness,verbosity",
-                  num_train_prompts=num_train_prompts, num_eval_prompts=num_eval_prompts,
-                  max_new_tokens=max_new_tokens, batch_size=48, learning_rate=learning_rate,
-                  num_train_epochs=num_train_epochs,
-                  per_device_train_batch_size=8, seed=seed)
+SECOND_OBJECTIVES = {
+    "length": "verbosity",     # DPA's own second objective, in words (the registry value)
+    "positivity": "positivity",  # 50 + 50 · VADER compound (registered below)
+}
 
-    # --- DPA: direction-conditioned RSF
-    t0 = time.time()
-    direction = dpatrainer.DPATrainer(dpatrainer.DPAConfig(mode="direction", iterations=iterations,
-                                                           samples_per_prompt=samples_per_prompt,
-                                                           rerank_directions=rerank_directions, eval_grid_step=15.0, **common),
-                                      os.path.join(out, "dpa"), progress=False)
-    direction.run()
-    values = direction.values
-    fronts = {}
-    for t in range(iterations + 1):
-        fronts[t] = dpatrainer.front(records.load_records(os.path.join(out, "dpa", "eval", f"iter{t}.json")), values)
-    dpa_seconds = time.time() - t0
-    print(f"\nDPA front per iteration (held-out prompts, mean ± SE per direction; {dpa_seconds:.0f} s)")
-    print(f"{'iter':>4} {'θ':>6} {'weights':>10} {'helpfulness':>16} {'verbosity (words)':>18}")
-    control = {}
-    for t, points in fronts.items():
-        for p in points:
-            print(f"{t:>4} {p['angle']:>6.0f} {str(p['weights']):>10} "
-                  f"{p['mean'][values[0]]:>9.2f} ± {p['se'][values[0]]:<5.2f} {p['mean'][values[1]]:>10.2f} ± "
-                  f"{p['se'][values[1]]:.2f}")
-        control[t] = dpatrainer.direction_control(points, values)
-    print("\ndirection control (Spearman between θ and realized verbosity/helpfulness over the grid):")
-    for t, c in control.items():
-        print(f"  iteration {t}: ratio {c['spearman_ratio']:.3f}   verbosity alone {c['spearman_second']:.3f}")
 
-    # --- MAP × DPA: palette-conditioned SFT
+def positivity(prompts, continuations):
+    """The registry's `sentiment` (VADER compound of the response) on DPA's positive 0-100 scale: 50 + 50·s.
+    A second objective that varies within responses of a fixed token budget, unlike length."""
+    scorers = value_registry.load_scorers(["sentiment"])
+    return (50.0 + 50.0 * decoding.score_samples(["sentiment"], scorers, list(prompts), list(continuations))[0]).tolist()
+
+
+def palette_experiment(out, common, samples_per_prompt, mc_samples, max_new_tokens, seed, first_held_out):
+    """MAP × DPA: palette-conditioned SFT against MAP-D and p0 on 3 palettes of the drawn pool (module
+    docstring, step 3). Prints the table; returns the summary's palette fields and the cost ratio."""
     t0 = time.time()
     palette = dpatrainer.DPATrainer(dpatrainer.DPAConfig(mode="palette", iterations=1,
                                                          samples_per_prompt=samples_per_prompt,
@@ -126,7 +97,7 @@ def main(out="results/bench_dpa", num_train_prompts=12, num_eval_prompts=6, max_
     order = np.argsort([sum(p["lam"]) for p in pool])
     chosen = [pool[i] for i in (order[0], order[len(order) // 2], order[-1])]
     held_out = palette.prompts()[1]
-    scorers = palette.scorers()
+    scorers, values, names = palette.scorers(), palette.values, palette.names
 
     def timed_generation(model_name, systems):
         """(seconds, new tokens) per prompt of one sample per held-out prompt, the model already loaded."""
@@ -147,14 +118,14 @@ def main(out="results/bench_dpa", num_train_prompts=12, num_eval_prompts=6, max_
         t1 = time.time()
         mapd, tokens = decoding.mc_decode(model, tokenizer, held_out, pal["lam"], values, MC_nsamples=mc_samples,
                                           scorers=scorers, max_new_tokens=max_new_tokens, seed=seed + 100 + k,
-                                          first_prompt_index=n)
+                                          first_prompt_index=first_held_out)
         mapd_cost = ((time.time() - t1) / len(held_out), tokens / len(held_out))
         rows.append({"c": written, "lam": pal["lam"], "conditioned": levels(records.load_records(path), values),
                      "mapd": levels([{v: r["rewards"][v] for v in values} for r in mapd], values),
                      "base": levels(base_recs, values), "cost": {"mapd": mapd_cost}})
     # the conditioned model's cost: one pass, one sample per prompt (palette 0's prompt), no scoring needed
     cond_s, cond_tok, _ = timed_generation(palette.model_of(1), [dpa.render_palette_prompt(
-        rows[0]["c"], palette.names)] * len(held_out))
+        rows[0]["c"], names)] * len(held_out))
     base_cost = (base_s, base_tok)
     palette_seconds = time.time() - t0
 
@@ -165,7 +136,7 @@ def main(out="results/bench_dpa", num_train_prompts=12, num_eval_prompts=6, max_
     summary_rows = []
     for k, row in enumerate(rows):
         within = True
-        for i, name in enumerate(direction.names):
+        for i, name in enumerate(names):
             cells = []
             for key in ("conditioned", "mapd", "base"):
                 m, se = row[key][0][i], row[key][1][i]
@@ -187,24 +158,100 @@ def main(out="results/bench_dpa", num_train_prompts=12, num_eval_prompts=6, max_
     points = [{"label": f"MAP-D, palette {k}", "x": r["mapd"][0][0], "y": r["mapd"][0][1]} for k, r in enumerate(rows)]
     points += [{"label": f"conditioned, palette {k}", "x": r["conditioned"][0][0], "y": r["conditioned"][0][1]}
                for k, r in enumerate(rows)]
+    mapd_tokens = float(np.mean([r["cost"]["mapd"][1] for r in rows]))
+    return {"palettes": summary_rows, "points": [dict(p, x=float(p["x"]), y=float(p["y"])) for p in points],
+            "palettes_within_2se": hits, "palette_seconds": palette_seconds,
+            "cost_per_prompt": {"conditioned": [cond_s, cond_tok], "mapd": [mapd_s, mapd_tokens],
+                                "p0": list(base_cost)}}, mapd_s / cond_s
+
+
+def main(out="results/bench_dpa", num_train_prompts=12, num_eval_prompts=6, max_new_tokens=40, iterations=2,
+         mc_samples=4, rm_prompts=32, rm_max_new_tokens=48, rm_label="sentiment", rm_pooling="mean",
+         samples_per_prompt=4, rerank_directions=3, learning_rate=5e-4, num_train_epochs=3.0, seed=0,
+         second="length", palettes=True, figure="results/gallery/fig_dpa_front"):
+    """Run the benchmark (module docstring).
+
+    Args:
+        out: work folder (reward model, runs, summary.json); a rerun resumes what is finished.
+        num_train_prompts, num_eval_prompts: builtin prompts for training and the held-out evaluation.
+        max_new_tokens: new tokens per response everywhere; iterations: DPA's T; mc_samples: MAP-D's M.
+        rm_prompts, rm_max_new_tokens, rm_label, rm_pooling: the ridge-probe reward model's data (3 samples
+            per prompt of other prompts), the registry value its `helpfulness` head is fitted to, and pooling.
+        samples_per_prompt, rerank_directions, learning_rate, num_train_epochs: DPA's K, extra re-ranked
+            directions per prompt and the SFT step (LoRA).
+        second: the second objective, `length` (verbosity in words, DPA's) or `positivity` (50 + 50·VADER).
+        palettes: also run the MAP × DPA palette experiment (False: the DPA fronts only, no ratio line).
+        seed: every draw; figure: output prefix of the front figure.
+    """
+    if second not in SECOND_OBJECTIVES:
+        raise SystemExit(f"error: --second={second!r}; choose one of {sorted(SECOND_OBJECTIVES)}")
+    if second == "positivity":
+        value_registry.register_value("positivity", positivity, overwrite=True,
+                                      description=positivity.__doc__.split(chr(10))[0])
+    second_name = SECOND_OBJECTIVES[second]
+    torch.set_num_threads(1)
+    t_start = time.time()
+    from mapalign.prompts import load_prompts
+    allp = load_prompts("builtin", seed=seed)
+    n = num_train_prompts + num_eval_prompts
+    rm = train_reward_model(out, allp[n:n + rm_prompts], rm_max_new_tokens, seed, label=rm_label, pooling=rm_pooling)
+    info = rewardmodels.read_info(rm)
+    print(f"reward model {rm}: validation MSE {dict(zip(info['attributes'], np.round(info['val_mse'], 4)))}, "
+          f"alpha {info['alpha']}  ({time.time() - t_start:.0f} s)")
+    objectives = f"rm:{rm}/helpfulness,{second}"
+    common = dict(model_name="smollm2-135m", objectives=objectives, objective_names=f"helpfulness,{second_name}",
+                  num_train_prompts=num_train_prompts, num_eval_prompts=num_eval_prompts,
+                  max_new_tokens=max_new_tokens, batch_size=48, learning_rate=learning_rate,
+                  num_train_epochs=num_train_epochs,
+                  per_device_train_batch_size=8, seed=seed)
+
+    # --- DPA: direction-conditioned RSF
+    t0 = time.time()
+    direction = dpatrainer.DPATrainer(dpatrainer.DPAConfig(mode="direction", iterations=iterations,
+                                                           samples_per_prompt=samples_per_prompt,
+                                                           rerank_directions=rerank_directions, eval_grid_step=15.0, **common),
+                                      os.path.join(out, "dpa"), progress=False)
+    direction.run()
+    values = direction.values
+    fronts = {}
+    for t in range(iterations + 1):
+        fronts[t] = dpatrainer.front(records.load_records(os.path.join(out, "dpa", "eval", f"iter{t}.json")), values)
+    dpa_seconds = time.time() - t0
+    unit = " (words)" if second == "length" else ""
+    print(f"\nDPA front per iteration (held-out prompts, mean ± SE per direction; {dpa_seconds:.0f} s)")
+    print(f"{'iter':>4} {'θ':>6} {'weights':>10} {'helpfulness':>16} {second_name + unit:>18}")
+    control = {}
+    for t, points in fronts.items():
+        for p in points:
+            print(f"{t:>4} {p['angle']:>6.0f} {str(p['weights']):>10} "
+                  f"{p['mean'][values[0]]:>9.2f} ± {p['se'][values[0]]:<5.2f} {p['mean'][values[1]]:>10.2f} ± "
+                  f"{p['se'][values[1]]:.2f}")
+        control[t] = dpatrainer.direction_control(points, values)
+    print(f"\ndirection control (Spearman between θ and realized {second_name}/helpfulness over the grid):")
+    for t, c in control.items():
+        print(f"  iteration {t}: ratio {c['spearman_ratio']:.3f}   {second_name} alone {c['spearman_second']:.3f}")
+
     summary = {"objectives": values, "names": direction.names, "reward_model": info,
                "fronts": {str(t): f for t, f in fronts.items()}, "direction_control": control,
-               "palettes": summary_rows, "points": [dict(p, x=float(p["x"]), y=float(p["y"])) for p in points],
-               "palettes_within_2se": hits, "cost_per_prompt": {"conditioned": [cond_s, cond_tok],
-                                                                 "mapd": [mapd_s, float(np.mean([r["cost"]["mapd"][1] for r in rows]))],
-                                                                 "p0": list(base_cost)}, "seconds": {"dpa": dpa_seconds, "palette": palette_seconds,
-                                                        "total": time.time() - t_start},
                "settings": dict(num_train_prompts=num_train_prompts, num_eval_prompts=num_eval_prompts,
                                 max_new_tokens=max_new_tokens, iterations=iterations, mc_samples=mc_samples, seed=seed,
-                                rm_prompts=rm_prompts, rm_max_new_tokens=rm_max_new_tokens, rm_label=rm_label, rm_pooling=rm_pooling,
-                                samples_per_prompt=samples_per_prompt, rerank_directions=rerank_directions,
-                                learning_rate=learning_rate, num_train_epochs=num_train_epochs)}
+                                rm_prompts=rm_prompts, rm_max_new_tokens=rm_max_new_tokens, rm_label=rm_label,
+                                rm_pooling=rm_pooling, samples_per_prompt=samples_per_prompt,
+                                rerank_directions=rerank_directions, learning_rate=learning_rate,
+                                num_train_epochs=num_train_epochs, second=second, palettes=bool(palettes))}
+    ratio = None
+    if palettes:
+        fields, ratio = palette_experiment(out, common, samples_per_prompt, mc_samples, max_new_tokens, seed, n)
+        summary.update(fields)
+    summary["seconds"] = {"dpa": dpa_seconds, "palette": summary.pop("palette_seconds", None),
+                          "total": time.time() - t_start}
     path = os.path.join(out, "summary.json")
     records.save_json_atomic(records.canonical(summary), path, indent=2)
     from mapalign.plots import plot_dpa_front
     plot_dpa_front.plot_front(os.path.join(out, "dpa"), output_prefix=figure, points_file=path)
     print(f"wrote {path}; total {time.time() - t_start:.0f} s (shared 2-core CPU, other jobs running)")
-    print(f"ratio={mapd_s / cond_s:.2f}")
+    if ratio is not None:
+        print(f"ratio={ratio:.2f}")
 
 
 if __name__ == "__main__":
