@@ -80,8 +80,7 @@ SECOND_OBJECTIVES = {
 def positivity(prompts, continuations):
     """The registry's `sentiment` (VADER compound of the response) on DPA's positive 0-100 scale: 50 + 50·s.
     A second objective that varies within responses of a fixed token budget, unlike length."""
-    scorers = value_registry.load_scorers(["sentiment"])
-    return (50.0 + 50.0 * decoding.score_samples(["sentiment"], scorers, list(prompts), list(continuations))[0]).tolist()
+    return (50.0 + 50.0 * value_registry.score("sentiment", list(prompts), list(continuations))).tolist()
 
 
 def palette_experiment(out, common, samples_per_prompt, mc_samples, max_new_tokens, seed, first_held_out):
