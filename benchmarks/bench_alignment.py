@@ -178,46 +178,47 @@ def run_seed(seed, cfg, work):
     print(f"[seed {seed}] MAP-F primal-dual done  [{time.time() - t_seed:.0f} s]", flush=True)
 
     # MAP-DPO soft on the results file's training prompts
-    if "MAP-DPO soft" not in cfg["methods"]:
-        return out, c, np.asarray(lam), values, notes
-    t0 = time.time()
-    model, tok = models.load_model_and_tokenizer(model_name, device="cpu")
-    model.train()
-    pairs = trainDPO.map_preference_pairs([r for r in recs if r["prompt_id"] < n_train], values, lam,
-                                          max_pairs_per_prompt=cfg["dpo_max_pairs_per_prompt"], seed=seed)
-    trainer = trainDPO.build_preference_trainer(
-        model, tok, pairs, os.path.join(tmp, "mapdpo"), beta=1.0, peft_config=lora,
-        use_chat_template=sampling["use_chat_template"], learning_rate=cfg["dpo_learning_rate"],
-        num_train_epochs=cfg["dpo_epochs"], per_device_train_batch_size=cfg["dpo_batch_size"],
-        gradient_accumulation_steps=1, logging_steps=4, save_steps=10 ** 6, seed=seed,
-        max_new_tokens=sampling["max_new_tokens"])
-    trainer.train()
-    result = evaluate_policy(trainer.model, tok, eval_prompts, cfg["trained_samples_per_prompt"], sampling, score,
-                             seed + 3)
-    out["MAP-DPO soft"] = dict(zip(("levels", "se", "kl", "kl_se"), result), seconds=time.time() - t0,
-                               pairs=len(pairs))
-    del trainer, model
-    print(f"[seed {seed}] MAP-DPO soft done  [{time.time() - t_seed:.0f} s]", flush=True)
+    if "MAP-DPO soft" in cfg["methods"]:
+        t0 = time.time()
+        model, tok = models.load_model_and_tokenizer(model_name, device="cpu")
+        model.train()
+        pairs = trainDPO.map_preference_pairs([r for r in recs if r["prompt_id"] < n_train], values, lam,
+                                              max_pairs_per_prompt=cfg["dpo_max_pairs_per_prompt"], seed=seed)
+        trainer = trainDPO.build_preference_trainer(
+            model, tok, pairs, os.path.join(tmp, "mapdpo"), beta=1.0, peft_config=lora,
+            use_chat_template=sampling["use_chat_template"], learning_rate=cfg["dpo_learning_rate"],
+            num_train_epochs=cfg["dpo_epochs"], per_device_train_batch_size=cfg["dpo_batch_size"],
+            gradient_accumulation_steps=1, logging_steps=4, save_steps=10 ** 6, seed=seed,
+            max_new_tokens=sampling["max_new_tokens"])
+        trainer.train()
+        result = evaluate_policy(trainer.model, tok, eval_prompts, cfg["trained_samples_per_prompt"], sampling, score,
+                                 seed + 3)
+        out["MAP-DPO soft"] = dict(zip(("levels", "se", "kl", "kl_se"), result), seconds=time.time() - t0,
+                                   pairs=len(pairs))
+        del trainer, model
+        print(f"[seed {seed}] MAP-DPO soft done  [{time.time() - t_seed:.0f} s]", flush=True)
 
-    # iterated MAP-DPO: the CLI function, dual prompts = the file's last n_dual prompts
-    t0 = time.time()
-    save = trainDPO.train_map_dpo(
-        path, lambda_file=lam_file, palette=",".join(f"{x:.6f}" for x in c), palette_rounds=cfg["dpo_rounds"],
-        palette_prompts=n_dual, palette_samples=cfg["dual_samples_per_prompt"], dual_update=cfg["dual_update"],
-        dual_step=cfg["dual_step"], palette_tol_se=cfg["palette_tol_se"],
-        max_pairs_per_prompt=cfg["dpo_max_pairs_per_prompt"], beta=1.0, use_lora=True,
-        lora_r=cfg["lora_r"], lora_alpha=2 * cfg["lora_r"], lora_dropout=0.0, learning_rate=cfg["dpo_learning_rate"],
-        num_train_epochs=1, per_device_train_batch_size=cfg["dpo_batch_size"], gradient_accumulation_steps=1,
-        logging_steps=4, save_steps=10 ** 6, seed=seed, save_path=os.path.join(tmp, "iterdpo"), overwrite=True)
-    model, tok = models.load_model_and_tokenizer(save, device="cpu")
-    ref, _ = models.load_model_and_tokenizer(model_name, device="cpu")
-    result = evaluate_policy(model, tok, eval_prompts, cfg["trained_samples_per_prompt"], sampling, score, seed + 3,
-                             ref_model=ref)
-    meta = training.load_training_metadata(save)
-    out["iterated MAP-DPO"] = dict(zip(("levels", "se", "kl", "kl_se"), result), seconds=time.time() - t0,
-                                   rounds=meta.get("palette_rounds"))
-    del model, ref
-    print(f"[seed {seed}] iterated MAP-DPO done  [{time.time() - t_seed:.0f} s]", flush=True)
+    if "iterated MAP-DPO" in cfg["methods"]:
+        # iterated MAP-DPO: the CLI function, dual prompts = the file's last n_dual prompts
+        t0 = time.time()
+        save = trainDPO.train_map_dpo(
+            path, lambda_file=lam_file, palette=",".join(f"{x:.6f}" for x in c), palette_rounds=cfg["dpo_rounds"],
+            palette_prompts=n_dual, palette_samples=cfg["dual_samples_per_prompt"], dual_update=cfg["dual_update"],
+            dual_step=cfg["dual_step"], palette_tol_se=cfg["palette_tol_se"],
+            max_pairs_per_prompt=cfg["dpo_max_pairs_per_prompt"], beta=1.0, use_lora=True,
+            lora_r=cfg["lora_r"], lora_alpha=2 * cfg["lora_r"], lora_dropout=0.0,
+            learning_rate=cfg["dpo_learning_rate"],
+            num_train_epochs=1, per_device_train_batch_size=cfg["dpo_batch_size"], gradient_accumulation_steps=1,
+            logging_steps=4, save_steps=10 ** 6, seed=seed, save_path=os.path.join(tmp, "iterdpo"), overwrite=True)
+        model, tok = models.load_model_and_tokenizer(save, device="cpu")
+        ref, _ = models.load_model_and_tokenizer(model_name, device="cpu")
+        result = evaluate_policy(model, tok, eval_prompts, cfg["trained_samples_per_prompt"], sampling, score, seed + 3,
+                                 ref_model=ref)
+        meta = training.load_training_metadata(save)
+        out["iterated MAP-DPO"] = dict(zip(("levels", "se", "kl", "kl_se"), result), seconds=time.time() - t0,
+                                       rounds=meta.get("palette_rounds"))
+        del model, ref
+        print(f"[seed {seed}] iterated MAP-DPO done  [{time.time() - t_seed:.0f} s]", flush=True)
     return out, c, np.asarray(lam), values, notes
 
 
@@ -251,8 +252,8 @@ def main(seeds="0,1,2", model_name=models.DEFAULT_MODEL, value_list="sentiment,c
         dpo_epochs, dpo_rounds, dpo_max_pairs_per_prompt, dpo_batch_size, dpo_learning_rate: MAP-DPO budgets
             (dpo_rounds: rounds of iterated MAP-DPO, one epoch each).
         lora_r: LoRA rank; out_file: JSON results (relative to the repository).
-        methods: the methods to run, a comma list from METHODS, in their order: p0, MAP-D and MAP-F
-            primal-dual always run (the target needs them); each later method needs the ones before it.
+        methods: the methods to run, a comma list from METHODS (p0, MAP-D, MAP-F fixed, MAP-F primal-dual,
+            MAP-DPO soft, iterated MAP-DPO); p0, MAP-D and MAP-F primal-dual always run (the target needs them).
     """
     cfg = dict(locals())
     cfg["methods"] = arguments.str_list(methods, "methods")

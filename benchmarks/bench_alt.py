@@ -107,6 +107,10 @@ def main(model_name=models.DEFAULT_MODEL, value="perplexity", n_train=48, n_vali
         workdir: scratch folder (removed at the end unless keep); out_file: JSON results.
     """
     config = dict(locals())
+    methods = arguments.str_list(methods, "methods")
+    unknown = sorted(set(methods) - {"alt_rm", "palette", "map_f"})
+    if unknown:
+        raise SystemExit(f"error: --methods: unknown {unknown}; valid: alt_rm, palette, map_f")
     torch.set_num_threads(1)
     from transformers.utils import logging as hf_logging
     hf_logging.set_verbosity_error()
@@ -119,7 +123,6 @@ def main(model_name=models.DEFAULT_MODEL, value="perplexity", n_train=48, n_vali
                    chat, value=value)
     print(f"reference: {value} {fmt(ref)} (n={ref['n']})  [{time.time() - t0:.0f} s]")
     rows, results = [], {"reference": ref, "config": config}
-    methods = arguments.str_list(methods, "methods")
     for kind in [m for m in methods if m != "map_f"]:
         a = trainALT.ALT(output_dir=os.path.join(workdir, kind), feedback=kind, value_list=value,
                          model_name=model_name, num_train_prompts=n_train, num_valid_prompts=n_valid,

@@ -25,6 +25,7 @@ Steps:
 results/gallery/fig_dpa_front.png. Ends with `ratio=<MAP-D seconds per prompt / conditioned seconds per
 prompt>` (same run, same machine; not printed with --palettes=False).
 """
+import json
 import os
 import time
 
@@ -50,9 +51,23 @@ from mapalign import values as value_registry  # noqa: E402
 
 
 def train_reward_model(out, prompts, max_new_tokens, seed, label="sentiment", pooling="mean"):
-    """Ridge probes (helpfulness := the registry value `label`, verbosity := length) on 3 samples per prompt."""
+    """Ridge probes (helpfulness := the registry value `label`, verbosity := length) on 3 samples per prompt.
+
+    Reused when {out}/rm already holds one trained with the same settings; one trained with other settings
+    is refused, since the DPA stages in `out` were scored with it."""
     folder = os.path.join(out, "rm")
+    settings = {"rm_label": label, "rm_pooling": pooling, "rm_prompts": len(prompts),
+                "rm_max_new_tokens": int(max_new_tokens), "seed": int(seed)}
+    settings_file = os.path.join(folder, "bench_dpa_rm.json")
     if os.path.isfile(os.path.join(folder, rewardmodels.RM_FILE)):
+        saved = None
+        if os.path.isfile(settings_file):
+            with open(settings_file) as f:
+                saved = json.load(f)
+        if saved != settings:
+            raise SystemExit(f"{folder} holds a reward model trained with {saved or 'unrecorded settings'}, "
+                             f"but this run asks for {settings}; the results in {out} were scored with it. "
+                             f"Use another --out, or delete {out} to start over.")
         return folder
     gen = TextGeneration(basemodel_name="smollm2-135m", seed=seed + 7, max_new_tokens=max_new_tokens, progress=False)
     outs = gen.sample_continuations(prompts, 3, batch_size=48)
@@ -62,8 +77,10 @@ def train_reward_model(out, prompts, max_new_tokens, seed, label="sentiment", po
                                [r["continuation"] for r in rows])
     for r, h, v in zip(rows, R[0], R[1]):
         r["helpfulness"], r["verbosity"] = float(h), float(v)
-    return rewardmodels.train_ridge_reward_model("smollm2-135m", rows, ["helpfulness", "verbosity"], folder,
-                                                 pooling=pooling, output_scale="0-100", seed=seed, progress=False)
+    rewardmodels.train_ridge_reward_model("smollm2-135m", rows, ["helpfulness", "verbosity"], folder,
+                                          pooling=pooling, output_scale="0-100", seed=seed, progress=False)
+    records.save_json_atomic(settings, settings_file)
+    return folder
 
 
 def levels(recs, values):
