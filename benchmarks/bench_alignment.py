@@ -159,6 +159,7 @@ def run_seed(seed, cfg, work):
         trainer = trainPPO.build_trainer(
             model, tok, train_prompts, values, lam, scorers, os.path.join(tmp, "mapf"), beta=1.0, peft_config=lora,
             learning_rate=cfg["ppo_learning_rate"], batch_size=cfg["ppo_batch_size"],
+            lr_scheduler_type=cfg["ppo_lr_scheduler_type"] or ("constant" if palette else "linear"),
             mini_batch_size=cfg["ppo_batch_size"], num_generations=4, max_new_tokens=sampling["max_new_tokens"],
             temperature=sampling["temperature"], top_k=sampling["top_k"], top_p=sampling["top_p"],
             use_chat_template=sampling["use_chat_template"], max_steps=cfg["ppo_steps"], logging_steps=4,
@@ -231,7 +232,8 @@ def main(seeds="0,1,2", model_name=models.DEFAULT_MODEL, value_list="sentiment,c
          raise_value="sentiment", palette_frac=0.5, data_name="builtin", n_train_prompts=24, n_dual_prompts=8,
          n_eval_prompts=16, samples_per_prompt=4, eval_samples_per_prompt=8, trained_samples_per_prompt=4,
          dual_samples_per_prompt=4, max_new_tokens=16, ppo_steps=16, ppo_batch_size=8, ppo_learning_rate=5e-4,
-         palette_every=4, dual_update="exact", dual_step=2.0, palette_tol_se=2.0, dpo_epochs=1, dpo_rounds=2,
+         ppo_lr_scheduler_type=None, palette_every=4, dual_update="exact", dual_step=2.0, palette_tol_se=2.0,
+         dpo_epochs=1, dpo_rounds=2,
          dpo_max_pairs_per_prompt=3,
          dpo_batch_size=4, dpo_learning_rate=3e-4, lora_r=16, methods=",".join(METHODS),
          out_file="results/bench_alignment.json"):
@@ -249,6 +251,8 @@ def main(seeds="0,1,2", model_name=models.DEFAULT_MODEL, value_list="sentiment,c
             MAP-F budget and the primal-dual settings (λ update every palette_every steps; both primal-dual
             loops stop once the held-out levels are within palette_tol_se SE of c; the target is always
             judged at 2 SE on the eval prompts).
+        ppo_lr_scheduler_type: MAP-F's learning-rate schedule (default as trainPPO.py: constant for
+            primal-dual, linear for fixed λ).
         dpo_epochs, dpo_rounds, dpo_max_pairs_per_prompt, dpo_batch_size, dpo_learning_rate: MAP-DPO budgets
             (dpo_rounds: rounds of iterated MAP-DPO, one epoch each).
         lora_r: LoRA rank; out_file: JSON results (relative to the repository).

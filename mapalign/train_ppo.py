@@ -68,6 +68,10 @@ class MAPFConfig(training.TrainerConfig):
               "and '=' replaced by '_'; with --palette, pal_{c} instead of λ)")
     learning_rate: float = option(1e-6, "optimizer learning rate (original 1e-6 for full fine-tuning; LoRA needs "
                                         "~1e-5..1e-4)")
+    lr_scheduler_type: Optional[str] = option(
+        None, "learning-rate schedule, a transformers name (linear, constant, cosine, ...). Default: constant with "
+              "--palette (λ keeps moving, and a rate decayed to 0 leaves the late rounds' λ without effect), "
+              "else linear (TRL's default: decay to 0 over the run)")
     batch_size: int = option(20, "completions per optimizer step (original: rollouts per PPO step, 20)")
     mini_batch_size: int = option(2, "completions per forward/backward pass; gradient accumulation = batch/mini")
     nepoch: float = option(1, "passes over the prompts (each prompt is sampled num_generations times per pass)")
@@ -215,7 +219,8 @@ def build_trainer(model, tokenizer, prompts, values, lam, scorers, output_dir, c
         num_train_epochs=float(cfg.nepoch), beta=float(beta), num_generations=num_generations,
         max_completion_length=int(sampling["max_new_tokens"]), temperature=float(sampling["temperature"]),
         top_k=int(sampling["top_k"]), top_p=float(sampling["top_p"]), reward_weights=weights,
-        num_iterations=int(cfg.num_iterations), remove_unused_columns=False)
+        num_iterations=int(cfg.num_iterations), remove_unused_columns=False,
+        lr_scheduler_type=lr_schedule(cfg))
     if trainer == "rloo":
         from trl import RLOOConfig, RLOOTrainer
         from trl.trainer import rloo_trainer as module
@@ -233,6 +238,14 @@ def build_trainer(model, tokenizer, prompts, values, lam, scorers, output_dir, c
     if float(beta) != 0.0 and peft_config is None and not used["used"]:
         raise RuntimeError("internal: the trainer did not take the explicit reference model")
     return built
+
+
+def lr_schedule(cfg):
+    """The learning-rate schedule of a MAPFConfig: its own, else constant under primal-dual tracking, else
+    linear (see the lr_scheduler_type option)."""
+    if cfg.lr_scheduler_type:
+        return str(cfg.lr_scheduler_type)
+    return "constant" if cfg.palette else "linear"
 
 
 class PaletteCallback(TrainerCallback):
@@ -354,7 +367,7 @@ def train(cfg):
         "MAP-F", model_name, seed, trainer=type(trainer_obj).__name__, values=values,
         lam=None if lam is None else [float(x) for x in lam], beta=float(beta),
         target="p ∝ p0·exp(λᵀr/β) (= p_λ at β = 1)", data_name=data_name, num_prompts=len(prompts),
-        learning_rate=float(cfg.learning_rate), batch_size=int(cfg.batch_size),
+        learning_rate=float(cfg.learning_rate), lr_scheduler_type=lr_schedule(cfg), batch_size=int(cfg.batch_size),
         mini_batch_size=int(cfg.mini_batch_size), nepoch=float(cfg.nepoch), num_generations=int(cfg.num_generations),
         sampling=sampling, max_new_tokens=int(sampling["max_new_tokens"]),
         temperature=float(sampling["temperature"]), top_k=int(sampling["top_k"]), top_p=float(sampling["top_p"]),

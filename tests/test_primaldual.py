@@ -230,6 +230,7 @@ def test_trainPPO_palette_run_records_rounds_and_refuses_mismatch(tiny_lm_dir, t
                          save_path=str(tmp_path / "m"))
     meta = training.load_training_metadata(save)
     assert meta["palette"] == [0.1] and meta["objective"].startswith("min KL")
+    assert meta["lr_scheduler_type"] == "constant"  # the default under primal-dual tracking
     assert meta["sampling"]["max_new_tokens"] == 4 and meta["lambda_target"]["lam"] == [0.5]
     assert meta["palette_rounds"][0]["step"] == 0 and all("kl" in e for e in meta["palette_rounds"])
     assert (tmp_path / "m" / "palette_rounds.png").is_file()

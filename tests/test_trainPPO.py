@@ -98,6 +98,7 @@ def test_rloo_reward_rises_and_reference_stays_fixed(tiny_lm_dir, tmp_path):
                                      num_generations=4, max_new_tokens=8, logging_steps=1, max_steps=20,
                                      save_steps=1000, seed=0)
     assert trainer.ref_model is ref  # the explicit reference, not one reloaded from the config's path
+    assert trainer.args.lr_scheduler_type == "linear"  # the default without --palette
     trainer.train()
     rewards = logged(trainer, "reward")
     assert len(rewards) == 20

@@ -77,7 +77,8 @@ OLD = {
 }
 # flags a command gained with its config (train_dpo shares PreferenceConfig with train_map_dpo: KTO's weights)
 # or later (trainALT's palette_words: palette feedback names each bin's ALT-RM word)
-ADDED = {"dpo": {"desirable_weight": 1.0, "undesirable_weight": 1.0}, "alt": {"palette_words": True}}
+ADDED = {"dpo": {"desirable_weight": 1.0, "undesirable_weight": 1.0}, "alt": {"palette_words": True},
+         "ppo": {"lr_scheduler_type": None}}
 
 
 def signature_defaults(fn):
