@@ -15,7 +15,8 @@ Steps:
   2. DPA: trainDPA's direction mode, T = 2 iterations, K = 4, 3 extra re-ranked directions per prompt (48 SFT
      examples per iteration, 3 epochs at LoRA lr 5e-4), evaluated on the θ grid (15° steps) for π0, π1, π2: the
      front per iteration, the direction-control Spearman (θ vs realized verbosity/helpfulness) and the mean
-     length per direction;
+     length per direction, and the system-prompt swap test of each iteration (dpa.swap_gap: do π_{t−1} and
+     π_t make the responses selected under opposite weights more likely under their own system prompts?);
   3. MAP × DPA: trainDPA's palette mode (K = 4 samples per prompt from p0, a pool of feasible palettes drawn
      with the gen_rand_MAP_lambda draw, importance resampling with softmax(λᵀr), 3 palettes per prompt,
      one iteration of SFT); for 3 palettes of the pool, the realized levels on the held-out prompts of the
@@ -247,8 +248,21 @@ def main(out="results/bench_dpa", num_train_prompts=12, num_eval_prompts=6, max_
     for t, c in control.items():
         print(f"  iteration {t}: ratio {c['spearman_ratio']:.3f}   {second_name} alone {c['spearman_second']:.3f}")
 
+    print("\nsystem-prompt swap test on each iteration's training selections (does π_t read the weights? Δ in nats "
+          "per prompt, ≈ 0 for a model that ignores them):")
+    swap = {}
+    for t in range(1, iterations + 1):
+        try:
+            swap[t] = direction.conditioning(t)
+        except dpa.DPAError as e:  # no prompt selected different responses under opposite weights
+            print(f"  iteration {t}: {e}")
+            continue
+        print(f"  iteration {t}: " + ", ".join(f"{name} {r['mean']:.3f} ± {r['se']:.3f} (n={r['n']})"
+                                               for name, r in swap[t].items()))
+
     summary = {"objectives": values, "names": direction.names, "reward_model": info,
                "fronts": {str(t): f for t, f in fronts.items()}, "direction_control": control,
+               "swap_test": {str(t): r for t, r in swap.items()},
                "settings": dict(num_train_prompts=num_train_prompts, num_eval_prompts=num_eval_prompts,
                                 max_new_tokens=max_new_tokens, iterations=iterations, mc_samples=mc_samples, seed=seed,
                                 rm_prompts=rm_prompts, rm_max_new_tokens=rm_max_new_tokens, rm_label=rm_label,

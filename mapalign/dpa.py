@@ -223,6 +223,42 @@ def select(rewards, vectors, rng, mode="argmax"):
     return chosen, scores
 
 
+# ---------------------------------------------------------------------------------------------
+# Does a model read the weights? The system-prompt swap test
+
+def opposite_pairs(selected, objective=1):
+    """(low, high) selected records per prompt: the ones with the lowest and the highest integer weight on
+    `objective`, kept where those weights have opposite signs and the two responses differ (the prompts
+    whose training data ask for different responses under opposite weights). `selected`: the records of a
+    direction-mode `select` stage (prompt_id, weights, system, continuation); prompt order is kept."""
+    by = {}
+    for r in selected:
+        by.setdefault(r["prompt_id"], []).append(r)
+    pairs = []
+    for pid in by:
+        low = min(by[pid], key=lambda r: r["weights"][objective])
+        high = max(by[pid], key=lambda r: r["weights"][objective])
+        if low["weights"][objective] < 0 < high["weights"][objective] and low["continuation"] != high["continuation"]:
+            pairs.append((low, high))
+    return pairs
+
+
+def swap_gap(own, swapped):
+    """The system-prompt swap test over n pairs (low, high) of `opposite_pairs`.
+
+    own: (n, 2) log π(y_low | s_low), log π(y_high | s_high); swapped: (n, 2) log π(y_low | s_high),
+    log π(y_high | s_low), in nats. Δ_i = Σ own_i − Σ swapped_i is the log-likelihood that the written
+    weights add to the responses selected for them: 0 in expectation for a model that ignores them, large
+    for one that follows them. Returns {mean, se, n, positive_fraction} of Δ."""
+    own, swapped = np.asarray(own, dtype=np.float64), np.asarray(swapped, dtype=np.float64)
+    if own.ndim != 2 or own.shape[1] != 2 or own.shape != swapped.shape or own.shape[0] == 0:
+        raise DPAError(f"own {own.shape} and swapped {swapped.shape} must both be (n, 2) with n ≥ 1")
+    delta = own.sum(1) - swapped.sum(1)
+    se = float(delta.std(ddof=1) / np.sqrt(delta.size)) if delta.size > 1 else float("nan")
+    return {"mean": float(delta.mean()), "se": se, "n": int(delta.size),
+            "positive_fraction": float(np.mean(delta > 0))}
+
+
 def spearman(x, y):
     """Spearman rank correlation (average ranks for ties); NaN when either side is constant."""
     from scipy.stats import spearmanr

@@ -368,6 +368,42 @@ class DPATrainer:
         return self._generate_and_score(self.model_of(t), held_out, systems, out, t,
                                         first_prompt=c.num_train_prompts)
 
+    def conditioning(self, t):
+        """The system-prompt swap test (dpa.swap_gap) of π_{t−1} and π_t on iter{t}/selected.json, the data
+        π_t was trained on: for each prompt selected under opposite weights on the second objective, how
+        much more likely each model makes the two responses under their own system prompts than under each
+        other's -> iter{t}/conditioning.json {pairs, objective, models: {pi{t-1}, pi{t}: {mean, se, n,
+        positive_fraction}}} (nats). A model that learned to follow the weights gains here first."""
+        from mapalign import models
+        from mapalign.sampling import sequence_logprobs
+        t = int(t)
+        if self.config.mode != "direction":
+            raise dpa.DPAError("the swap test needs direction mode (weights in the system prompt)")
+        pairs = dpa.opposite_pairs(records.load_records(self.path(t, "selected.json")), objective=1)
+        if not pairs:
+            raise dpa.DPAError(f"no prompt of {self.path(t, 'selected.json')} has different responses selected "
+                               "under opposite weights on the second objective; raise --rerank_directions")
+        result = {}
+        for s in (t - 1, t):
+            model, tokenizer = models.load_model_and_tokenizer(self.model_of(s))
+            chat = models.has_chat_template(tokenizer)
+
+            def logps(cases):  # (system, record) -> log π(record's response | system, its prompt)
+                prompt_ids = [tokenizer(models.format_prompts(tokenizer, [r["prompt"]], chat, systems=[system])[0],
+                                        add_special_tokens=False)["input_ids"] for system, r in cases]
+                response_ids = [tokenizer(r["continuation"] if chat else " " + r["continuation"],
+                                          add_special_tokens=False)["input_ids"] for _, r in cases]
+                return sequence_logprobs(model, prompt_ids, response_ids)
+
+            own = logps([(r["system"], r) for pair in pairs for r in pair]).reshape(-1, 2)
+            swapped = logps([(other["system"], r) for low, high in pairs
+                             for r, other in ((low, high), (high, low))]).reshape(-1, 2)
+            result[f"pi{s}"] = dpa.swap_gap(own, swapped)
+            del model
+        records.save_json_atomic({"pairs": len(pairs), "objective": self.names[1], "models": result},
+                                 self.path(t, "conditioning.json"), indent=2)
+        return result
+
     def _generate_and_score(self, model, prompts, conditions, out, t, first_prompt=0):
         """One response per prompt for each (label, weights, system) condition, scored; journaled per
         condition. Records: prompt, continuation, prompt_id, angle/label, weights, system, rewards."""

@@ -84,6 +84,17 @@ class TrainDPA:
         angles = None if directions is None else arguments.float_list(directions, "directions")
         return self.trainer.evaluate(iteration, angles=angles)
 
+    def conditioning(self, iteration=1):
+        """Does π_t read the weights? The system-prompt swap test on iter{t}/selected.json for π_{t−1} and π_t:
+        Δ (nats per prompt) = how much more likely the two responses selected under opposite weights are
+        under their own system prompts than under each other's; ≈ 0 for a model that ignores the weights
+        -> iter{t}/conditioning.json."""
+        result = self.trainer.conditioning(iteration)
+        for name, r in result.items():
+            print(f"{name}: Δ = {r['mean']:.3f} ± {r['se']:.3f} nats over {r['n']} prompts "
+                  f"(> 0 for {r['positive_fraction']:.2f} of them)")
+        return result
+
     def run(self, evaluate=True):
         """All stages for t = 1..T (and the grid evaluation of π_0..π_T in direction mode)."""
         return self.trainer.run(evaluate=evaluate)

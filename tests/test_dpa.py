@@ -102,3 +102,26 @@ def test_spearman():
     assert dpa.spearman([1, 2, 3, 4], [10, 20, 25, 40]) == pytest.approx(1.0)
     assert dpa.spearman([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
     assert np.isnan(dpa.spearman([1, 2, 3], [1, 1, 1]))
+
+
+def test_opposite_pairs_keep_prompts_selected_under_opposite_weights_with_different_responses():
+    def rec(pid, w2, text):
+        return {"prompt_id": pid, "weights": [90, w2], "system": f"s{w2}", "continuation": text}
+    selected = [rec(0, -40, "a"), rec(0, 10, "b"), rec(0, 60, "c"),   # pair (−40, 60)
+                rec(1, -20, "a"), rec(1, 30, "a"),                     # same response: dropped
+                rec(2, 10, "a"), rec(2, 50, "b"),                      # no negative weight: dropped
+                rec(3, 70, "x"), rec(3, -70, "y")]                     # order within a prompt does not matter
+    pairs = dpa.opposite_pairs(selected)
+    assert [(lo["continuation"], hi["continuation"]) for lo, hi in pairs] == [("a", "c"), ("y", "x")]
+
+
+def test_swap_gap_is_the_likelihood_the_own_system_prompts_add():
+    own = np.array([[-10.0, -12.0], [-8.0, -9.0], [-5.0, -5.0]])
+    swapped = np.array([[-11.0, -13.5], [-8.0, -9.0], [-4.0, -5.5]])
+    r = dpa.swap_gap(own, swapped)
+    assert r["n"] == 3 and r["mean"] == pytest.approx((2.5 + 0.0 - 0.5) / 3)
+    assert r["se"] == pytest.approx(np.std([2.5, 0.0, -0.5], ddof=1) / np.sqrt(3))
+    assert r["positive_fraction"] == pytest.approx(1 / 3)
+    assert dpa.swap_gap(swapped, own)["mean"] == pytest.approx(-r["mean"])
+    with pytest.raises(dpa.DPAError):
+        dpa.swap_gap(own, swapped[:2])

@@ -65,6 +65,29 @@ def test_one_rsf_iteration_end_to_end(tiny_lm_dir, tmp_path):
         dpatrainer.DPATrainer(config(tiny_lm_dir, samples_per_prompt=5), tmp_path / "run", progress=False)
 
 
+def test_system_prompt_swap_test(tiny_lm_dir, tmp_path):
+    trainer = dpatrainer.DPATrainer(config(tiny_lm_dir, rerank_directions=3, num_train_prompts=6), tmp_path / "run",
+                                    progress=False)
+    trainer.run(evaluate=False)
+    path = trainer.path(1, "selected.json")
+    selected = records.load_records(path)
+    pairs = dpa.opposite_pairs(selected)
+    assert len(pairs) >= 2
+    result = trainer.conditioning(1)
+    assert set(result) == {"pi0", "pi1"} and all(r["n"] == len(pairs) for r in result.values())
+    saved = json.load(open(trainer.path(1, "conditioning.json")))
+    assert saved["pairs"] == len(pairs) and saved["objective"] == "verbosity" and saved["models"] == result
+    # each response under the other's system prompt: every Δ changes sign
+    for lo, hi in pairs:
+        lo["system"], hi["system"] = hi["system"], lo["system"]
+    records.save_records(selected, path)
+    flipped = trainer.conditioning(1)
+    for name in result:
+        assert flipped[name]["mean"] == pytest.approx(-result[name]["mean"], abs=1e-4)
+    with pytest.raises(dpa.DPAError, match="direction mode"):
+        dpatrainer.DPATrainer(config(tiny_lm_dir, mode="palette"), tmp_path / "pal", progress=False).conditioning(1)
+
+
 class Killed(Exception):
     pass
 
