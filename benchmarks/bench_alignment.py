@@ -159,7 +159,7 @@ def run_seed(seed, cfg, work):
         trainer = trainPPO.build_trainer(
             model, tok, train_prompts, values, lam, scorers, os.path.join(tmp, "mapf"), beta=1.0, peft_config=lora,
             learning_rate=cfg["ppo_learning_rate"], batch_size=cfg["ppo_batch_size"],
-            lr_scheduler_type=cfg["ppo_lr_scheduler_type"] or ("constant" if palette else "linear"),
+            lr_scheduler_type=trainPPO.lr_schedule(cfg["ppo_lr_scheduler_type"], palette),
             mini_batch_size=cfg["ppo_batch_size"], num_generations=4, max_new_tokens=sampling["max_new_tokens"],
             temperature=sampling["temperature"], top_k=sampling["top_k"], top_p=sampling["top_p"],
             use_chat_template=sampling["use_chat_template"], max_steps=cfg["ppo_steps"], logging_steps=4,

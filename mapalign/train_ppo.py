@@ -220,7 +220,7 @@ def build_trainer(model, tokenizer, prompts, values, lam, scorers, output_dir, c
         max_completion_length=int(sampling["max_new_tokens"]), temperature=float(sampling["temperature"]),
         top_k=int(sampling["top_k"]), top_p=float(sampling["top_p"]), reward_weights=weights,
         num_iterations=int(cfg.num_iterations), remove_unused_columns=False,
-        lr_scheduler_type=lr_schedule(cfg))
+        lr_scheduler_type=lr_schedule(cfg.lr_scheduler_type, bool(cfg.palette)))
     if trainer == "rloo":
         from trl import RLOOConfig, RLOOTrainer
         from trl.trainer import rloo_trainer as module
@@ -240,12 +240,12 @@ def build_trainer(model, tokenizer, prompts, values, lam, scorers, output_dir, c
     return built
 
 
-def lr_schedule(cfg):
-    """The learning-rate schedule of a MAPFConfig: its own, else constant under primal-dual tracking, else
-    linear (see the lr_scheduler_type option)."""
-    if cfg.lr_scheduler_type:
-        return str(cfg.lr_scheduler_type)
-    return "constant" if cfg.palette else "linear"
+def lr_schedule(lr_scheduler_type, palette_tracking):
+    """The learning-rate schedule of a MAP-F run: `lr_scheduler_type` when given, else constant under
+    primal-dual palette tracking, else linear (see MAPFConfig's lr_scheduler_type option)."""
+    if lr_scheduler_type:
+        return str(lr_scheduler_type)
+    return "constant" if palette_tracking else "linear"
 
 
 class PaletteCallback(TrainerCallback):
@@ -367,7 +367,8 @@ def train(cfg):
         "MAP-F", model_name, seed, trainer=type(trainer_obj).__name__, values=values,
         lam=None if lam is None else [float(x) for x in lam], beta=float(beta),
         target="p ∝ p0·exp(λᵀr/β) (= p_λ at β = 1)", data_name=data_name, num_prompts=len(prompts),
-        learning_rate=float(cfg.learning_rate), lr_scheduler_type=lr_schedule(cfg), batch_size=int(cfg.batch_size),
+        learning_rate=float(cfg.learning_rate),
+        lr_scheduler_type=lr_schedule(cfg.lr_scheduler_type, bool(cfg.palette)), batch_size=int(cfg.batch_size),
         mini_batch_size=int(cfg.mini_batch_size), nepoch=float(cfg.nepoch), num_generations=int(cfg.num_generations),
         sampling=sampling, max_new_tokens=int(sampling["max_new_tokens"]),
         temperature=float(sampling["temperature"]), top_k=int(sampling["top_k"]), top_p=float(sampling["top_p"]),
