@@ -75,5 +75,5 @@ def main(repeats=5):
 
 
 if __name__ == "__main__":
-    import fire
-    fire.Fire(main)
+    from mapalign import cli
+    cli.main(main)

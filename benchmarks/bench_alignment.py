@@ -33,11 +33,11 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-import fire  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from mapalign import arguments  # noqa: E402
+from mapalign import cli  # noqa: E402
 from mapalign import decoding  # noqa: E402
 from mapalign import lambda_targets  # noqa: E402
 from mapalign import models  # noqa: E402
@@ -311,4 +311,4 @@ def print_seed(run, values):
 
 
 if __name__ == "__main__":
-    fire.Fire(main)
+    cli.main(main)

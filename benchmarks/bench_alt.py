@@ -27,12 +27,12 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-import fire  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from mapalign import alt  # noqa: E402
 from mapalign import arguments  # noqa: E402
+from mapalign import cli  # noqa: E402
 from mapalign import models  # noqa: E402
 from mapalign import records  # noqa: E402
 from mapalign import training  # noqa: E402
@@ -222,4 +222,4 @@ def main(model_name=models.DEFAULT_MODEL, value="perplexity", n_train=48, n_vali
 
 
 if __name__ == "__main__":
-    fire.Fire(main)
+    cli.main(main)

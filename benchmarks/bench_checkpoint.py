@@ -19,7 +19,7 @@ import sys
 import tempfile
 
 
-import fire  # noqa: E402
+from mapalign import cli  # noqa: E402
 
 
 def written_bytes():
@@ -94,4 +94,4 @@ def main(n=1000, batch_size=16):
 
 
 if __name__ == "__main__":
-    fire.Fire(main)
+    cli.main(main)

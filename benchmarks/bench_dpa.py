@@ -36,10 +36,10 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-import fire  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from mapalign import cli  # noqa: E402
 from mapalign import decoding  # noqa: E402
 from mapalign import dpa  # noqa: E402
 from mapalign import dpatrainer  # noqa: E402
@@ -285,4 +285,4 @@ def main(out="results/bench_dpa", num_train_prompts=12, num_eval_prompts=6, max_
 
 
 if __name__ == "__main__":
-    fire.Fire(main)
+    cli.main(main)

@@ -15,8 +15,8 @@ import time
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-import fire  # noqa: E402
 
+from mapalign import cli  # noqa: E402
 from mapalign.generation import TextGeneration  # noqa: E402
 from mapalign.models import fast_dtype  # noqa: E402
 from mapalign.models import DEFAULT_MODEL  # noqa: E402
@@ -89,4 +89,4 @@ def main(num_prompts=32, max_new_tokens=32, batch_size=32, dtype=None, threads=1
 
 
 if __name__ == "__main__":
-    fire.Fire(main)
+    cli.main(main)

@@ -24,10 +24,10 @@ import time
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-import fire  # noqa: E402
 import numpy as np  # noqa: E402
 
 from mapalign import arguments  # noqa: E402
+from mapalign import cli  # noqa: E402
 from mapalign import decoding  # noqa: E402
 from mapalign import values as value_registry  # noqa: E402
 from mapalign import sampling  # noqa: E402
@@ -157,4 +157,4 @@ def main(model_name="smollm2-135m", num_prompts=8, MC_nsamples=16, max_new_token
 
 
 if __name__ == "__main__":
-    fire.Fire(main)
+    cli.main(main)

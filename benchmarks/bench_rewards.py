@@ -20,7 +20,7 @@ import time
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-import fire  # noqa: E402
+from mapalign import cli  # noqa: E402
 
 REFERENCE = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
                          "shared", "reference", "map", "llama2_chat-Anthropic-harmless.json")
@@ -110,4 +110,4 @@ def main(n=64, batch_size=16, rounds=2, threads=1):
 
 
 if __name__ == "__main__":
-    fire.Fire(main)
+    cli.main(main)

@@ -20,10 +20,10 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-import fire  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from mapalign import cli  # noqa: E402
 from mapalign import models  # noqa: E402
 from mapalign import tiny  # noqa: E402
 from mapalign import training  # noqa: E402
@@ -162,4 +162,4 @@ def main(repeats=5, dpo_steps=30, rloo_steps=15):
 
 
 if __name__ == "__main__":
-    fire.Fire(main)
+    cli.main(main)

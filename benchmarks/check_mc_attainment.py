@@ -31,10 +31,10 @@ import time
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-import fire  # noqa: E402
 import numpy as np  # noqa: E402
 
 from mapalign import arguments  # noqa: E402
+from mapalign import cli  # noqa: E402
 from mapalign import decoding  # noqa: E402
 from mapalign import records  # noqa: E402
 from mapalign import solver  # noqa: E402
@@ -220,4 +220,4 @@ def main(model_name="smollm2-135m", values="sentiment,harmlessness", num_prompts
 
 
 if __name__ == "__main__":
-    fire.Fire(main)
+    cli.main(main)

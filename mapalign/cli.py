@@ -1,6 +1,7 @@
 """The entry layer of the top-level fire CLIs: one entry point, where the project's input errors print one
 clear line, not a traceback; bugs keep theirs. (List arguments are parsed by arguments.py, which library
 code uses too; nothing in the package imports this module but the entry points.)"""
+import difflib
 import inspect
 import os
 import sys
@@ -15,7 +16,62 @@ def main(component, **fire_kwargs):
     `report_input_errors` does."""
     command = fire_kwargs.pop("command", None)
     command = _help_command(component, list(sys.argv[1:] if command is None else command))
+    unknown, valid = unknown_flags(component, command)
+    if unknown:
+        close = difflib.get_close_matches(unknown[0], valid, n=1)
+        hint = f" (did you mean --{close[0]}?)" if close else ""
+        print(f"error: unknown flag --{unknown[0]}{hint}; valid flags here: "
+              + ", ".join(f"--{n}" for n in valid), file=sys.stderr)
+        sys.exit(2)
     return report_input_errors(fire.Fire, component, command=command, **fire_kwargs)
+
+
+def unknown_flags(component, argv):
+    """The `--flags` of a command line that no function on fire's path takes, and the valid ones.
+
+    fire binds the flags it can, runs the command, and only then complains about a flag it could not
+    use, so a misspelt flag (`--temprature=0.7`) would run the whole job with the default and write
+    its results first. The path is what fire calls: a function; a class's __init__ and the method
+    named by the first word that is one; a dict's command (the first word). A flag counts under its
+    fire forms: `--name=v`, `--name v`, `--name`, `--noname` (False) and hyphens for underscores.
+    Nothing is checked when help is asked for, after fire's `--` separator, or when a callable on the
+    path takes **kwargs (those check their own flags, see configs.config_from_flags).
+    Returns (unknown names in order, valid names in declaration order)."""
+    argv = list(argv)
+    if "--" in argv:
+        argv = argv[:argv.index("--")]
+    if any(a in ("-h", "--help") for a in argv):
+        return [], []
+    words = [a for a in argv if not a.startswith("-")]
+    path = [component]
+    if isinstance(component, dict):
+        if not argv or argv[0] not in component:
+            return [], []
+        path = [component[argv[0]]]
+    elif inspect.isclass(component):
+        method = next((getattr(component, w) for w in words
+                       if not w.startswith("_") and inspect.isroutine(getattr(component, w, None))), None)
+        path = [component] + ([method] if method is not None else [])
+    valid = []
+    for target in path:
+        if not callable(target):
+            return [], []
+        try:
+            params = inspect.signature(target).parameters.values()
+        except (TypeError, ValueError):  # a builtin without a signature: let fire judge
+            return [], []
+        if any(p.kind is p.VAR_KEYWORD for p in params):
+            return [], []
+        valid += [p.name for p in params if p.name != "self" and p.kind is not p.VAR_POSITIONAL
+                  and p.name not in valid]
+    unknown = []
+    for a in argv:
+        if not a.startswith("--"):
+            continue
+        name = a[2:].split("=", 1)[0].replace("-", "_")
+        if name not in valid and not (name.startswith("no") and name[2:] in valid) and name not in unknown:
+            unknown.append(name)
+    return unknown, valid
 
 
 def _help_command(component, argv):

@@ -99,3 +99,53 @@ def test_report_input_errors_for_scripts_without_fire(capsys, monkeypatch):
     assert cli.report_input_errors(lambda a, b=0: a + b, 1, b=2) == 3
     with pytest.raises(KeyError):
         cli.report_input_errors(lambda: {}["bug"])
+
+
+class Job:
+    """A fire class command: flags of __init__ and of the method named on the command line."""
+
+    def __init__(self, path, temperature=1.0):
+        self.path = path
+
+    def generate(self, batch_size=8, verbose=False):
+        return "ran"
+
+    def run(self, **flags):
+        return "ran"
+
+
+def generate(n=1, c_list=None):
+    return "ran"
+
+
+@pytest.mark.parametrize("component,argv,unknown", [
+    (generate, ["--n=2", "--c_list=1,2"], []),
+    (generate, ["--n", "2", "--c-list", "1,2"], []),                       # spaced value, hyphenated name
+    (generate, ["--c_lst=1,2"], ["c_lst"]),
+    (Job, ["--path=x", "generate", "--batch_size=4", "--verbose"], []),
+    (Job, ["--path=x", "--noverbose", "generate"], []),                     # fire's --noflag = False
+    (Job, ["--path=x", "--temprature=0.7", "generate", "--batch=4"], ["temprature", "batch"]),
+    (Job, ["--path=x", "--anything=1", "run"], []),                         # **flags check their own
+    (Job, ["--path=x", "--bogus=1"], ["bogus"]),                            # no command named: __init__ only
+    ({"generate": generate}, ["generate", "--n=3"], []),
+    ({"generate": generate}, ["generate", "--m=3"], ["m"]),
+    (generate, ["--bogus=1", "--help"], []),                                # help asked for: fire shows it
+    (generate, ["--n=1", "--", "--trace"], []),                             # after fire's separator
+])
+def test_unknown_flags(component, argv, unknown):
+    assert cli.unknown_flags(component, argv)[0] == unknown
+
+
+def test_unknown_flags_lists_the_valid_ones():
+    assert cli.unknown_flags(Job, ["--x=1", "generate"]) == (["x"], ["path", "temperature", "batch_size", "verbose"])
+
+
+def test_a_misspelt_flag_stops_before_the_job_runs(tmp_path):
+    # fire alone would run the solve, write results/, and only then complain about --c_lst; the flags are
+    # checked before anything is read (the results file named here does not exist)
+    out = subprocess.run([sys.executable, os.path.join(ROOT, "alignValues.py"), "--value_list=humor,harmless",
+                          "--file_path=scores.json", "--c_list=0.5,0.5", "--c_lst=1,2", "optimize_lambda"],
+                         cwd=tmp_path, capture_output=True, text=True)
+    assert out.returncode == 2 and out.stdout == ""
+    assert out.stderr.startswith("error: unknown flag --c_lst (did you mean --c_list?); valid flags here: --value_list")
+    assert not os.listdir(tmp_path)
