@@ -68,9 +68,9 @@ def evaluate_policy(model, tokenizer, prompts, per_prompt, sampling, score, seed
     recs = primaldual.sample_policy(model, tokenizer, prompts, per_prompt, sampling, seed, first_id=10 ** 5)
     R = score([r["prompt"] for r in recs], [r["continuation"] for r in recs])
     levels, se = primaldual.levels_and_se(R, records.prompt_groups(recs))
-    logp = primaldual.sequence_logprobs(model, recs, sampling["temperature"])
+    logp = primaldual.record_logprobs(model, recs, sampling["temperature"])
     with primaldual.reference_of(model, ref_model) as ref:
-        logp0 = primaldual.sequence_logprobs(ref, recs, sampling["temperature"])
+        logp0 = primaldual.record_logprobs(ref, recs, sampling["temperature"])
     d = logp - logp0
     return levels, se, float(d.mean()), float(d.std(ddof=1) / np.sqrt(len(d)))
 

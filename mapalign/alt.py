@@ -683,7 +683,7 @@ class ChatJudge:
 # =============================================================================================
 # Diagnostics
 
-def sequence_logprobs(model, tokenizer, inputs, continuations, batch_size=8):
+def text_logprobs(model, tokenizer, inputs, continuations, batch_size=8):
     """Σ_t log p(y_t | input, y_<t) of each continuation after its model-ready input text; (n,) float64
     (each text tokenized on its own, then sampling.sequence_logprobs at temperature 1)."""
     from mapalign import sampling
@@ -701,5 +701,5 @@ def log_ratio_to_reference(model, tokenizer, reference, reference_tokenizer, con
     cond = [conditioning.replace("{prompt}", p) if conditioning else p for p in prompts]
     x_pol = models.format_prompts(tokenizer, cond, use_chat_template=chat)
     x_ref = models.format_prompts(reference_tokenizer, prompts, use_chat_template=chat)
-    return (sequence_logprobs(model, tokenizer, x_pol, conts)
-            - sequence_logprobs(reference, reference_tokenizer, x_ref, conts))
+    return (text_logprobs(model, tokenizer, x_pol, conts)
+            - text_logprobs(reference, reference_tokenizer, x_ref, conts))

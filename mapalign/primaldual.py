@@ -216,7 +216,7 @@ def sample_policy(model, tokenizer, prompts, per_prompt, sampling, seed, first_i
     return out
 
 
-def sequence_logprobs(model, recs, temperature=1.0, batch_size=16):
+def record_logprobs(model, recs, temperature=1.0, batch_size=16):
     """log π(y|x) (n,) of each record's continuation_ids after its prompt_ids, at the sampling temperature
     (sampling.sequence_logprobs)."""
     from mapalign import sampling
@@ -271,9 +271,9 @@ class PaletteTracker:
                              self.seed + 7919 * len(self.history), first_id=self.first_id)
         R = np.atleast_2d(np.asarray(self.scorer([r["prompt"] for r in recs], [r["continuation"] for r in recs]),
                                      dtype=np.float64))
-        logp = sequence_logprobs(model, recs, self.sampling["temperature"])
+        logp = record_logprobs(model, recs, self.sampling["temperature"])
         with reference_of(model, ref_model) as ref:
-            logp0 = sequence_logprobs(ref, recs, self.sampling["temperature"])
+            logp0 = record_logprobs(ref, recs, self.sampling["temperature"])
         return recs, R, records.prompt_groups(recs), logp0 - logp
 
     def round(self, model, tokenizer, lam, ref_model=None, step=None):
