@@ -60,36 +60,47 @@ class TrainDPA:
     def __init__(self, output_dir, overwrite=False, progress=True, **flags):
         given = {k: v for k, v in flags.items() if v is not None}
         self.config = configs.config_from_flags(DPAConfig, settings(output_dir, given))
-        self.trainer = dpatrainer.DPATrainer(self.config, output_dir, overwrite=overwrite, progress=progress)
+        self.output_dir, self.overwrite, self.progress = output_dir, overwrite, progress
+
+        self._built = None
+
+    def _trainer(self):
+        """The run's DPATrainer, built when a command first needs it: fire constructs this class (and reads
+        every attribute, properties included) before it shows --help, which must neither load the
+        objectives nor write the run folder."""
+        if self._built is None:
+            self._built = dpatrainer.DPATrainer(self.config, self.output_dir, overwrite=self.overwrite,
+                                                progress=self.progress)
+        return self._built
 
     def sample(self, iteration=1):
         """K responses per training prompt from π_{t−1} under sampled directions -> iter{t}/samples.json."""
-        return self.trainer.sample(iteration)
+        return self._trainer().sample(iteration)
 
     def score(self, iteration=1):
         """Score iter{t}/samples.json on every objective -> iter{t}/scored.json."""
-        return self.trainer.score(iteration)
+        return self._trainer().score(iteration)
 
     def select(self, iteration=1):
         """Argmax of (w/100)ᵀr per prompt (palette mode: resampling with softmax(λᵀr)) -> iter{t}/selected.json."""
-        return self.trainer.select(iteration)
+        return self._trainer().select(iteration)
 
     def train(self, iteration=1):
         """SFT of π_{t−1} on the selections (assistant turn only, LoRA) -> iter{t}/model."""
-        return self.trainer.train(iteration)
+        return self._trainer().train(iteration)
 
     def evaluate(self, iteration=0, directions=None):
         """π_t on the held-out prompts over the θ grid (or the given --directions, degrees), scored ->
         eval/iter{t}.json (0 = the starting model)."""
         angles = None if directions is None else arguments.float_list(directions, "directions")
-        return self.trainer.evaluate(iteration, angles=angles)
+        return self._trainer().evaluate(iteration, angles=angles)
 
     def conditioning(self, iteration=1):
         """Does π_t read the weights? The system-prompt swap test on iter{t}/selected.json for π_{t−1} and π_t:
         Δ (nats per prompt) = how much more likely the two responses selected under opposite weights are
         under their own system prompts than under each other's; ≈ 0 for a model that ignores the weights
         -> iter{t}/conditioning.json."""
-        result = self.trainer.conditioning(iteration)
+        result = self._trainer().conditioning(iteration)
         for name, r in result.items():
             print(f"{name}: Δ = {r['mean']:.3f} ± {r['se']:.3f} nats over {r['n']} prompts "
                   f"(> 0 for {r['positive_fraction']:.2f} of them)")
@@ -97,26 +108,26 @@ class TrainDPA:
 
     def run(self, evaluate=True):
         """All stages for t = 1..T (and the grid evaluation of π_0..π_T in direction mode)."""
-        return self.trainer.run(evaluate=evaluate)
+        return self._trainer().run(evaluate=evaluate)
 
     def front(self):
         """Print the front of every evaluated iteration (mean per direction, words) and its direction control."""
-        values = self.trainer.values
+        values = self._trainer().values
         t = 0
-        while os.path.isfile(os.path.join(self.trainer.output_dir, "eval", f"iter{t}.json")):
+        while os.path.isfile(os.path.join(self._trainer().output_dir, "eval", f"iter{t}.json")):
             from mapalign import records
-            points = dpatrainer.front(records.load_records(os.path.join(self.trainer.output_dir, "eval",
+            points = dpatrainer.front(records.load_records(os.path.join(self._trainer().output_dir, "eval",
                                                                         f"iter{t}.json")), values)
             control = dpatrainer.direction_control(points, values)
             print(f"iteration {t}: Spearman(θ, ratio) = {control['spearman_ratio']:.3f}, "
-                  f"Spearman(θ, {self.trainer.names[1]}) = {control['spearman_second']:.3f}")
+                  f"Spearman(θ, {self._trainer().names[1]}) = {control['spearman_second']:.3f}")
             for p in points:
                 print(f"  θ={p['angle']:6.1f} w={p['weights']}  " + "  ".join(
-                    f"{n}={p['mean'][v]:.3f}±{p['se'][v]:.3f}" for n, v in zip(self.trainer.names, values))
+                    f"{n}={p['mean'][v]:.3f}±{p['se'][v]:.3f}" for n, v in zip(self._trainer().names, values))
                       + f"  words={p['words']:.1f}")
             t += 1
         if t == 0:
-            raise NotFoundError(f"no evaluation in {self.trainer.output_dir}/eval; run evaluate first")
+            raise NotFoundError(f"no evaluation in {self._trainer().output_dir}/eval; run evaluate first")
 
     def generate_palette(self, c_list, model=None, reference_file=None, use_suggested=False):
         """Check a palette with the solver on the reference samples (default iter1/scored.json) and generate
@@ -125,11 +136,11 @@ class TrainDPA:
         from mapalign.evaluation import standard_error
         import numpy as np
         from mapalign import records
-        path, result, written = self.trainer.generate_palette(c_list, model=model, reference_file=reference_file,
+        path, result, written = self._trainer().generate_palette(c_list, model=model, reference_file=reference_file,
                                                               use_suggested=use_suggested)
         recs = records.load_records(path)
         print(f"palette {written}: {result.status} on the reference samples (λ = {np.round(result.lam, 4).tolist()})")
-        for n, v, c in zip(self.trainer.names, self.trainer.values, written):
+        for n, v, c in zip(self._trainer().names, self._trainer().values, written):
             x = np.array([r[v] for r in recs])
             print(f"  {n}: c = {c}, realized {x.mean():.4f} ± {standard_error(x):.4f}")
         return path

@@ -209,5 +209,16 @@ def test_cli_stage_of_an_existing_run_needs_only_the_folder(tmp_path):
     again = trainDPA.TrainDPA(str(run), progress=False)
     assert again.config.objectives == "sentiment,length" and again.config.iterations == 2
     assert trainDPA.TrainDPA(str(run), iterations=2, progress=False).config.samples_per_prompt == 4
-    with pytest.raises(dpa.DPAError, match="iterations=2"):
-        trainDPA.TrainDPA(str(run), iterations=3, progress=False)
+    with pytest.raises(dpa.DPAError, match="iterations=2"):  # refused before the stage draws anything
+        trainDPA.TrainDPA(str(run), iterations=3, progress=False).sample(1)
+    assert sorted(os.listdir(run)) == [dpatrainer.CONFIG_FILE]
+
+
+def test_help_of_a_command_builds_nothing(tmp_path):
+    # fire constructs TrainDPA before showing a command's help: the objectives (here an RM folder that
+    # does not exist yet) are not loaded and no run folder is written
+    for args in (["sample", "--help"], ["--help"]):
+        out = _cli([os.path.join(ROOT, "trainDPA.py"), "--output_dir=run", "--objectives=rm:models/rm", *args],
+                   tmp_path)
+        assert out.returncode == 0 and "SYNOPSIS" in out.stdout + out.stderr, out.stderr
+    assert os.listdir(tmp_path) == []
