@@ -61,7 +61,6 @@ class TrainDPA:
         given = {k: v for k, v in flags.items() if v is not None}
         self.config = configs.config_from_flags(DPAConfig, settings(output_dir, given))
         self.output_dir, self.overwrite, self.progress = output_dir, overwrite, progress
-
         self._built = None
 
     def _trainer(self):
@@ -112,22 +111,23 @@ class TrainDPA:
 
     def front(self):
         """Print the front of every evaluated iteration (mean per direction, words) and its direction control."""
-        values = self._trainer().values
+        trainer = self._trainer()
+        values = trainer.values
         t = 0
-        while os.path.isfile(os.path.join(self._trainer().output_dir, "eval", f"iter{t}.json")):
+        while os.path.isfile(os.path.join(trainer.output_dir, "eval", f"iter{t}.json")):
             from mapalign import records
-            points = dpatrainer.front(records.load_records(os.path.join(self._trainer().output_dir, "eval",
-                                                                        f"iter{t}.json")), values)
+            points = dpatrainer.front(records.load_records(os.path.join(trainer.output_dir, "eval", f"iter{t}.json")),
+                                      values)
             control = dpatrainer.direction_control(points, values)
             print(f"iteration {t}: Spearman(θ, ratio) = {control['spearman_ratio']:.3f}, "
-                  f"Spearman(θ, {self._trainer().names[1]}) = {control['spearman_second']:.3f}")
+                  f"Spearman(θ, {trainer.names[1]}) = {control['spearman_second']:.3f}")
             for p in points:
                 print(f"  θ={p['angle']:6.1f} w={p['weights']}  " + "  ".join(
-                    f"{n}={p['mean'][v]:.3f}±{p['se'][v]:.3f}" for n, v in zip(self._trainer().names, values))
+                    f"{n}={p['mean'][v]:.3f}±{p['se'][v]:.3f}" for n, v in zip(trainer.names, values))
                       + f"  words={p['words']:.1f}")
             t += 1
         if t == 0:
-            raise NotFoundError(f"no evaluation in {self._trainer().output_dir}/eval; run evaluate first")
+            raise NotFoundError(f"no evaluation in {trainer.output_dir}/eval; run evaluate first")
 
     def generate_palette(self, c_list, model=None, reference_file=None, use_suggested=False):
         """Check a palette with the solver on the reference samples (default iter1/scored.json) and generate
@@ -136,11 +136,12 @@ class TrainDPA:
         from mapalign.evaluation import standard_error
         import numpy as np
         from mapalign import records
-        path, result, written = self._trainer().generate_palette(c_list, model=model, reference_file=reference_file,
-                                                              use_suggested=use_suggested)
+        trainer = self._trainer()
+        path, result, written = trainer.generate_palette(c_list, model=model, reference_file=reference_file,
+                                                         use_suggested=use_suggested)
         recs = records.load_records(path)
         print(f"palette {written}: {result.status} on the reference samples (λ = {np.round(result.lam, 4).tolist()})")
-        for n, v, c in zip(self._trainer().names, self._trainer().values, written):
+        for n, v, c in zip(trainer.names, trainer.values, written):
             x = np.array([r[v] for r in recs])
             print(f"  {n}: c = {c}, realized {x.mean():.4f} ± {standard_error(x):.4f}")
         return path
