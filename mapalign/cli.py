@@ -16,14 +16,18 @@ def main(component, **fire_kwargs):
     `report_input_errors` does."""
     command = fire_kwargs.pop("command", None)
     command = _help_command(component, list(sys.argv[1:] if command is None else command))
-    unknown, valid = unknown_flags(component, command)
+    report_input_errors(check_flags, component, command)
+    return report_input_errors(fire.Fire, component, command=command, **fire_kwargs)
+
+
+def check_flags(component, argv):
+    """Raise InputError for the first flag of argv that no function on fire's path takes (unknown_flags),
+    with the closest valid name as a hint and the valid ones listed."""
+    unknown, valid = unknown_flags(component, argv)
     if unknown:
         close = difflib.get_close_matches(unknown[0], valid, n=1)
         hint = f" (did you mean --{close[0]}?)" if close else ""
-        print(f"error: unknown flag --{unknown[0]}{hint}; valid flags here: "
-              + ", ".join(f"--{n}" for n in valid), file=sys.stderr)
-        sys.exit(2)
-    return report_input_errors(fire.Fire, component, command=command, **fire_kwargs)
+        raise InputError(f"unknown flag --{unknown[0]}{hint}; valid flags here: " + ", ".join(f"--{n}" for n in valid))
 
 
 def unknown_flags(component, argv):
