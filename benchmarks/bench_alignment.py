@@ -9,7 +9,7 @@ The documented pipeline, per seed, on the embedded SmolLM2-135M-Instruct with Lo
   2. the palette c raises the first value halfway from p0's mean toward p0's mean best-of-M level and
      keeps the others at p0's mean; alignValues.py solves λ (per-prompt estimator) and writes the λ
      target (results/alignValues.jsonl) that the trainers read (sampling config and base model checked);
-  3. methods, on disjoint prompt sets (train / dual / eval):
+  3. methods, on disjoint prompt sets (train / dual / eval) drawn by a seeded permutation of the prompts:
        p0             the reference model;
        MAP-D          importance resampling with softmax(λᵀr) over p0's eval samples;
        MAP-F fixed    trainPPO's RLOO trainer (β = 1) toward the fixed λ;
@@ -22,6 +22,7 @@ Prints per value the realized level, |level − c|/SE (SE over prompts) and, per
 writes results/bench_alignment.json. Ends with `ratio=<KL of MAP-F primal-dual / KL of MAP-D>` (the
 target: ≤ 1.5 with MAP-F primal-dual within 2 SE of c, or above c where λ = 0, on every value and seed).
 """
+import json
 import os
 import shutil
 import tempfile
@@ -98,9 +99,22 @@ def run_seed(seed, cfg, work):
     def score(prompts, conts):
         return decoding.score_samples(values, scorers, list(prompts), list(conts))
 
+    # the seed draws the train / dual / eval split: load_prompts keeps the builtin set in file order for
+    # every seed, so without this all seeds would be judged on the same eval prompts
+    from mapalign.prompts import load_prompts
+    source = load_prompts(cfg["data_name"], seed=seed)
+    if n_train + n_dual + n_eval > len(source):
+        raise SystemExit(f"error: --n_train_prompts + --n_dual_prompts + --n_eval_prompts = "
+                         f"{n_train + n_dual + n_eval} but {cfg['data_name']!r} has {len(source)} prompts")
+    order = np.random.default_rng(seed).permutation(len(source))
+    all_prompts = [source[i] for i in order]
+    prompt_file = os.path.join(work, "prompts.jsonl")
+    with open(prompt_file, "w", encoding="utf-8") as f:
+        f.writelines(json.dumps({"prompt": p}) + "\n" for p in all_prompts)
+
     # 1. gendata: p0 samples of the train + dual prompts, scored into the results file
     t0 = time.time()
-    gen = TextGeneration(basemodel_name=cfg["model_name"], data_name=cfg["data_name"], save_directory=work,
+    gen = TextGeneration(basemodel_name=cfg["model_name"], data_name=prompt_file, save_directory=work,
                          seed=seed, num_prompts=n_train + n_dual, top_k=0, max_new_tokens=cfg["max_new_tokens"],
                          samples_per_prompt=cfg["samples_per_prompt"], overwrite=True, progress=False)
     path = gen.generate_from_original_model(batch_size=32)
@@ -123,8 +137,6 @@ def run_seed(seed, cfg, work):
     print(f"[seed {seed}] palette c = {np.round(c, 3).tolist()}  λ = {np.round(lam, 3).tolist()}  sampling {sampling}"
           f"  [{time.time() - t0:.0f} s]", flush=True)
     prompts = gen.prompts
-    from mapalign.prompts import load_prompts
-    all_prompts = [p["prompt"] if isinstance(p, dict) else p for p in load_prompts(cfg["data_name"], seed=seed)]
     train_prompts = all_prompts[:n_train]
     dual_prompts = all_prompts[n_train:n_train + n_dual]
     eval_prompts = all_prompts[n_train + n_dual:n_train + n_dual + n_eval]
@@ -220,7 +232,9 @@ def run_seed(seed, cfg, work):
                                        rounds=meta.get("palette_rounds"))
         del model, ref
         print(f"[seed {seed}] iterated MAP-DPO done  [{time.time() - t_seed:.0f} s]", flush=True)
-    return out, c, np.asarray(lam), values, notes
+    split = {"train": order[:n_train].tolist(), "dual": order[n_train:n_train + n_dual].tolist(),
+             "eval": order[n_train + n_dual:n_train + n_dual + n_eval].tolist()}
+    return out, c, np.asarray(lam), values, notes, split
 
 
 def meets(levels, se, c, lam, tol_se=2.0):
@@ -240,7 +254,8 @@ def main(seeds="0,1,2", model_name=models.DEFAULT_MODEL, value_list="sentiment,c
     """Run the attainment experiment (module docstring) for each seed and print the table.
 
     Args:
-        seeds: comma-separated seeds (each seeds gendata, the prompt order and training).
+        seeds: comma-separated seeds (each seeds gendata, training and the train / dual / eval split: a
+            permutation of the source's prompts, recorded by index in the results as prompt_split).
         model_name, value_list, raise_value, palette_frac, data_name: the problem (defaults: offline).
         n_train_prompts, n_dual_prompts, n_eval_prompts: disjoint prompt sets (training; the primal-dual
             loop's held-out prompts; evaluation).
@@ -278,11 +293,11 @@ def main(seeds="0,1,2", model_name=models.DEFAULT_MODEL, value_list="sentiment,c
         work = tempfile.mkdtemp(prefix="bench_alignment_")
         os.chdir(work)  # alignValues writes results/alignValues.{txt,jsonl} here, not into the repository
         try:
-            out, c, lam, values, notes = run_seed(seed, cfg, work)
+            out, c, lam, values, notes, split = run_seed(seed, cfg, work)
         finally:
             os.chdir(here)
             shutil.rmtree(work, ignore_errors=True)
-        runs.append({"seed": seed, "c": c.tolist(), "lam": lam.tolist(), "target_notes": notes,
+        runs.append({"seed": seed, "c": c.tolist(), "lam": lam.tolist(), "target_notes": notes, "prompt_split": split,
                      "methods": {m: {k: (np.asarray(v).tolist() if isinstance(v, np.ndarray) else v)
                                      for k, v in r.items()} for m, r in out.items()}})
         print_seed(runs[-1], values)
