@@ -1,13 +1,13 @@
 """The entry layer of the top-level fire CLIs: one entry point, where the project's input errors print one
 clear line, not a traceback; bugs keep theirs. (List arguments are parsed by arguments.py, which library
 code uses too; nothing in the package imports this module but the entry points.)"""
-import difflib
 import inspect
 import os
 import sys
 
 import fire
 
+from mapalign import configs
 from mapalign.errors import InputError
 
 
@@ -25,9 +25,7 @@ def check_flags(component, argv):
     with the closest valid name as a hint and the valid ones listed."""
     unknown, valid = unknown_flags(component, argv)
     if unknown:
-        close = difflib.get_close_matches(unknown[0], valid, n=1)
-        hint = f" (did you mean --{close[0]}?)" if close else ""
-        raise InputError(f"unknown flag --{unknown[0]}{hint}; valid flags here: " + ", ".join(f"--{n}" for n in valid))
+        raise configs.unknown_flag_error(unknown, valid)
 
 
 def unknown_flags(component, argv):

@@ -3,6 +3,7 @@ documentation (metadata["help"]) and defaults; a command line maps fire's flags 
 (config_from_flags) and `document` gives the command the signature and `Args:` that fire's --help shows.
 Low level: imports only errors, so trainers and CLIs both use it."""
 import dataclasses
+import difflib
 import inspect
 
 from mapalign.errors import InputError
@@ -33,6 +34,15 @@ def _default(f):
     return f.default_factory() if f.default is dataclasses.MISSING else f.default
 
 
+def unknown_flag_error(unknown, valid):
+    """The one InputError for flags nobody takes: the first unknown flag with the closest valid name as a
+    hint, the other unknown ones, and the valid flags. unknown, valid: flag names without dashes."""
+    close = difflib.get_close_matches(unknown[0], list(valid), n=1)
+    hint = f" (did you mean --{close[0]}?)" if close else ""
+    also = f" (and --{', --'.join(unknown[1:])})" if unknown[1:] else ""
+    return InputError(f"unknown flag --{unknown[0]}{hint}{also}; valid flags: " + ", ".join(f"--{n}" for n in valid))
+
+
 def config_from_flags(config_cls, flags, args=()):
     """config_cls built from a command line's flags (fire's keyword arguments) and positional `args` (the
     required fields, in declaration order). Raises errors.InputError naming the flag for an unknown flag
@@ -42,8 +52,7 @@ def config_from_flags(config_cls, flags, args=()):
     required = [f.name for f in fields if _required(f)]
     unknown = [k for k in flags if k not in names]
     if unknown:
-        also = f" (and --{', --'.join(unknown[1:])})" if unknown[1:] else ""
-        raise InputError(f"unknown flag --{unknown[0]}{also}; valid flags: " + ", ".join(f"--{n}" for n in names))
+        raise unknown_flag_error(unknown, names)
     if len(args) > len(required):
         raise InputError(f"too many positional arguments {list(args)}: only {required} may be given without a flag")
     flags = dict(flags)

@@ -354,8 +354,7 @@ def configs_from_flags(flags):
     fields = [{f.name: f for f in configs.config_fields(c)} for c in classes]
     unknown = [k for k in flags if not any(k in f for f in fields)]
     if unknown:
-        raise InputError(f"unknown flag --{unknown[0]}; valid flags: "
-                         + ", ".join(f"--{n}" for f in fields for n in f))
+        raise configs.unknown_flag_error(unknown, [n for f in fields for n in f])
     return tuple(c(**{k: _typed(v, f[k].type) for k, v in flags.items() if k in f}) for c, f in zip(classes, fields))
 
 

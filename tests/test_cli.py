@@ -147,5 +147,5 @@ def test_a_misspelt_flag_stops_before_the_job_runs(tmp_path):
                           "--file_path=scores.json", "--c_list=0.5,0.5", "--c_lst=1,2", "optimize_lambda"],
                          cwd=tmp_path, capture_output=True, text=True)
     assert out.returncode == 2 and out.stdout == ""
-    assert out.stderr.startswith("error: unknown flag --c_lst (did you mean --c_list?); valid flags here: --value_list")
+    assert out.stderr.startswith("error: unknown flag --c_lst (did you mean --c_list?); valid flags: --value_list")
     assert not os.listdir(tmp_path)

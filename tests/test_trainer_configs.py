@@ -118,8 +118,10 @@ def test_config_from_flags_errors():
         name: Optional[str] = configs.option(None, "a name")
 
     assert configs.config_from_flags(Config, {"beta": 2}, ("x.json",)) == Config(path="x.json", beta=2)
-    with pytest.raises(InputError, match=r"^unknown flag --bta; valid flags: --path, --beta, --name$"):
+    with pytest.raises(InputError, match=r"^unknown flag --bta \(did you mean --beta\?\); valid flags: --path, --beta, --name$"):
         configs.config_from_flags(Config, {"path": "x", "bta": 2})
+    with pytest.raises(InputError, match=r"^unknown flag --zzz \(and --bta\); valid flags: --path, --beta, --name$"):
+        configs.config_from_flags(Config, {"path": "x", "zzz": 1, "bta": 2})
     with pytest.raises(InputError, match="--path is required"):
         configs.config_from_flags(Config, {"beta": 2})
     with pytest.raises(InputError, match="--path is given twice"):
