@@ -257,8 +257,8 @@ def main(out="results/bench_dpa", num_train_prompts=12, num_eval_prompts=6, max_
         except dpa.DPAError as e:  # no prompt selected different responses under opposite weights
             print(f"  iteration {t}: {e}")
             continue
-        print(f"  iteration {t}: " + ", ".join(f"{name} {r['mean']:.3f} ± {r['se']:.3f} (n={r['n']})"
-                                               for name, r in swap[t].items()))
+        for name, r in swap[t].items():
+            print(f"  iteration {t}, {name}: {dpa.describe_swap_gap(r)}")
 
     summary = {"objectives": values, "names": direction.names, "reward_model": info,
                "fronts": {str(t): f for t, f in fronts.items()}, "direction_control": control,

@@ -259,6 +259,12 @@ def swap_gap(own, swapped):
             "positive_fraction": float(np.mean(delta > 0))}
 
 
+def describe_swap_gap(gap):
+    """One line for a swap_gap result: Δ ± SE in nats, the number of prompts and the share with Δ > 0."""
+    return (f"Δ = {gap['mean']:.3f} ± {gap['se']:.3f} nats over {gap['n']} prompts "
+            f"(> 0 for {gap['positive_fraction']:.2f} of them)")
+
+
 def spearman(x, y):
     """Spearman rank correlation (average ranks for ties); NaN when either side is constant."""
     from scipy.stats import spearmanr

@@ -22,6 +22,7 @@ import os
 
 from mapalign import arguments
 from mapalign import configs
+from mapalign import dpa
 from mapalign.errors import NotFoundError
 from mapalign import dpatrainer
 from mapalign.dpatrainer import DPAConfig
@@ -101,8 +102,7 @@ class TrainDPA:
         -> iter{t}/conditioning.json."""
         result = self._trainer().conditioning(iteration)
         for name, r in result.items():
-            print(f"{name}: Δ = {r['mean']:.3f} ± {r['se']:.3f} nats over {r['n']} prompts "
-                  f"(> 0 for {r['positive_fraction']:.2f} of them)")
+            print(f"{name}: {dpa.describe_swap_gap(r)}")
         return result
 
     def run(self, evaluate=True):

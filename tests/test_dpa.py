@@ -125,3 +125,4 @@ def test_swap_gap_is_the_likelihood_the_own_system_prompts_add():
     assert dpa.swap_gap(swapped, own)["mean"] == pytest.approx(-r["mean"])
     with pytest.raises(dpa.DPAError):
         dpa.swap_gap(own, swapped[:2])
+    assert dpa.describe_swap_gap(r) == "Δ = 0.667 ± 0.928 nats over 3 prompts (> 0 for 0.33 of them)"
