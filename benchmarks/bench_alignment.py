@@ -22,7 +22,6 @@ Prints per value the realized level, |level − c|/SE (SE over prompts) and, per
 writes results/bench_alignment.json. Ends with `ratio=<KL of MAP-F primal-dual / KL of MAP-D>` (the
 target: ≤ 1.5 with MAP-F primal-dual within 2 SE of c, or above c where λ = 0, on every value and seed).
 """
-import json
 import os
 import shutil
 import tempfile
@@ -107,10 +106,10 @@ def run_seed(seed, cfg, work):
         raise SystemExit(f"error: --n_train_prompts + --n_dual_prompts + --n_eval_prompts = "
                          f"{n_train + n_dual + n_eval} but {cfg['data_name']!r} has {len(source)} prompts")
     order = np.random.default_rng(seed).permutation(len(source))
-    all_prompts = [source[i] for i in order]
-    prompt_file = os.path.join(work, "prompts.jsonl")
-    with open(prompt_file, "w", encoding="utf-8") as f:
-        f.writelines(json.dumps({"prompt": p}) + "\n" for p in all_prompts)
+    split = {"train": order[:n_train].tolist(), "dual": order[n_train:n_train + n_dual].tolist(),
+             "eval": order[n_train + n_dual:n_train + n_dual + n_eval].tolist()}
+    prompt_file = os.path.join(work, "prompts.json")
+    records.save_json_atomic([{"prompt": source[i]} for i in split["train"] + split["dual"]], prompt_file)
 
     # 1. gendata: p0 samples of the train + dual prompts, scored into the results file
     t0 = time.time()
@@ -137,10 +136,8 @@ def run_seed(seed, cfg, work):
     print(f"[seed {seed}] palette c = {np.round(c, 3).tolist()}  λ = {np.round(lam, 3).tolist()}  sampling {sampling}"
           f"  [{time.time() - t0:.0f} s]", flush=True)
     prompts = gen.prompts
-    train_prompts = all_prompts[:n_train]
-    dual_prompts = all_prompts[n_train:n_train + n_dual]
-    eval_prompts = all_prompts[n_train + n_dual:n_train + n_dual + n_eval]
-    assert [p if isinstance(p, str) else p["prompt"] for p in prompts] == all_prompts[:n_train + n_dual]
+    train_prompts, dual_prompts, eval_prompts = ([source[i] for i in split[k]] for k in ("train", "dual", "eval"))
+    assert [p if isinstance(p, str) else p["prompt"] for p in prompts] == train_prompts + dual_prompts
     out = {}
 
     # p0 and MAP-D on the eval prompts
@@ -232,8 +229,6 @@ def run_seed(seed, cfg, work):
                                        rounds=meta.get("palette_rounds"))
         del model, ref
         print(f"[seed {seed}] iterated MAP-DPO done  [{time.time() - t_seed:.0f} s]", flush=True)
-    split = {"train": order[:n_train].tolist(), "dual": order[n_train:n_train + n_dual].tolist(),
-             "eval": order[n_train + n_dual:n_train + n_dual + n_eval].tolist()}
     return out, c, np.asarray(lam), values, notes, split
 
 
