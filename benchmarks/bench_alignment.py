@@ -303,7 +303,7 @@ def main(seeds="0,1,2", model_name=models.DEFAULT_MODEL, value_list="sentiment,c
         summary = {"values": values, "config": cfg, "runs": runs, "seconds": round(time.time() - t_start, 1)}
         path = out_file if os.path.isabs(out_file) else os.path.join(ROOT, out_file)
         records.save_json_atomic(summary, path)  # after every seed: a killed run keeps the finished seeds
-    trained = [m for m in METHODS[2:] if m in cfg["methods"]]
+    trained = [m for m in METHODS if m in cfg["methods"] and m not in ("p0", "MAP-D")]
     if "MAP-F primal-dual" in trained:
         pd = [r["methods"]["MAP-F primal-dual"] for r in runs]
         target_met = all(meets(x["levels"], x["se"], r["c"], r["lam"]) for x, r in zip(pd, runs))
