@@ -249,18 +249,21 @@ class PaletteTracker:
         update: "exact" or "ascent"; step: ascent step size η (λ units per reward unit; also the fallback
             of "exact" when the palette is out of reach of one round's samples, status "infeasible").
         tol_se, tol_abs: stopping tolerance (within_tolerance); seed: sampling seed base.
+        step_name: what the caller's `step` counts, for the printed line ("step" for optimizer steps,
+            "DPO round" for iterated MAP-DPO).
     Each call of `round(model, ref_model, lam)` appends a dict {round, step, lam, levels, se, kl, kl_se,
     within, new_lam, status} to `self.history` and returns (new λ, within tolerance).
     """
 
     def __init__(self, values, c, scorer, prompts, per_prompt, sampling, update="exact", step=1.0, tol_se=2.0,
-                 tol_abs=0.0, seed=0, first_id=0):
+                 tol_abs=0.0, seed=0, first_id=0, step_name="step"):
         if update not in UPDATES:
             raise InputError(f"--dual_update must be one of {UPDATES}; got {update!r}")
         self.values, self.c = list(values), np.asarray(c, dtype=np.float64)
         self.scorer, self.prompts, self.per_prompt = scorer, list(prompts), int(per_prompt)
         self.sampling, self.update, self.step = dict(sampling), update, float(step)
         self.tol_se, self.tol_abs, self.seed, self.first_id = float(tol_se), float(tol_abs), int(seed), int(first_id)
+        self.step_name = str(step_name)
         if self.per_prompt < 2 and update == "exact":
             raise InputError("the exact dual update needs ≥ 2 held-out samples per prompt (--palette_samples)")
         self.history = []
@@ -311,7 +314,10 @@ class PaletteTracker:
         e = entry or self.history[-1]
         parts = [f"{v} {m:.3f}±{s:.3f} (c {c:.3f}, λ {l:.3f})" for v, m, s, c, l in
                  zip(self.values, e["levels"], e["se"], self.c, e["lam"])]
-        return f"[palette round {e['round']}] " + "; ".join(parts) + f"; KL {e['kl']:.3f}; {e['status']}"
+        # checks count from 0 and need not line up with the caller's steps (MAP-DPO's first check may come
+        # after DPO round 1), so the line names both
+        return (f"[palette check {e['round']} after {self.step_name} {e['step']}] " + "; ".join(parts)
+                + f"; KL {e['kl']:.3f}; {e['status']}")
 
 
 def check_feasible(values, c, rewards, groups):

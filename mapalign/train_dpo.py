@@ -581,7 +581,7 @@ def _iterated_map_dpo(cfg, recs, values, lam, c, model_name, save_path, metadata
     ref_model = None if cfg.use_lora else training.frozen_copy(model)
     tracker = primaldual.PaletteTracker(values, c, score, held_prompts, cfg.palette_samples, sampling,
                                         update=cfg.dual_update, step=cfg.dual_step, tol_se=cfg.palette_tol_se,
-                                        seed=seed, first_id=10 ** 6)
+                                        seed=seed, first_id=10 ** 6, step_name="DPO round")
     # feasibility is proved (or refuted) on the results file's samples of p0, the largest sample at hand
     primaldual.check_feasible(values, c, records.reward_matrix(recs, values), groups)
     if lam is None or cfg.dual_update == "exact":  # round 0: the reference model's levels (and λ, exact)

@@ -193,6 +193,15 @@ def test_levels_se_and_tolerance():
     assert np.allclose(primaldual.ascent_update([0.5, 0.1], [1.0, 0.0], [0.0, 1.0], 0.5), [1.0, 0.0])
 
 
+def test_summary_line_names_the_check_and_the_callers_step():
+    tracker = primaldual.PaletteTracker(["a", "b"], [0.2, 0.3], None, ["x"], 2, {}, update="ascent",
+                                        step_name="DPO round")
+    tracker.history.append({"round": 0, "step": 1, "lam": [2.0, 0.5], "levels": [0.1, 0.35], "se": [0.04, 0.03],
+                            "kl": 0.25, "status": "ascent"})
+    assert tracker.summary_line() == ("[palette check 0 after DPO round 1] a 0.100±0.040 (c 0.200, λ 2.000); "
+                                      "b 0.350±0.030 (c 0.300, λ 0.500); KL 0.250; ascent")
+
+
 def test_resolve_sampling_refuses_a_mismatch_naming_both_sides():
     target = lambda_targets.make_target(["a"], [1.0], estimator="per_prompt", base_model="m0", sampling={
         "temperature": 1.0, "top_k": 50, "top_p": 1.0, "max_new_tokens": 24, "use_chat_template": True})
