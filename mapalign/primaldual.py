@@ -143,6 +143,32 @@ def levels_and_se(rewards, groups):
     return means.mean(axis=1), se
 
 
+def variance_components(rewards, groups):
+    """Between- and within-prompt variance of each value's rewards (one-way random effects).
+
+    rewards (k, n), groups (n,) prompt ids with ≥ 2 samples each. Returns (between (k,), within (k,)):
+    within is the mean over prompts of the sample variance (ddof 1); between is the variance of the prompt
+    means (ddof 1) less within / m, with m the harmonic mean of the samples per prompt, floored at 0.
+    A level on G prompts × m samples then has SE √((between + within / m) / G) (dual_level_se)."""
+    R = np.atleast_2d(np.asarray(rewards, dtype=np.float64))
+    groups = np.asarray(groups)
+    keys = np.unique(groups)
+    sizes = np.array([np.sum(groups == g) for g in keys])
+    if len(keys) < 2 or sizes.min() < 2:
+        raise InputError(f"variance components need ≥ 2 prompts with ≥ 2 samples each; got {len(keys)} prompts "
+                         f"with {sizes.min() if len(sizes) else 0}–{sizes.max() if len(sizes) else 0} samples")
+    means = np.stack([R[:, groups == g].mean(axis=1) for g in keys], axis=1)
+    within = np.stack([R[:, groups == g].var(axis=1, ddof=1) for g in keys], axis=1).mean(axis=1)
+    m = len(sizes) / np.sum(1.0 / sizes)
+    between = np.maximum(means.var(axis=1, ddof=1) - within / m, 0.0)
+    return between, within
+
+
+def dual_level_se(between, within, prompts, samples_per_prompt):
+    """SE (k,) of a realized level measured on `prompts` prompts × `samples_per_prompt` samples."""
+    return np.sqrt((np.asarray(between) + np.asarray(within) / samples_per_prompt) / prompts)
+
+
 def exact_dual_update(rewards, log_ratio, c, groups, lam_init=None, tol=1e-6):
     """λ for palette c solved exactly on policy samples reweighted to p0.
 

@@ -15,6 +15,7 @@ from mapalign import training
 from mapalign import train_dpo as trainDPO
 from mapalign import train_ppo as trainPPO
 from mapalign import tiny
+from mapalign.errors import InputError
 
 LAM = np.array([1.0, 0.6])
 
@@ -200,6 +201,20 @@ def test_summary_line_names_the_check_and_the_callers_step():
                             "kl": 0.25, "status": "ascent"})
     assert tracker.summary_line() == ("[palette check 0 after DPO round 1] a 0.100±0.040 (c 0.200, λ 2.000); "
                                       "b 0.350±0.030 (c 0.300, λ 0.500); KL 0.250; ascent")
+
+
+def test_variance_components_recover_known_between_and_within_variance():
+    rng = np.random.default_rng(0)
+    G, m = 4000, 5
+    prompt_effect = rng.normal(0.0, np.sqrt([[0.02], [0.3]]), size=(2, G))  # between variances 0.02 and 0.3
+    R = np.repeat(prompt_effect, m, axis=1) + rng.normal(0.0, np.sqrt([[0.08], [0.05]]), size=(2, G * m))
+    between, within = primaldual.variance_components(R, np.repeat(np.arange(G), m))
+    assert np.allclose(between, [0.02, 0.3], rtol=0.08) and np.allclose(within, [0.08, 0.05], rtol=0.03)
+    # the SE formula matches levels_and_se's empirical SE on the same layout
+    se = primaldual.dual_level_se(between, within, G, m)
+    assert np.allclose(se, primaldual.levels_and_se(R, np.repeat(np.arange(G), m))[1], rtol=0.05)
+    with pytest.raises(InputError, match="≥ 2 samples each"):
+        primaldual.variance_components(R[:, :G], np.arange(G))
 
 
 def test_resolve_sampling_refuses_a_mismatch_naming_both_sides():
