@@ -26,7 +26,6 @@ from mapalign import arguments  # noqa: E402
 from mapalign import cli  # noqa: E402
 from mapalign import primaldual  # noqa: E402
 from mapalign import records  # noqa: E402
-from mapalign.errors import InputError  # noqa: E402
 
 
 def main(results_file, value_list="sentiment,coherence-minilm", prompts=32, samples_per_prompt=4):
@@ -40,20 +39,17 @@ def main(results_file, value_list="sentiment,coherence-minilm", prompts=32, samp
     """
     values = arguments.str_list(value_list, "value_list")
     recs = records.load_records(results_file)
-    missing = [v for v in values if any(v not in r for r in recs)]
-    if missing:
-        raise InputError(f"{results_file} has no reward column for {missing}; add it with rewardProcessor.py "
-                         f"add_reward --value=NAME")
-    R = records.reward_matrix(recs, values)
+    R = records.reward_matrix(recs, values, source=results_file)  # names a missing value and how to add it
     groups = records.prompt_groups(recs)
     between, within = primaldual.variance_components(R, groups)
     n, k = int(prompts), int(samples_per_prompt)
-    file_k = len(groups) / len(np.unique(groups))
+    n_file_prompts = len(np.unique(groups))
+    file_k = len(groups) / n_file_prompts
     se = primaldual.dual_level_se(between, within, n, k)
     more_samples = primaldual.dual_level_se(between, within, n, 4 * k) / se
     more_prompts = primaldual.dual_level_se(between, within, 4 * n, k) / se
     control_variate = np.sqrt((within / k + within / file_k) / n) / se
-    print(f"{results_file}: {len(np.unique(groups))} prompts, {file_k:g} samples per prompt")
+    print(f"{results_file}: {n_file_prompts} prompts, {file_k:g} samples per prompt")
     print(f"{'value':<20}{'between':>10}{'within':>10}{'share':>7}{f'SE {n}×{k}':>10}{f'×{4 * k} samples':>14}"
           f"{f'×{4 * n} prompts':>14}{'control var. ≥':>16}")
     for i, v in enumerate(values):
